@@ -1,0 +1,358 @@
+"""Typed configuration: one dataclass per model family, plus the data and training sections of a run.
+
+YAML run files are plain data mapped onto these dataclasses. Unknown keys are an error (never silently
+ignored), values are type-checked, and derived values (for example the MLP width) are computed here in
+code, not written in YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message names the field."""
+
+
+def _round_up(x: float, multiple: int) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+@dataclass
+class HyenaConfig:
+    """HyenaDNA (SPEC section 1): Hyena operator blocks with implicit long filters."""
+
+    family: Literal["hyena"] = "hyena"
+    n_layer: int = 2
+    d_model: int = 128
+    l_max: int = 1026  # filter table length; time is normalised to l_max (train length + 2)
+    vocab_size: int = 16
+    order: int = 2  # Hyena order N: N-1 long convolutions, N+1 projections
+    filter_order: int = 64  # width of the implicit filter MLP
+    emb_dim: int = 5  # positional features: t plus (emb_dim-1)/2 cos/sin bands
+    num_inner_mlps: int = 2
+    activation_freq: float = 10.0
+    modulation_shift: float = 0.05
+    short_filter_order: int = 3
+    d_inner: int | None = None  # MLP width; None means 4 * d_model
+    ln_eps: float = 1e-5  # final LayerNorm
+    block_ln_eps: float = 1e-5  # LayerNorms inside blocks (HyenaDNA hard-codes 1e-5)
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_inner is None:
+            self.d_inner = 4 * self.d_model
+        _positive(self, "n_layer", "d_model", "l_max", "vocab_size", "filter_order", "emb_dim", "d_inner")
+        if self.order < 2:
+            raise ConfigError(f"model.order must be >= 2 (got {self.order})")
+        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
+            raise ConfigError(f"model.emb_dim must be odd and >= 3 (got {self.emb_dim})")
+
+    @property
+    def max_len(self) -> int:
+        """Longest input the model accepts (the filter table length)."""
+        return self.l_max
+
+
+@dataclass
+class TransformerConfig:
+    """Transformer++ baseline: RMSNorm, SwiGLU, RoPE, causal scaled-dot-product attention."""
+
+    family: Literal["transformer"] = "transformer"
+    n_layer: int = 2
+    d_model: int = 128
+    n_head: int = 4
+    max_len: int = 1026
+    vocab_size: int = 16
+    mlp_hidden: int | None = None  # None means 8/3 * d_model rounded up to a multiple of 64
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mlp_hidden is None:
+            self.mlp_hidden = _round_up(8 * self.d_model / 3, 64)
+        _positive(self, "n_layer", "d_model", "n_head", "max_len", "vocab_size", "mlp_hidden")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must split into n_head ({self.n_head}) heads of even size"
+            )
+
+
+ModelConfig = Union[HyenaConfig, TransformerConfig]
+
+# family name -> config class; each family file documents its own fields
+MODEL_CONFIGS: dict[str, type] = {
+    "hyena": HyenaConfig,
+    "transformer": TransformerConfig,
+}
+
+
+def model_config_from_dict(d: dict[str, Any], where: str = "model") -> Any:
+    """Build the family's config from a plain dict (``family`` picks the class)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    family = d.get("family")
+    if family not in MODEL_CONFIGS:
+        raise ConfigError(f"{where}.family must be one of {sorted(MODEL_CONFIGS)} (got {family!r})")
+    return from_dict(MODEL_CONFIGS[family], d, where)
+
+
+# ------------------------------------------------------------------------------------------- data/train
+
+
+@dataclass
+class StageConfig:
+    """One stage of the length schedule: train ``steps`` steps at ``seq_len`` with ``batch_size``."""
+
+    steps: int
+    seq_len: int
+    batch_size: int
+
+
+@dataclass
+class SourceConfig:
+    """One source of a data mixture."""
+
+    kind: Literal["random", "genic"] = "random"
+    weight: float = 1.0
+    flank: int = 1000  # genic windows: bases kept around each gene
+    exclude: list[str] = field(default_factory=list)  # record-name glob patterns to skip
+
+
+@dataclass
+class DataConfig:
+    """Where training data comes from and how windows are drawn."""
+
+    store: str | None = None  # a prepared store; None means prepare the inputs below into the run dir
+    inputs: list[str] = field(default_factory=list)  # FASTA/GenBank files; empty = the embedded E. coli genome
+    annotations: list[str] = field(default_factory=list)  # GFF3/GTF for genic windows
+    holdout_fraction: float = 0.1  # prepare: fraction of each record held out (half validation, half test)
+    seq_len: int = 1024
+    rc_augment: bool = True
+    max_n_fraction: float = 0.1
+    repeat_weight: float = 1.0  # loss weight for lower-case (soft-masked) bases; Evo 2 uses 0.1
+    sources: list[SourceConfig] = field(default_factory=list)  # empty = random windows only
+    warmup_stages: list[StageConfig] = field(default_factory=list)  # sequence-length warm-up (empty = off)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation and checkpointing."""
+
+    steps: int = 1000
+    batch_size: int = 16  # global batch (sequences per optimizer step)
+    grad_accum: int = 1
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None  # None means 1% of steps
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    bf16: bool = False
+    seed: int = 0  # model init
+    data_seed: int = 0  # data order
+    eval_every: int = 200
+    eval_tokens: int | None = 200_000  # cap on validation tokens per evaluation (None = whole split)
+    eval_batch_size: int = 8
+    log_every: int = 10
+    ckpt_every: int = 200
+    keep_last: int = 2
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    max_time_minutes: float | None = None  # stop (and checkpoint) after this wall time
+    threads: int | None = None  # torch CPU threads (None = PyTorch default)
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "grad_accum", "eval_every", "log_every", "ckpt_every", "keep_last")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0 (got {self.lr})")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum})"
+            )
+        if self.warmup_steps is None:
+            self.warmup_steps = max(1, self.steps // 100)
+
+
+@dataclass
+class RunConfig:
+    """A whole training run: model, data, train, and where to write it."""
+
+    model: Any = field(default_factory=HyenaConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/demo"
+    preset: str | None = None  # informational: the preset the model section came from
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError("a run config must be a mapping with model/data/train sections")
+        d = dict(d)
+        model = d.pop("model", None)
+        preset = d.get("preset")
+        if model is None:
+            if preset is None:
+                raise ConfigError("the run config needs a 'model' section or a 'preset' name")
+            from dnalm.presets import get_preset
+
+            model = to_dict(get_preset(preset))
+        elif preset is not None:
+            from dnalm.presets import get_preset
+
+            # a preset plus a partial model section: the section overrides the preset's fields
+            model = {**to_dict(get_preset(preset)), **model}
+        run = from_dict(cls, d, "")
+        run.model = model_config_from_dict(model)
+        return run
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config and apply ``section.key=value`` overrides (values parsed as YAML scalars)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    apply_overrides(data, overrides or [])
+    return RunConfig.from_dict(data)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings to a nested dict in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return data
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is None or value <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0 (got {value})")
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass (possibly nested) -> plain JSON/YAML-able data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def from_dict(cls: type, d: dict, where: str) -> Any:
+    """Plain dict -> dataclass, recursively, rejecting unknown keys and wrong types."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in {where or 'the run config'}: {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for key, value in d.items():
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {list(args)} (got {value!r})")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list (got {value!r})")
+        if origin is tuple:
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+            if len(value) != len(args):
+                raise ConfigError(f"{where} must have {len(args)} items (got {len(value)})")
+            return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false (got {value!r})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where} must be an integer (got {value!r})")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number (got {value!r})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string (got {value!r})")
+        return value
+    return value

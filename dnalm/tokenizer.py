@@ -1,0 +1,164 @@
+"""Nucleotide tokenizer: one token per base, a separate case (repeat) mask, reverse complement.
+
+Conventions (owned here, stated once):
+
+- Vocabulary. dnalm uses HyenaDNA's character vocabulary so that published HyenaDNA checkpoints and
+  native models share token ids: [CLS]=0, [SEP]=1, [BOS]=2, [MASK]=3, [PAD]=4, [RESERVED]=5, [UNK]=6,
+  A=7, C=8, G=9, T=10, N=11. Models pad the embedding table to 16 rows (or more, e.g. 512 for the
+  Evo presets); the extra rows are never produced by the tokenizer.
+- Case. Native models see upper-case bases only. Lower-case input (soft-masked repeats) is upper-cased
+  for the model and reported as a separate boolean mask (True = lower case) that only the loss uses.
+  Imported HyenaDNA checkpoints instead map lower case to [UNK] (``lowercase="unk"``), as their
+  reference tokenizer does.
+- IUPAC ambiguity codes (R Y S W K M B D H V, any case) become N. Any other character is an input error
+  that names the position.
+- Scoring and training prepend [BOS] so that the first base of a window is predicted too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+CLS, SEP, BOS, MASK, PAD, RESERVED, UNK = 0, 1, 2, 3, 4, 5, 6
+A, C, G, T, N = 7, 8, 9, 10, 11
+SPECIAL_TOKENS = ["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"]
+BASES = "ACGTN"
+VOCAB = SPECIAL_TOKENS + list(BASES)  # id -> string
+VOCAB_SIZE = len(VOCAB)  # 12 real ids; models pad to a multiple of 8
+
+IUPAC_AMBIGUOUS = "RYSWKMBDHVU"  # U (RNA) is not ambiguous, but has no DNA token: it becomes N too
+
+
+def _build_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Byte -> token id (255 = invalid) and byte -> is-lower-case tables."""
+    to_id = np.full(256, 255, dtype=np.uint8)
+    is_lower = np.zeros(256, dtype=bool)
+    for i, base in enumerate(BASES):
+        to_id[ord(base)] = A + i
+        to_id[ord(base.lower())] = A + i
+        is_lower[ord(base.lower())] = True
+    for code in IUPAC_AMBIGUOUS:
+        to_id[ord(code)] = N
+        to_id[ord(code.lower())] = N
+        is_lower[ord(code.lower())] = True
+    return to_id, is_lower
+
+
+BYTE_TO_ID, BYTE_IS_LOWER = _build_tables()
+
+# Complement on token ids (specials map to themselves, N to N).
+COMPLEMENT_ID = np.arange(256, dtype=np.uint8)
+COMPLEMENT_ID[[A, C, G, T]] = [T, G, C, A]
+ID_TO_BYTE = np.frombuffer(b"".join(s.encode() if len(s) == 1 else b"?" for s in VOCAB), dtype=np.uint8)
+
+
+class InvalidSequenceError(ValueError):
+    """A character that is not a nucleotide or an IUPAC code."""
+
+
+def encode_bytes(data: bytes | np.ndarray, name: str = "sequence") -> tuple[np.ndarray, np.ndarray]:
+    """Bytes of bases -> (uint8 token ids, bool lower-case mask).
+
+    Raises InvalidSequenceError naming ``name`` and the 0-based position of the first bad character.
+    """
+    raw = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    ids = BYTE_TO_ID[raw]
+    bad = np.flatnonzero(ids == 255)
+    if bad.size:
+        pos = int(bad[0])
+        ch = chr(int(raw[pos]))
+        raise InvalidSequenceError(
+            f"{name}: invalid character {ch!r} at position {pos} (0-based); expected A/C/G/T/N or an IUPAC code"
+        )
+    return ids, BYTE_IS_LOWER[raw]
+
+
+def decode(ids: np.ndarray | torch.Tensor | list[int], lower: np.ndarray | None = None) -> str:
+    """Token ids -> string (special tokens become '?'); ``lower`` restores soft-masking."""
+    arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64)
+    if np.any((arr < 0) | (arr >= len(ID_TO_BYTE))):
+        raise ValueError("decode: token id outside the nucleotide vocabulary")
+    out = ID_TO_BYTE[arr].copy()
+    if lower is not None:
+        out[np.asarray(lower, dtype=bool)] += 32
+    return out.tobytes().decode()
+
+
+def reverse_complement_ids(ids: np.ndarray) -> np.ndarray:
+    """Reverse complement of token ids along the last axis (N stays N)."""
+    return COMPLEMENT_ID[ids][..., ::-1].copy()
+
+
+def reverse_complement(seq: str) -> str:
+    """Reverse complement of a DNA string, keeping case; IUPAC codes become N/n."""
+    ids, lower = encode_bytes(seq.encode())
+    return decode(reverse_complement_ids(ids), lower[::-1])
+
+
+@dataclass
+class Tokenizer:
+    """Turns DNA strings into model inputs.
+
+    Args:
+        lowercase: "upper" (native: upper-case the base and keep a mask) or "unk" (HyenaDNA checkpoints:
+            lower-case characters become [UNK]).
+        append_sep: append [SEP] after each sequence (HyenaDNA checkpoints do; native models do not).
+        prepend_bos: prepend [BOS] so the first base is scored (native models do).
+        padding_side: where batches are padded; "left" keeps the last token aligned for causal models.
+        model_max_length: longest token sequence the model accepts (None = unlimited).
+    """
+
+    lowercase: Literal["upper", "unk"] = "upper"
+    append_sep: bool = False
+    prepend_bos: bool = True
+    padding_side: Literal["left", "right"] = "left"
+    model_max_length: int | None = None
+
+    pad_id: int = PAD
+    bos_id: int = BOS
+    sep_id: int = SEP
+
+    def encode(self, seq: str, name: str = "sequence") -> tuple[list[int], list[bool]]:
+        """One sequence -> (token ids, lower-case flags), specials included (flags False there)."""
+        ids, lower = encode_bytes(seq.encode("ascii", errors="replace"), name)
+        if self.lowercase == "unk":
+            ids = np.where(lower, UNK, ids).astype(np.uint8)
+        out, flags = ids.tolist(), lower.tolist()
+        if self.prepend_bos:
+            out, flags = [BOS] + out, [False] + flags
+        if self.append_sep:
+            out, flags = out + [SEP], flags + [False]
+        if self.model_max_length is not None and len(out) > self.model_max_length:
+            raise ValueError(
+                f"{name}: {len(out)} tokens exceed the model's maximum of {self.model_max_length}; "
+                "shorten the input or score it in windows"
+            )
+        return out, flags
+
+    def batch(self, seqs: list[str], names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Encode and pad a batch: input_ids (B, L) int64, lower (B, L) bool, attention_mask (B, L) bool."""
+        names = names or [f"sequence {i}" for i in range(len(seqs))]
+        enc = [self.encode(s, n) for s, n in zip(seqs, names)]
+        width = max(len(ids) for ids, _ in enc)
+        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        lower = torch.zeros((len(seqs), width), dtype=torch.bool)
+        mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+        for i, (ids, flags) in enumerate(enc):
+            sl = slice(width - len(ids), width) if self.padding_side == "left" else slice(0, len(ids))
+            input_ids[i, sl] = torch.tensor(ids, dtype=torch.long)
+            lower[i, sl] = torch.tensor(flags, dtype=torch.bool)
+            mask[i, sl] = True
+        return {"input_ids": input_ids, "lower": lower, "attention_mask": mask}
+
+    def to_dict(self) -> dict:
+        return {
+            "lowercase": self.lowercase,
+            "append_sep": self.append_sep,
+            "prepend_bos": self.prepend_bos,
+            "padding_side": self.padding_side,
+            "model_max_length": self.model_max_length,
+        }
