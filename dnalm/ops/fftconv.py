@@ -1,0 +1,113 @@
+"""Causal long convolution by FFT, the core operation of every Hyena-type layer, and its naive twin.
+
+Convention (owned here): a filter ``h`` of shape (C, L_h) holds one filter per channel with ``h[:, 0]``
+the lag-0 tap, and the convolution is causal and linear (never circular):
+
+    y[b, c, t] = sum_{s=0..min(t, L_h-1)} h[c, s] * u[b, c, t-s]  (+ bias[c] * u[b, c, t])
+
+Note that ``torch.nn.functional.conv1d`` is a cross-correlation: its *last* weight tap multiplies the
+current input. Turning a lag-0-first filter into a conv1d weight therefore needs a flip (SPEC §7.1).
+
+``fft_long_conv`` zero-pads to a fast FFT size n >= L + L_h - 1 (so no output wraps around), takes one
+``rfft`` of the filter that is broadcast over the batch, multiplies, and inverts. It always computes in
+float32, also under bf16/fp16 autocast (half-precision FFTs lose accuracy at long L, SPEC §7.3), and
+returns the input's dtype. ``direct_long_conv`` is the O(L * L_h) reference used by the tests.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+__all__ = ["fft_long_conv", "direct_long_conv", "fft_size", "filter_rfft"]
+
+
+@functools.lru_cache(maxsize=256)
+def fft_size(length: int, filter_length: int | None = None) -> int:
+    """Smallest even 2^a 3^b 5^c >= ``length + filter_length - 1`` (a linear, non-circular convolution).
+
+    Why 5-smooth: pocketfft (PyTorch's CPU FFT) is fastest on sizes with small prime factors; a size
+    with a large prime factor (e.g. 2 * 8194 = 4 * 17 * 241) is several times slower than the next
+    5-smooth size. Rounding to a power of two can nearly double the work (2 * 1026 -> 4096).
+    """
+    filter_length = length if filter_length is None else min(filter_length, length)
+    need = max(2, length + filter_length - 1)
+    best = 1 << (need - 1).bit_length()  # a power of two always qualifies
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            n = p35
+            while n < need:  # multiply by 2 until large enough
+                n *= 2
+            if n % 2 == 1:  # odd sizes make rfft/irfft pairs awkward; keep it even
+                n *= 2
+            best = min(best, n)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def filter_rfft(h: torch.Tensor, n: int) -> torch.Tensor:
+    """The float32 ``rfft`` of filters ``h`` (C, L_h) zero-padded to ``n``: (C, n//2 + 1) complex64.
+
+    Precompute it once when the same filter convolves many inputs (eval mode, long batches) and pass it
+    to ``fft_long_conv(..., h_fft=...)``.
+    """
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        return torch.fft.rfft(h.float(), n=n)  # (C, n//2+1)
+
+
+def fft_long_conv(
+    u: torch.Tensor,
+    h: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    h_fft: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal linear convolution of ``u`` (B, C, L) with per-channel filters ``h`` (C, L_h), via FFT.
+
+    ``bias`` (C,) adds the skip term ``bias * u``. Filters longer than L are cut to L (later taps never
+    reach an output); shorter filters (explicit FIRs) are fine. ``h_fft`` optionally supplies
+    ``filter_rfft(h[:, :L], fft_size(L, L_h))`` computed earlier (it must match ``h``; it is not
+    checked beyond its shape). Computed in float32; the result has ``u``'s dtype. Shape (B, C, L).
+    """
+    if u.dim() != 3 or h.dim() != 2 or h.shape[0] != u.shape[1]:
+        raise ValueError(f"fft_long_conv expects u (B, C, L) and h (C, L_h); got {tuple(u.shape)} and {tuple(h.shape)}")
+    L = u.shape[-1]
+    L_h = min(h.shape[-1], L)
+    n = fft_size(L, L_h)
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        u32 = u.float()  # no copy when u is already float32
+        if h_fft is None:
+            h_fft = torch.fft.rfft(h[:, :L_h].float(), n=n)  # (C, n//2+1): once, broadcast over B
+        elif h_fft.shape != (u.shape[1], n // 2 + 1):
+            raise ValueError(f"h_fft has shape {tuple(h_fft.shape)}, expected {(u.shape[1], n // 2 + 1)}")
+        u_fft = torch.fft.rfft(u32, n=n)  # (B, C, n//2+1), rfft zero-pads internally
+        if torch.is_grad_enabled() and (u_fft.requires_grad or h_fft.requires_grad):
+            prod = u_fft * h_fft  # autograd needs both factors intact
+        else:
+            prod = u_fft.mul_(h_fft)  # inference: reuse the buffer
+        y = torch.fft.irfft(prod, n=n)[..., :L]  # (B, C, L) view; the first L samples are the linear conv
+        if bias is not None:
+            y = torch.addcmul(y, u32, bias.float()[:, None])  # (B, C, L): + bias * u, one fused op
+    return y.to(u.dtype)
+
+
+def direct_long_conv(u: torch.Tensor, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference for ``fft_long_conv``: the same causal convolution summed lag by lag, in float64.
+
+    O(L * L_h) work; meant for tests and short filters. Same signature and output dtype.
+    """
+    if u.dim() != 3 or h.dim() != 2 or h.shape[0] != u.shape[1]:
+        raise ValueError(
+            f"direct_long_conv expects u (B, C, L) and h (C, L_h); got {tuple(u.shape)} and {tuple(h.shape)}"
+        )
+    L = u.shape[-1]
+    u64, h64 = u.double(), h.double()
+    y = torch.zeros_like(u64)  # (B, C, L)
+    for s in range(min(h.shape[-1], L)):
+        y[..., s:] += h64[:, s, None] * u64[..., : L - s]  # lag s: y[t] += h[s] * u[t - s]
+    if bias is not None:
+        y += bias.double()[:, None] * u64
+    return y.to(u.dtype)
