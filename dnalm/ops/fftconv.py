@@ -61,7 +61,7 @@ def filter_rfft(h: torch.Tensor, n: int) -> torch.Tensor:
 
 def fft_long_conv(
     u: torch.Tensor,
-    h: torch.Tensor,
+    h: torch.Tensor | None,
     bias: torch.Tensor | None = None,
     h_fft: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -69,13 +69,17 @@ def fft_long_conv(
 
     ``bias`` (C,) adds the skip term ``bias * u``. Filters longer than L are cut to L (later taps never
     reach an output); shorter filters (explicit FIRs) are fine. ``h_fft`` optionally supplies
-    ``filter_rfft(h[:, :L], fft_size(L, L_h))`` computed earlier (it must match ``h``; it is not
-    checked beyond its shape). Computed in float32; the result has ``u``'s dtype. Shape (B, C, L).
+    ``filter_rfft(h[:, :L], fft_size(L, L_h))`` computed earlier; it is checked only by shape. With
+    ``h_fft`` given, ``h`` may be None, meaning a full-length filter (L_h >= L). Computed in float32;
+    the result has ``u``'s dtype. Shape (B, C, L).
     """
-    if u.dim() != 3 or h.dim() != 2 or h.shape[0] != u.shape[1]:
-        raise ValueError(f"fft_long_conv expects u (B, C, L) and h (C, L_h); got {tuple(u.shape)} and {tuple(h.shape)}")
+    if h is None and h_fft is None:
+        raise ValueError("fft_long_conv needs the filter h or its transform h_fft")
+    if u.dim() != 3 or (h is not None and (h.dim() != 2 or h.shape[0] != u.shape[1])):
+        shape_h = None if h is None else tuple(h.shape)
+        raise ValueError(f"fft_long_conv expects u (B, C, L) and h (C, L_h); got {tuple(u.shape)} and {shape_h}")
     L = u.shape[-1]
-    L_h = min(h.shape[-1], L)
+    L_h = L if h is None else min(h.shape[-1], L)
     n = fft_size(L, L_h)
     with torch.autocast(device_type=u.device.type, enabled=False):
         u32 = u.float()  # no copy when u is already float32

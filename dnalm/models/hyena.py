@@ -1,0 +1,249 @@
+"""HyenaDNA: the Hyena operator (implicit long convolutions) and its pre-norm block (SPEC section 1).
+
+Read top to bottom: positional features -> implicit filter MLP -> exponential window (together the
+``HyenaFilter``, which yields one causal filter per channel) -> ``HyenaOperator`` (projection, short
+causal conv, gates and FFT long convolutions) -> ``HyenaBlock`` (LayerNorm, operator, LayerNorm, MLP)
+-> ``HyenaBackbone``.
+
+Conventions:
+
+- Time is normalised to ``l_max`` (t = i / (l_max - 1)), not to the input length: the filter table is
+  defined for l_max positions and an input of length L uses its first L rows. Changing l_max changes
+  the model; inputs longer than l_max are an error.
+- Filters are laid out lag-0 first, (C, L), as ``dnalm.ops.fftconv`` expects.
+- The residual stream is float32; the long convolution runs in float32 under any autocast.
+
+Parameter names mirror the published HyenaDNA Hugging Face checkpoints (``LongSafari/hyenadna-*-hf``,
+under ``hyena.backbone.``), so importing one is a key rename:
+
+- ``layers.i.{norm1, mixer, norm2, mlp.fc1, mlp.fc2}``
+- ``mixer.{in_proj, short_filter, out_proj}`` and ``mixer.filter_fn.{bias, pos_emb.z, modulation.deltas}``
+- ``mixer.filter_fn.implicit_filter.{0, 2, 4, ...}`` are the MLP's Linear layers at the same indices as
+  the reference's nn.Sequential. The reference's Sin activations (odd indices) share ONE frequency
+  tensor, saved three times under ``.1.freq``, ``.3.freq``, ``.5.freq``; here it is stored once as
+  ``implicit_filter.freq`` (safetensors refuses aliased tensors). ``pos_emb.t`` is derived, not saved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dnalm.config import HyenaConfig
+from dnalm.models.lm import BackboneOutput, gpt2_init
+from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft
+
+# The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
+# at 1M tokens and width 256 one entry would take 2 GB.
+FILTER_CACHE_MAX_BYTES = 128 * 2**20
+
+
+class PositionalEmbedding(nn.Module):
+    """Features of each position i < l_max: z = [t, cos(-f w), sin(-f w)], t = i/(l_max-1), w = 2 pi i/l_max."""
+
+    def __init__(self, emb_dim: int, l_max: int):
+        super().__init__()
+        t = torch.linspace(0, 1, l_max)[None, :, None]  # (1, l_max, 1)
+        bands = (emb_dim - 1) // 2
+        w = 2 * math.pi * torch.arange(l_max, dtype=torch.float32)[None, :, None] / l_max  # (1, l_max, 1)
+        f = torch.linspace(1e-4, bands - 1, bands)[None, None]  # (1, 1, bands)
+        z = torch.cat([t, torch.cos(-f * w), torch.sin(-f * w)], dim=-1)  # (1, l_max, emb_dim)
+        # z is saved (published models may have trained it); t is a pure function of l_max
+        self.register_buffer("z", z, persistent=True)
+        self.register_buffer("t", t, persistent=False)
+
+    def forward(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z (L, emb_dim), t (L, 1)) for the first L positions."""
+        return self.z[0, :L], self.t[0, :L]
+
+
+class ImplicitFilterMLP(nn.Module):
+    """Linear(emb_dim -> F), sin(freq x), num_inner_mlps x [Linear(F -> F), sin(freq x)], Linear(F -> C).
+
+    The Linear layers sit at the reference's nn.Sequential indices 0, 2, ..., 2*num_inner_mlps + 2; one
+    trainable ``freq`` (1, F), initialised to ``activation_freq``, is shared by every sin.
+    """
+
+    def __init__(self, emb_dim: int, filter_order: int, channels: int, num_inner_mlps: int, freq: float):
+        super().__init__()
+        self.freq = nn.Parameter(torch.full((1, filter_order), float(freq)))  # (1, F)
+        dims = [emb_dim] + [filter_order] * (num_inner_mlps + 1)
+        self.hidden_names = [str(2 * i) for i in range(num_inner_mlps + 1)]
+        for name, d_in, d_out in zip(self.hidden_names, dims[:-1], dims[1:]):
+            self.add_module(name, nn.Linear(d_in, d_out))
+        self.out_name = str(2 * num_inner_mlps + 2)
+        self.add_module(self.out_name, nn.Linear(filter_order, channels, bias=False))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = z  # (L, emb_dim)
+        for name in self.hidden_names:
+            h = torch.sin(self.freq * getattr(self, name)(h))  # (L, F)
+        return getattr(self, self.out_name)(h)  # (L, C)
+
+
+class ExponentialModulation(nn.Module):
+    """Window exp(-t |delta_c|) + shift; delta spread so channel c decays to 1% between 0.3 and 1.5 l_max."""
+
+    def __init__(self, channels: int, shift: float, fast_decay: float = 0.3, slow_decay: float = 1.5):
+        super().__init__()
+        target = math.log(1e-2)
+        deltas = torch.linspace(target / slow_decay, target / fast_decay, channels)[None, None]  # (1, 1, C)
+        self.register_buffer("deltas", deltas, persistent=True)
+        self.shift = shift
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """t (L, 1), h (L, C) -> h * window (L, C)."""
+        return h * (torch.exp(-t * self.deltas[0].abs()) + self.shift)
+
+
+class HyenaFilter(nn.Module):
+    """The implicit long filters of one operator: ``channels`` = (order-1) * d_model filters of length <= l_max,
+    plus the per-channel skip ``bias`` (the "D" term: y = h * u + bias * u)."""
+
+    no_weight_decay = True  # filter MLP parameters get no weight decay (SPEC section 1)
+
+    def __init__(self, config: HyenaConfig, channels: int):
+        super().__init__()
+        self.l_max = config.l_max
+        self.bias = nn.Parameter(torch.randn(channels))  # (C,)
+        self.pos_emb = PositionalEmbedding(config.emb_dim, config.l_max)
+        self.implicit_filter = ImplicitFilterMLP(
+            config.emb_dim, config.filter_order, channels, config.num_inner_mlps, config.activation_freq
+        )
+        self.modulation = ExponentialModulation(channels, config.modulation_shift)
+
+    def forward(self, L: int) -> torch.Tensor:
+        """The filters for length L: (C, L), lag 0 first, float32."""
+        if L > self.l_max:
+            raise ValueError(
+                f"input length {L} exceeds this Hyena model's l_max={self.l_max}; its filters are only defined "
+                f"for {self.l_max} positions (use a model built with a larger l_max)"
+            )
+        with torch.autocast(device_type=self.pos_emb.z.device.type, enabled=False):
+            z, t = self.pos_emb(L)  # (L, emb_dim), (L, 1)
+            h = self.implicit_filter(z.float())  # (L, C)
+            h = self.modulation(t.float(), h)  # (L, C)
+        return h.t()  # (C, L)
+
+
+class HyenaOperator(nn.Module):
+    """Order-N Hyena: in_proj (N+1 streams), short causal conv, then N-1 rounds of gate + long conv.
+
+    Order 2 (HyenaDNA): x0, x1, v = split(short_conv(in_proj(u)));
+    y = out_proj(x0 * (h * (x1 v) + bias * (x1 v))). For N > 2 the extra gates x_{N-1}, ..., x_1 are
+    applied in that order, gate k using filter bank k (channels k*D .. (k+1)*D) of the filter MLP.
+    """
+
+    def __init__(self, config: HyenaConfig):
+        super().__init__()
+        D, N = config.d_model, config.order
+        self.d_model, self.order = D, N
+        k = config.short_filter_order
+        self.in_proj = nn.Linear(D, (N + 1) * D)
+        # depthwise, padded k-1 on both sides, first L outputs kept: causal (as the reference does)
+        self.short_filter = nn.Conv1d((N + 1) * D, (N + 1) * D, k, groups=(N + 1) * D, padding=k - 1)
+        self.filter_fn = HyenaFilter(config, (N - 1) * D)
+        self.out_proj = nn.Linear(D, D)
+        self.out_proj.residual_out = True
+        self.dropout = nn.Dropout(config.dropout)
+        self._fft_cache: tuple | None = None  # (key, filter FFT) in eval mode; see _filter_fft
+
+    def long_filter(self, L: int) -> torch.Tensor:
+        """The implicit long filters for length L: ((order-1) * d_model, L), lag 0 first, float32."""
+        return self.filter_fn(L)
+
+    def _filter_fft(self, L: int) -> torch.Tensor | None:
+        """In eval mode without autograd, the filter FFT for length L, cached until the weights change."""
+        if self.training or torch.is_grad_enabled():
+            return None
+        n = fft_size(L)
+        if self.filter_fn.bias.numel() * (n // 2 + 1) * 8 > FILTER_CACHE_MAX_BYTES:
+            return None
+        tensors = list(self.filter_fn.parameters()) + list(self.filter_fn.buffers())
+        # any in-place update (optimizer step, load_state_dict) bumps _version; .to() changes data_ptr
+        key = (L, tuple((p.data_ptr(), p._version) for p in tensors))
+        if self._fft_cache is None or self._fft_cache[0] != key:
+            self._fft_cache = (key, filter_rfft(self.long_filter(L), n))  # (C, n//2+1)
+        return self._fft_cache[1]
+
+    def train(self, mode: bool = True) -> "HyenaOperator":
+        self._fft_cache = None  # training changes the weights; free the memory
+        return super().train(mode)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, L, D) -> (B, L, D)."""
+        L, D = u.shape[1], self.d_model
+        z = self.in_proj(u).transpose(1, 2)  # (B, (N+1)D, L)
+        z = self.short_filter(z)[..., :L]  # (B, (N+1)D, L), causal
+        x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
+        h_fft = self._filter_fft(L)  # (C, n//2+1) or None
+        h = self.long_filter(L) if h_fft is None else None  # (C, L)
+        bias = self.filter_fn.bias
+        for o, x_i in enumerate(reversed(gates)):  # order 2: just x1
+            ch = slice(o * D, (o + 1) * D)
+            v = self.dropout(v * x_i)  # (B, D, L)
+            if h_fft is None:
+                v = fft_long_conv(v, h[ch], bias[ch])  # (B, D, L)
+            else:
+                v = fft_long_conv(v, None, bias[ch], h_fft=h_fft[ch])  # (B, D, L)
+        y = (x0 * v).transpose(1, 2)  # (B, L, D)
+        return self.out_proj(y)
+
+
+class Mlp(nn.Module):
+    """fc1 (D -> d_inner), tanh-approximated GELU, fc2 (d_inner -> D)."""
+
+    def __init__(self, d_model: int, d_inner: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_inner)
+        self.fc2 = nn.Linear(d_inner, d_model)
+        self.fc2.residual_out = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
+
+
+class HyenaBlock(nn.Module):
+    """Pre-norm block: r = r + op(norm1(r)); r = r + mlp(norm2(r)), with the residual r in float32."""
+
+    def __init__(self, config: HyenaConfig):
+        super().__init__()
+        D = config.d_model
+        self.norm1 = nn.LayerNorm(D, eps=config.block_ln_eps)
+        self.mixer = HyenaOperator(config)
+        self.norm2 = nn.LayerNorm(D, eps=config.block_ln_eps)
+        self.mlp = Mlp(D, config.d_inner)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = x.float()  # (B, L, D) residual stream in float32, whatever the weights' dtype
+        r = r + self.dropout(self.mixer(self.norm1(r.to(self.norm1.weight.dtype))))
+        r = r + self.dropout(self.mlp(self.norm2(r.to(self.norm2.weight.dtype))))
+        return r  # (B, L, D) float32
+
+
+class HyenaBackbone(nn.Module):
+    """A stack of ``n_layer`` Hyena blocks; returns the hidden state before the final norm."""
+
+    def __init__(self, config: HyenaConfig):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(HyenaBlock(config) for _ in range(config.n_layer))
+        gpt2_init(self, config.n_layer)  # Linear N(0, 0.02), out_proj/fc2 scaled, biases 0 (as the reference)
+        for layer in self.layers:  # the long-conv skip starts at N(0, 1), as the reference
+            nn.init.normal_(layer.mixer.filter_fn.bias)
+
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = False) -> BackboneOutput:
+        """x (B, L, D) embeddings -> BackboneOutput(hidden (B, L, D) float32, [after each block])."""
+        if x.shape[1] > self.config.l_max:
+            raise ValueError(f"input of {x.shape[1]} tokens exceeds this Hyena model's l_max={self.config.l_max}")
+        states = []
+        h = x
+        for layer in self.layers:
+            h = layer(h)  # (B, L, D)
+            if output_hidden_states:
+                states.append(h)
+        return BackboneOutput(hidden=h, hidden_states=states if output_hidden_states else None)
