@@ -1,0 +1,391 @@
+"""StripedHyena (Evo) and StripedHyena 2 (Evo 2): gated-convolution Hyena blocks striped with attention.
+
+Every depth holds one pre-norm residual block (SPEC sections 2-3)::
+
+    x = x + mixer(RMSNorm(x))             mixer: a Hyena operator or RoPE attention
+    x = x + GatedMLP(RMSNorm(x))          l3(act(l1 z) * l2 z)
+
+The Hyena operator is one featurizer followed by a per-kind long convolution::
+
+    z = short_fir(in_proj(x))             D -> 3D, then a depthwise causal FIR of length 3 over the 3D channels
+    x2, x1, v = split(z)                  contiguous thirds, each D wide
+    u = x1 * v
+    y = out_proj(x2 * conv(u))
+
+    kind     conv(u)                                     filter h[d, t] (t = 0, 1, ...)
+    "hyena"  h * u + D * u   (version 1, Evo)            Re sum_n R[d,n] p[d,n]^t, S complex modes as (re, im) pairs
+    "se"     h * u           (version 2)                 explicit, length se_len (7), one filter per channel group
+    "mr"     h * u + D * u   (version 2)                 w[g, t] * exp(-r_g t / (mr_len - 1)), length mr_len (128),
+                                                         grouped; r_g log-spaced over [1e-2, 1e2], a fixed buffer
+    "li"     h * u + D * u   (version 2)                 sum_n R[d,n] exp(lambda[d,n] t), lambda = -exp(a) < 0
+
+Filter convention (SPEC pitfall 1): ``h[..., j]`` is the tap for lag j, so h[..., 0] multiplies the current
+input, as in the FFT path. ``F.conv1d`` is a cross-correlation (its LAST weight multiplies the current input),
+so short FIRs are flipped before conv1d and the recurrent FIR step multiplies the newest input by h[0].
+Modal poles, residues, their powers and the FFT run in float32 (complex64) whatever the model dtype.
+
+Generation keeps a fixed-size state per Hyena layer, whatever the position:
+
+- short FIR: the last (k-1) inputs of the featurizer FIR, (B, 3D, k-1);
+- SE / MR: the last (len-1) values of u, (B, D, len-1);
+- modal ("hyena", "li"): s (B, D, S) with s <- p*s + u_t and output Re sum_n R*s + D*u_t.
+
+``prefill`` computes the modal state at the prompt's end, s_n = sum_k p_n^(L-1-k) u_k, without a loop over
+the prompt: it is the convolution of u with p_n^t read at the last position, i.e. one dot product per
+(channel, mode), done as one vectorised two-level contraction (chunks of ~sqrt(L)). That is exact and
+costs O(L*S) per channel, where materialising the whole per-mode FFT convolution would cost O(S*L log L)
+to keep one of its L outputs. Attention layers keep a KV cache (dnalm.models.attention).
+
+Biases follow the released models: version 1 (Evo 1 config: qkv_proj_bias, mha_out_proj_bias,
+short_filter_bias all true) has biases on every projection and on the short FIR; version 2 (Evo 2:
+qkv_proj_bias false, hyena_out_proj_bias true, short_filter_bias false) has a bias on the Hyena
+out_proj only (its attention out_proj bias is dropped: ``CausalSelfAttention`` has one bias switch).
+The MLP is GELU-gated in version 1, and in version 2 GELU in layer 0 and the identity (a bilinear GLU)
+elsewhere. The channel layout is our own (contiguous thirds, no column split / interleave), so
+published Evo weights would need a permutation to load; no importer is provided.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dnalm.config import ConfigError, StripedHyenaConfig
+from dnalm.models.attention import CausalSelfAttention
+from dnalm.models.lm import BackboneOutput, gpt2_init
+from dnalm.ops.fftconv import fft_long_conv
+
+__all__ = [
+    "StripedHyenaBackbone",
+    "StripedHyenaBlock",
+    "HyenaMixer",
+    "GatedMLP",
+    "HyenaState",
+    "extend_context",
+    "modal_filter",
+    "modal_state",
+    "fir_step",
+]
+
+
+# ------------------------------------------------------------------------------------ filter helpers
+
+
+def _tail(z: torch.Tensor, n: int) -> torch.Tensor:
+    """The last ``n`` positions of z (B, C, L), zero-padded on the left when L < n: (B, C, n)."""
+    if n == 0:
+        return z[..., :0].clone()
+    return F.pad(z, (max(0, n - z.shape[-1]), 0))[..., -n:].clone()
+
+
+def fir_step(
+    x_t: torch.Tensor, hist: torch.Tensor, h: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of a causal FIR: x_t (B, C), history of the last k-1 inputs (B, C, k-1) oldest first,
+    taps h (C, k) with h[:, 0] the lag-0 tap. Returns (y_t (B, C), the new history)."""
+    window = torch.cat([hist, x_t[..., None]], dim=-1)  # (B, C, k), newest last
+    y = (window * h.flip(-1)).sum(-1)  # newest input meets h[:, 0]
+    if bias is not None:
+        y = y + bias
+    return y, window[..., 1:]
+
+
+def modal_filter(log_p: torch.Tensor, residues: torch.Tensor, L: int) -> torch.Tensor:
+    """h[c, t] = Re sum_n R[c, n] exp(log_p[c, n] t) for t < L: (C, L) float32.
+
+    ``log_p`` (C, S) is complex (log of the poles, version 1) or real (lambda, Hyena-LI); ``residues`` has
+    the same shape and kind. Modes are summed in chunks so that no (C, S, L) tensor is built at long L.
+    """
+    C, S = log_p.shape
+    t = torch.arange(L, device=log_p.device, dtype=torch.float32)  # (L,)
+    h = torch.zeros(C, L, device=log_p.device, dtype=torch.float32)  # (C, L)
+    per_chunk = max(1, (1 << 24) // max(1, C * L))  # modes per chunk: <= 16M elements at once
+    for n0 in range(0, S, per_chunk):
+        powers = torch.exp(log_p[:, n0 : n0 + per_chunk, None] * t)  # (C, s, L) = p^t
+        term = residues[:, n0 : n0 + per_chunk, None] * powers  # (C, s, L)
+        h = h + (term.real if term.is_complex() else term).sum(1)
+    return h
+
+
+def modal_state(u: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """Modal state after reading u (B, C, L): s[b, c, n] = sum_k p[c, n]^(L-1-k) u[b, c, k], p = exp(log_p).
+
+    This is the convolution of u with p^t read at the last position (SPEC section 2), computed as one
+    dot product per (channel, mode). To keep the power tables small at long L, positions are split into
+    m chunks of c ~ sqrt(L): k = j*c + i needs p^((m-1-j)*c) * p^(c-1-i), so two contractions with a
+    (C, S, c) and a (C, S, m) table suffice. Returns (B, C, S), complex64 if log_p is complex, else float32.
+    """
+    B, C, L = u.shape
+    c = max(1, math.isqrt(max(L - 1, 0)) + 1)  # ceil(sqrt(L)) for L > 0
+    m = -(-L // c)
+    u = F.pad(u.float(), (m * c - L, 0)).reshape(B, C, m, c)  # left zeros add nothing to s
+    dev = u.device
+    lag_in = torch.arange(c - 1, -1, -1, device=dev, dtype=torch.float32)  # (c,) power of p within a chunk
+    lag_out = torch.arange(m - 1, -1, -1, device=dev, dtype=torch.float32) * c  # (m,) power at each chunk end
+    p_in = torch.exp(log_p[..., None] * lag_in)  # (C, S, c)
+    p_out = torch.exp(log_p[..., None] * lag_out)  # (C, S, m)
+    if p_in.is_complex():
+        local = torch.complex(
+            torch.einsum("bcmi,csi->bcms", u, p_in.real), torch.einsum("bcmi,csi->bcms", u, p_in.imag)
+        )  # (B, C, m, S)
+    else:
+        local = torch.einsum("bcmi,csi->bcms", u, p_in)  # (B, C, m, S)
+    return torch.einsum("bcms,csm->bcs", local, p_out)  # (B, C, S)
+
+
+def _log_uniform(shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
+    return torch.exp(torch.empty(shape).uniform_(math.log(lo), math.log(hi)))
+
+
+# ----------------------------------------------------------------------------------------- modules
+
+
+@dataclass
+class HyenaState:
+    """Generation state of one Hyena mixer: fixed size, independent of the position."""
+
+    fir: torch.Tensor  # (B, 3D, k-1) last inputs of the featurizer FIR
+    inner: torch.Tensor  # (B, D, len-1) last u for SE/MR, or the modal state (B, D, S)
+    coef: tuple[torch.Tensor, ...]  # filter coefficients frozen at prefill (taps, or poles and residues)
+
+
+class GatedMLP(nn.Module):
+    """``l3(act(l1 z) * l2 z)`` without biases; ``act`` is "gelu" or "identity" (a bilinear GLU)."""
+
+    def __init__(self, d_model: int, hidden: int, act: str = "gelu"):
+        super().__init__()
+        self.act = act
+        self.l1 = nn.Linear(d_model, hidden, bias=False)
+        self.l2 = nn.Linear(d_model, hidden, bias=False)
+        self.l3 = nn.Linear(hidden, d_model, bias=False)
+        self.l3.residual_out = True
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        a = self.l1(z)  # (..., hidden)
+        if self.act == "gelu":
+            a = F.gelu(a)
+        return self.l3(a * self.l2(z))  # (..., D)
+
+
+class HyenaMixer(nn.Module):
+    """The Hyena operator of one block; ``kind`` is "hyena" (version 1) or "se", "mr", "li" (version 2)."""
+
+    def __init__(self, kind: str, config: StripedHyenaConfig):
+        super().__init__()
+        D, S, G = config.d_model, config.state_size, config.filter_groups
+        v1 = config.version == 1
+        self.kind, self.d_model, self.groups = kind, D, G
+        self.in_proj = nn.Linear(D, 3 * D, bias=v1)
+        k = config.short_filter_len
+        bound = 1 / math.sqrt(k)  # nn.Conv1d's default scale
+        self.short_filter = nn.Parameter(torch.empty(3 * D, k).uniform_(-bound, bound))  # (3D, k), lag 0 first
+        self.short_bias = nn.Parameter(torch.zeros(3 * D)) if v1 else None
+        self.out_proj = nn.Linear(D, D, bias=True)
+        self.out_proj.residual_out = True
+        self.skip = None  # the D term: + skip * u
+        if kind in ("hyena", "li", "mr"):
+            self.skip = nn.Parameter(torch.zeros(D))
+        if kind == "hyena":
+            # poles p = exp(-rate + i*theta): decay timescales 2..1000 tokens, all frequencies; residues
+            # scaled by sqrt(1 - |p|^2) so that every channel starts near unit gain (our init; the released
+            # code leaves its init as a TODO)
+            rate, theta = _log_uniform((D, S), 1e-3, 0.5), torch.rand(D, S) * math.pi
+            p = torch.polar(torch.exp(-rate), theta)  # (D, S) complex
+            r = torch.randn(D, S, dtype=torch.complex64) * torch.sqrt(1 - p.abs() ** 2) / math.sqrt(S)
+            self.poles = nn.Parameter(torch.view_as_real(p).contiguous())  # (D, S, 2) float32 (re, im)
+            self.residues = nn.Parameter(torch.view_as_real(r).contiguous())  # (D, S, 2)
+        elif kind == "li":
+            rate = _log_uniform((D, S), 1e-3, 0.5)
+            self.log_rate = nn.Parameter(torch.log(rate))  # (D, S): lambda = -exp(log_rate)
+            self.residues = nn.Parameter(torch.randn(D, S) * torch.sqrt(1 - torch.exp(-2 * rate)) / math.sqrt(S))
+        elif kind == "se":
+            self.h = nn.Parameter(torch.randn(G, config.se_len) / math.sqrt(config.se_len))  # (G, se_len)
+        elif kind == "mr":
+            n = config.mr_len
+            t = torch.linspace(0, 1, n)  # (n,) time over the filter length
+            rates = torch.logspace(-2, 2, G)  # (G,) one decay rate per group
+            self.register_buffer("decay", torch.exp(-rates[:, None] * t), persistent=False)  # (G, n)
+            w = torch.randn(G, n)
+            self.w = nn.Parameter(w / self.decay.norm(dim=-1, keepdim=True))  # unit gain per group at init
+        else:
+            raise ValueError(f"unknown Hyena block kind {kind!r}")
+
+    # ---- filters (float32, lag 0 first)
+
+    def modal_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log of the poles, residues), each (D, S): complex64 for "hyena", float32 for "li"."""
+        if self.kind == "hyena":
+            p = torch.complex(self.poles[..., 0].float(), self.poles[..., 1].float())  # (D, S)
+            r = torch.complex(self.residues[..., 0].float(), self.residues[..., 1].float())
+            return torch.log(p), r
+        if self.kind == "li":
+            return -torch.exp(self.log_rate.float()), self.residues.float()
+        raise ValueError(f"{self.kind} has no modal filter")
+
+    def long_filter(self, L: int) -> torch.Tensor:
+        """The per-channel filter (D, L_h), h[:, 0] the lag-0 tap: L_h = L for modal kinds, else the FIR length."""
+        if self.kind in ("hyena", "li"):
+            return modal_filter(*self.modal_params(), L)  # (D, L)
+        taps = self.h if self.kind == "se" else self.w * self.decay  # (G, len)
+        return taps.float().repeat_interleave(self.d_model // self.groups, dim=0)  # (D, len): channel d -> group d // (D/G)
+
+    # ---- parallel path
+
+    def _featurize(self, z_pre: torch.Tensor) -> torch.Tensor:
+        """Depthwise causal short FIR over (B, 3D, L) (conv1d wants the lag-0 tap last: flip)."""
+        k = self.short_filter.shape[-1]
+        w = self.short_filter.flip(-1)[:, None, :].to(z_pre.dtype)  # (3D, 1, k)
+        b = None if self.short_bias is None else self.short_bias.to(z_pre.dtype)
+        return F.conv1d(z_pre, w, b, padding=k - 1, groups=z_pre.shape[1])[..., : z_pre.shape[-1]]  # (B, 3D, L)
+
+    def _long_conv(self, u: torch.Tensor) -> torch.Tensor:
+        """conv(u) for u (B, D, L) per the block kind; (B, D, L)."""
+        L = u.shape[-1]
+        h = self.long_filter(L)  # (D, L_h) float32
+        if self.kind == "se":  # 7 taps: a direct depthwise convolution beats an FFT
+            w = h.flip(-1)[:, None, :].to(u.dtype)  # (D, 1, k)
+            return F.conv1d(u, w, padding=h.shape[-1] - 1, groups=self.d_model)[..., :L]
+        return fft_long_conv(u, h, self.skip)  # float32 inside, u's dtype out
+
+    def _mix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_pre = self.in_proj(x).transpose(1, 2)  # (B, 3D, L)
+        z = self._featurize(z_pre)  # (B, 3D, L)
+        x2, x1, v = z.chunk(3, dim=1)  # (B, D, L) each
+        u = x1 * v  # (B, D, L)
+        y = x2 * self._long_conv(u)  # (B, D, L)
+        return self.out_proj(y.transpose(1, 2)), z_pre, u, x2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D) -> (B, L, D)."""
+        return self._mix(x)[0]
+
+    # ---- generation
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, HyenaState]:
+        """Parallel forward over a prompt x (B, L, D) plus the state at its end: (y (B, L, D), HyenaState)."""
+        y, z_pre, u, _ = self._mix(x)
+        fir = _tail(z_pre, self.short_filter.shape[-1] - 1)  # (B, 3D, k-1)
+        if self.kind in ("hyena", "li"):
+            log_p, r = self.modal_params()
+            inner = modal_state(u, log_p)  # (B, D, S)
+            coef = (torch.exp(log_p), r)  # poles (D, S), residues (D, S)
+        else:
+            h = self.long_filter(u.shape[-1])  # (D, len)
+            inner = _tail(u.float(), h.shape[-1] - 1)  # (B, D, len-1)
+            coef = (h,)
+        return y, HyenaState(fir, inner, coef)
+
+    def step(self, x_t: torch.Tensor, state: HyenaState) -> tuple[torch.Tensor, HyenaState]:
+        """One token x_t (B, D) -> (y_t (B, D), state); the state is updated in place."""
+        z_pre = self.in_proj(x_t)  # (B, 3D)
+        bias = None if self.short_bias is None else self.short_bias.to(z_pre.dtype)
+        z, state.fir = fir_step(z_pre, state.fir, self.short_filter.to(z_pre.dtype), bias)  # (B, 3D)
+        x2, x1, v = z.chunk(3, dim=-1)  # (B, D) each
+        u = (x1 * v).float()  # (B, D)
+        if self.kind in ("hyena", "li"):
+            p, r = state.coef
+            state.inner = p * state.inner + u[..., None]  # (B, D, S): s <- p*s + u_t
+            y = (r * state.inner).sum(-1)  # (B, D)
+            y = y.real if y.is_complex() else y
+        else:
+            y, state.inner = fir_step(u, state.inner, state.coef[0])  # (B, D)
+        if self.skip is not None:
+            y = y + self.skip.float() * u
+        return self.out_proj((x2 * y.to(x2.dtype))), state
+
+
+class StripedHyenaBlock(nn.Module):
+    """Pre-norm residual block: ``x + mixer(norm1(x))`` then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, kind: str, config: StripedHyenaConfig, layer_idx: int):
+        super().__init__()
+        D = config.d_model
+        self.kind = kind
+        self.norm1 = nn.RMSNorm(D, eps=config.norm_eps)
+        if kind == "attn":
+            self.mixer: nn.Module = CausalSelfAttention(
+                D, config.n_head, config.max_len, config.rope_base, config.rope_interp, bias=config.version == 1
+            )
+        else:
+            self.mixer = HyenaMixer(kind, config)
+        self.norm2 = nn.RMSNorm(D, eps=config.norm_eps)
+        act = "gelu" if config.version == 1 or layer_idx == 0 else "identity"
+        self.mlp = GatedMLP(D, config.mlp_hidden, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))  # (B, L, D), float32 residual stream
+        return x + self.mlp(self.norm2(x))
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer.prefill(self.norm1(x))
+        x = x + y
+        return x + self.mlp(self.norm2(x)), state
+
+    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer.step(self.norm1(x_t), state)
+        x_t = x_t + y  # (B, D)
+        return x_t + self.mlp(self.norm2(x_t)), state
+
+
+class StripedHyenaBackbone(nn.Module):
+    """The blocks named by ``config.layers``; returns the hidden state before the shell's final RMSNorm."""
+
+    def __init__(self, config: StripedHyenaConfig):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(StripedHyenaBlock(kind, config, i) for i, kind in enumerate(config.layers))
+        gpt2_init(self, config.n_layer)  # Linear layers only; filters keep their own init
+
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = False) -> BackboneOutput:
+        """x (B, L, D) -> BackboneOutput(hidden (B, L, D), hidden states after each block on request)."""
+        states = [] if output_hidden_states else None
+        for block in self.layers:
+            x = block(x)
+            if states is not None:
+                states.append(x)
+        return BackboneOutput(x, states)
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+        """Forward over a prompt x (B, L, D); returns (hidden (B, L, D), one state per block)."""
+        states = []
+        for block in self.layers:
+            x, s = block.prefill(x)
+            states.append(s)
+        return x, states
+
+    def step(self, x_t: torch.Tensor, states: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+        """One token x_t (B, D) -> (hidden (B, D), states); states are updated in place."""
+        for i, block in enumerate(self.layers):
+            x_t, states[i] = block.step(x_t, states[i])
+        return x_t, states
+
+
+# --------------------------------------------------------------------------------- context extension
+
+
+def extend_context(config: Any, new_len: int, base_len: int = 8192) -> Any:
+    """The config for a context-extension stage at ``new_len`` (SPEC section 3, Evo 2).
+
+    Sets ``max_len = new_len``, linear position interpolation ``rope_interp = new_len / base_len`` and
+    ``rope_base = base * 10 ** log2(new_len / base_len)`` where ``base`` is the RoPE base at ``base_len``
+    (1M from 8K: factor 128, base 1e4 -> 1e11). The base is recovered from the config's current
+    ``rope_interp``, so stages compose: extending an extended config gives the same result as extending
+    the original (this holds for any config made by this function or still at its base length). Returns
+    a new config; the input is not modified.
+    """
+    for name in ("rope_base", "rope_interp", "max_len"):
+        if not hasattr(config, name):
+            raise ConfigError(f"{type(config).__name__} has no {name}; context extension needs RoPE fields")
+    if base_len <= 0 or new_len < base_len:
+        raise ConfigError(f"context extension needs new_len >= base_len > 0 (got new_len={new_len}, base_len={base_len})")
+    factor = new_len / base_len
+    base0 = config.rope_base / 10 ** math.log2(config.rope_interp)
+    return dataclasses.replace(
+        config, max_len=int(new_len), rope_interp=factor, rope_base=base0 * 10 ** math.log2(factor)
+    )
