@@ -129,6 +129,22 @@ class DNALM(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed.weight.numel() if exclude_embeddings else n
 
+    def generate(
+        self,
+        prompt: str | list[str],
+        n_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> str | list[str]:
+        """Sample ``n_tokens`` bases after each prompt (prefill once, then recurrent steps); returns the new
+        bases. See :func:`dnalm.generation.generate` for the options (num_samples, alphabet, use_cache)."""
+        from dnalm.generation import generate
+
+        return generate(self, prompt, n_tokens, temperature, top_k, top_p, seed, **kwargs)
+
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
