@@ -1,0 +1,203 @@
+"""FASTA reading (and the format dispatch for every sequence file).
+
+Conventions (owned here, stated once):
+
+- A FASTA file holds one or more records, each a ``>name description`` header line followed by sequence
+  lines of any width. Line endings may be LF or CRLF; spaces and tabs inside sequence lines are ignored.
+  The file may be plain text, gzip or bgzip (detected from the first bytes, not the extension).
+- The record name is the header's first whitespace-separated word; the rest is the description.
+- Sequences become token ids of :mod:`dnalm.tokenizer` (A=7 C=8 G=9 T=10 N=11). Lower case (soft-masked
+  repeats) is upper-cased and kept as a separate boolean mask (True = lower case). IUPAC ambiguity codes
+  become N. Any other character is an error naming the file, record, 1-based position and line.
+- Positions inside a record are 0-based in code; messages for people say "position P (1-based)".
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from dnalm.data.errors import DataError
+from dnalm.tokenizer import BYTE_IS_LOWER, BYTE_TO_ID
+
+FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas", ".seq")
+GENBANK_SUFFIXES = (".gb", ".gbk", ".gbff", ".genbank")
+GZIP_SUFFIXES = (".gz", ".bgz", ".bgzf")
+_GZIP_MAGIC = b"\x1f\x8b"
+_IGNORED_BYTES = b" \t\r\n\x0b\x0c"  # removed from sequence lines before encoding
+
+
+@dataclass
+class SeqRecord:
+    """One sequence: token ids (uint8, see dnalm.tokenizer) plus its lower-case (repeat) mask."""
+
+    name: str
+    description: str
+    ids: np.ndarray  # (L,) uint8 token ids
+    lower: np.ndarray  # (L,) bool, True = lower case in the file
+    source: str  # the file it came from
+    circular: bool = False  # GenBank topology; FASTA cannot say, so False
+    features: list = field(default_factory=list)  # annotation Features carried by the file (GenBank)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a plain, gzip or bgzip file for binary reading (compression detected from the magic bytes).
+
+    Raises DataError for a missing or empty file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a sequence or annotation file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == _GZIP_MAGIC:
+        # bgzip is a series of gzip members; the gzip module reads them all in sequence.
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _gzip_error_types() -> tuple[type[BaseException], ...]:
+    return (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def strip_compression_suffix(path: str | Path) -> str:
+    name = Path(path).name.lower()
+    for suffix in GZIP_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def sniff_format(path: str | Path) -> str:
+    """'fasta' or 'genbank', from the extension (under any .gz) or else the first non-blank line."""
+    name = strip_compression_suffix(path)
+    if name.endswith(FASTA_SUFFIXES):
+        return "fasta"
+    if name.endswith(GENBANK_SUFFIXES):
+        return "genbank"
+    with open_binary(path) as fh:
+        try:
+            for line in fh:
+                s = line.strip()
+                if not s:
+                    continue
+                if s.startswith(b">"):
+                    return "fasta"
+                if s.startswith(b"LOCUS"):
+                    return "genbank"
+                break
+        except _gzip_error_types() as e:
+            raise DataError(f"{path}: truncated or corrupt gzip data ({e})") from None
+    raise DataError(
+        f"{path}: cannot tell the format; use a FASTA ({', '.join(FASTA_SUFFIXES)}) or GenBank "
+        f"({', '.join(GENBANK_SUFFIXES)}) extension, optionally followed by .gz"
+    )
+
+
+def encode_record(
+    raw: bytes, name: str, path: str | Path, line_lengths: list[int] | None = None, first_line: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode a record's cleaned sequence bytes; a bad character raises DataError with its position.
+
+    ``line_lengths`` (cleaned bases per sequence line, first line number ``first_line``) lets the message
+    name the line too.
+    """
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    ids = BYTE_TO_ID[arr]  # (L,) uint8, 255 = not a nucleotide
+    bad = np.flatnonzero(ids == 255)
+    if bad.size:
+        pos = int(bad[0])
+        where = ""
+        if line_lengths is not None:
+            ends = np.cumsum(line_lengths)
+            where = f", line {first_line + int(np.searchsorted(ends, pos, side='right'))}"
+        ch = chr(int(arr[pos]))
+        raise DataError(
+            f"{path}: record {name!r}, position {pos + 1} (1-based{where}): invalid character {ch!r}; "
+            "expected A, C, G, T, N or an IUPAC ambiguity code"
+        )
+    return ids, BYTE_IS_LOWER[arr]
+
+
+def _finish(
+    path: Path, name: str, desc: str, header_line: int, chunks: list[bytes], seen: set[str]
+) -> SeqRecord:
+    raw = b"".join(chunks).translate(None, _IGNORED_BYTES)
+    if not raw:
+        raise DataError(f"{path}: record {name!r} (header on line {header_line}) is empty: it has no sequence")
+    if name in seen:
+        raise DataError(f"{path}: duplicate record name {name!r} (second header on line {header_line})")
+    seen.add(name)
+    try:
+        ids, lower = encode_record(raw, name, path)
+    except DataError:
+        # Slow path only on error: count bases per line to name the line as well.
+        lengths = [len(c.translate(None, _IGNORED_BYTES)) for c in chunks]
+        encode_record(raw, name, path, lengths, header_line + 1)
+        raise
+    return SeqRecord(name=name, description=desc, ids=ids, lower=lower, source=str(path))
+
+
+def read_fasta(path: str | Path) -> Iterator[SeqRecord]:
+    """Yield the records of a FASTA file (plain, gzip or bgzip) one at a time.
+
+    Raises DataError naming the file, record and position for: an empty file, text before the first
+    header, an empty header or record, a duplicate name, a character that is not a nucleotide or IUPAC
+    code, and a truncated or corrupt gzip stream.
+    """
+    path = Path(path)
+    seen: set[str] = set()
+    name: str | None = None
+    desc = ""
+    header_line = 0
+    chunks: list[bytes] = []
+    lineno = 0
+    with open_binary(path) as fh:
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if line[:1] == b">":
+                    if name is not None:
+                        yield _finish(path, name, desc, header_line, chunks, seen)
+                    header = line[1:].decode("utf-8", errors="replace").strip()
+                    if not header:
+                        raise DataError(f"{path}: line {lineno}: empty FASTA header (a record needs a name)")
+                    name, _, desc = header.replace("\t", " ").partition(" ")
+                    desc = desc.strip()
+                    header_line, chunks = lineno, []
+                elif name is None:
+                    if line.strip():
+                        raise DataError(
+                            f"{path}: line {lineno}: sequence before the first FASTA header; "
+                            "a FASTA file starts with a '>name' line"
+                        )
+                else:
+                    chunks.append(line)
+        except _gzip_error_types() as e:
+            at = f" in record {name!r}" if name is not None else ""
+            raise DataError(f"{path}: truncated or corrupt gzip data{at} after line {lineno} ({e})") from None
+    if name is None:
+        raise DataError(f"{path}: no FASTA header ('>name' line) found; the file holds no records")
+    yield _finish(path, name, desc, header_line, chunks, seen)
+
+
+def read_sequences(path: str | Path) -> Iterator[SeqRecord]:
+    """Yield the records of a FASTA or GenBank file (format from the extension, or sniffed; .gz ok)."""
+    fmt = sniff_format(path)
+    if fmt == "genbank":
+        from dnalm.data.genbank import read_genbank
+
+        return read_genbank(path)
+    return read_fasta(path)
