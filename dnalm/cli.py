@@ -45,59 +45,75 @@ def command(name: str, help: str, *args: _Arg, description: str | None = None):
 
 
 @command(
-    "prepare",
-    "Turn FASTA/GenBank genomes (and GFF3/GTF annotation) into a memory-mapped token store.",
-    arg("inputs", nargs="*", metavar="INPUT",
-        help="FASTA (.fa/.fasta/.fna; plain, gzip or bgzip) or GenBank (.gb/.gbk/.gbff) files; "
-        "with none, the embedded E. coli K-12 MG1655 genome and its GFF3", default=argparse.SUPPRESS),
-    arg("--out", required=True, metavar="DIR", default=argparse.SUPPRESS,
-        help="store directory to write (replaced atomically)"),
-    arg("--gff", action="append", default=[], metavar="ANNOTATION",
-        help="GFF3 or GTF annotation whose genes feed genic windows (repeatable; .gz ok)"),
-    arg("--val-fraction", type=float, default=0.05,
-        help="share of each record held out for validation, as one contiguous block near its end"),
-    arg("--test-fraction", type=float, default=0.05,
-        help="share of each record held out for test, as one contiguous block at its end"),
-    arg("--val-records", default=None, metavar="PAT,...",
-        help="comma-separated glob patterns: matching records go whole to validation (replaces --val-fraction)"),
-    arg("--test-records", default=None, metavar="PAT,...",
-        help="comma-separated glob patterns: matching records go whole to test (replaces --test-fraction)"),
-    arg("--circular", default=None, metavar="PAT,...",
-        help="comma-separated glob patterns of circular records, whose features may cross the origin"),
-    arg("--zero-based-gff", action="store_true", help="the annotation's start column is 0-based (e.g. phiX174 ORFs)"),
-    arg("--force", action="store_true", help="rebuild even if the store is up to date"),
+    "generate",
+    "Sample DNA after a prompt with constant-memory recurrent decoding and write FASTA.",
+    arg("model", metavar="MODEL", help="preset name, checkpoint directory or run directory (anything dnalm.load accepts)"),
+    arg("--prompt", action="append", default=[], metavar="SEQ",
+        help="prompt bases (repeatable); '' starts from [BOS] alone"),
+    arg("--prompt-file", default=None, metavar="FASTA", help="FASTA or GenBank file whose records are the prompts"),
+    arg("--n-tokens", type=int, default=100, help="bases to generate per sample"),
+    arg("--num-samples", type=int, default=1, help="continuations per prompt"),
+    arg("--temperature", type=float, default=1.0, help="softmax temperature; 0 means greedy"),
+    arg("--top-k", type=int, default=None, help="sample among the k most likely bases only"),
+    arg("--top-p", type=float, default=None, help="nucleus sampling: the smallest set of bases with this probability"),
+    arg("--seed", type=int, default=0, help="random seed: same seed, model and arguments give the same output"),
+    arg("--alphabet", default="ACGT", help="letters that may be generated"),
+    arg("--include-prompt", action="store_true", help="write prompt + continuation, not the continuation alone"),
+    arg("--recompute", action="store_true", help="recompute the whole prefix for every token (slow; for checking)"),
+    arg("--device", default="cpu", help="torch device, e.g. cpu or cuda"),
+    arg("-o", "--out", default="-", help="FASTA file to write (atomically); '-' writes to stdout"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
-def prepare(args: argparse.Namespace) -> int:
-    """Read genomes into a token store: uint8 tokens + case mask (memory-mapped), an index of records,
-    splits and genes, and a manifest with input checksums and counts. A record goes whole to a split
-    when it matches --val-records/--test-records; otherwise its end is held out as contiguous blocks.
-    Re-running with the same inputs and options does nothing and says "up to date"."""
-    from dnalm.data.store import default_genome, prepare as prepare_store
+def generate_cmd(args: argparse.Namespace) -> int:
+    """Sample continuations of each prompt and write them as FASTA records named
+    <prompt>_<sample>, with the sampling settings in the description. The prompt is read once (prefill)
+    and each new base costs one recurrent step whose memory does not grow with the length (Hyena
+    layers keep FIR and modal states; attention layers a KV cache)."""
+    import time
 
-    inputs, gff = list(getattr(args, "inputs", [])), list(args.gff)
-    if not inputs:
-        genome, genome_gff = default_genome()
-        inputs, gff = [str(genome)], gff or [str(genome_gff)]
+    import dnalm
+    from dnalm.checkpoint import atomic_write_text
+    from dnalm.generation import GenerationError
+    from dnalm.tokenizer import decode
 
-    def patterns(text: str | None) -> list[str]:
-        return [p.strip() for p in (text or "").split(",") if p.strip()]
+    prompts = [(f"prompt{i}", p) for i, p in enumerate(args.prompt)]
+    if args.prompt_file:
+        from dnalm.data.fasta import read_sequences
 
-    m = prepare_store(
-        inputs, args.out, gff, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        val_records=patterns(args.val_records), test_records=patterns(args.test_records),
-        zero_based_gff=args.zero_based_gff, circular=patterns(args.circular), force=args.force,
-        progress=not args.quiet,
-    )
-    c, s = m["counts"], m["splits"]
-    print(f"{'up to date' if m['up_to_date'] else 'prepared'}: {args.out}")
-    print(
-        f"records {c['records']:,}  bases {c['bases']:,}  GC {c['gc_fraction']:.2%}  N {c['n_fraction']:.2%}  "
-        f"lower case {c['lower_fraction']:.2%}  genes {c['genes']:,}"
-    )
-    print("splits  " + "  ".join(f"{k} {v['bases']:,} bp" for k, v in s.items()))
-    if not m["up_to_date"]:
-        print(f"time {m['seconds']:.2f} s  ({m['mb_per_s']:.1f} MB/s of sequence)")
+        prompts += [(r.name, decode(r.ids, r.lower)) for r in read_sequences(args.prompt_file)]
+    if not prompts:
+        raise UserError("give at least one --prompt SEQ or a --prompt-file FASTA")
+    model = dnalm.load(args.model, device=args.device)
+    start = time.perf_counter()
+    try:
+        seqs = model.generate(
+            [p for _, p in prompts], args.n_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+            num_samples=args.num_samples, alphabet=args.alphabet, use_cache=not args.recompute,
+            progress=not args.quiet,
+        )  # fmt: skip
+    except GenerationError as e:
+        raise UserError(str(e)) from None
+    seconds = time.perf_counter() - start
+    if isinstance(seqs, str):
+        seqs = [seqs]
+    lines = []
+    for i, (name, prompt) in enumerate(prompts):
+        for j in range(args.num_samples):
+            seq = seqs[i * args.num_samples + j]
+            seq = prompt + seq if args.include_prompt else seq
+            lines.append(
+                f">{name}_{j} model={args.model} n_tokens={args.n_tokens} temperature={args.temperature} "
+                f"top_k={args.top_k} top_p={args.top_p} seed={args.seed} prompt_len={len(prompt)}"
+            )
+            lines += [seq[k : k + 80] for k in range(0, len(seq), 80)] or [""]
+    text = "\n".join(lines) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(args.out, text)
+    n = len(seqs) * args.n_tokens
+    print(f"generated {len(seqs)} sequence(s), {n:,} bases in {seconds:.1f} s"
+          + ("" if args.out == "-" else f" -> {args.out}"), file=sys.stderr)  # fmt: skip
     return 0
 
 
