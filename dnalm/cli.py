@@ -45,6 +45,63 @@ def command(name: str, help: str, *args: _Arg, description: str | None = None):
 
 
 @command(
+    "prepare",
+    "Turn FASTA/GenBank genomes (and GFF3/GTF annotation) into a memory-mapped token store.",
+    arg("inputs", nargs="*", metavar="INPUT",
+        help="FASTA (.fa/.fasta/.fna; plain, gzip or bgzip) or GenBank (.gb/.gbk/.gbff) files; "
+        "with none, the embedded E. coli K-12 MG1655 genome and its GFF3", default=argparse.SUPPRESS),
+    arg("--out", required=True, metavar="DIR", default=argparse.SUPPRESS,
+        help="store directory to write (replaced atomically)"),
+    arg("--gff", action="append", default=[], metavar="ANNOTATION",
+        help="GFF3 or GTF annotation whose genes feed genic windows (repeatable; .gz ok)"),
+    arg("--val-fraction", type=float, default=0.05,
+        help="share of each record held out for validation, as one contiguous block near its end"),
+    arg("--test-fraction", type=float, default=0.05,
+        help="share of each record held out for test, as one contiguous block at its end"),
+    arg("--val-records", default=None, metavar="PAT,...",
+        help="comma-separated glob patterns: matching records go whole to validation (replaces --val-fraction)"),
+    arg("--test-records", default=None, metavar="PAT,...",
+        help="comma-separated glob patterns: matching records go whole to test (replaces --test-fraction)"),
+    arg("--circular", default=None, metavar="PAT,...",
+        help="comma-separated glob patterns of circular records, whose features may cross the origin"),
+    arg("--zero-based-gff", action="store_true", help="the annotation's start column is 0-based (e.g. phiX174 ORFs)"),
+    arg("--force", action="store_true", help="rebuild even if the store is up to date"),
+    arg("--quiet", action="store_true", help="no progress bar"),
+)
+def prepare(args: argparse.Namespace) -> int:
+    """Read genomes into a token store: uint8 tokens + case mask (memory-mapped), an index of records,
+    splits and genes, and a manifest with input checksums and counts. A record goes whole to a split
+    when it matches --val-records/--test-records; otherwise its end is held out as contiguous blocks.
+    Re-running with the same inputs and options does nothing and says "up to date"."""
+    from dnalm.data.store import default_genome, prepare as prepare_store
+
+    inputs, gff = list(getattr(args, "inputs", [])), list(args.gff)
+    if not inputs:
+        genome, genome_gff = default_genome()
+        inputs, gff = [str(genome)], gff or [str(genome_gff)]
+
+    def patterns(text: str | None) -> list[str]:
+        return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+    m = prepare_store(
+        inputs, args.out, gff, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        val_records=patterns(args.val_records), test_records=patterns(args.test_records),
+        zero_based_gff=args.zero_based_gff, circular=patterns(args.circular), force=args.force,
+        progress=not args.quiet,
+    )
+    c, s = m["counts"], m["splits"]
+    print(f"{'up to date' if m['up_to_date'] else 'prepared'}: {args.out}")
+    print(
+        f"records {c['records']:,}  bases {c['bases']:,}  GC {c['gc_fraction']:.2%}  N {c['n_fraction']:.2%}  "
+        f"lower case {c['lower_fraction']:.2%}  genes {c['genes']:,}"
+    )
+    print("splits  " + "  ".join(f"{k} {v['bases']:,} bp" for k, v in s.items()))
+    if not m["up_to_date"]:
+        print(f"time {m['seconds']:.2f} s  ({m['mb_per_s']:.1f} MB/s of sequence)")
+    return 0
+
+
+@command(
     "generate",
     "Sample DNA after a prompt with constant-memory recurrent decoding and write FASTA.",
     arg("model", metavar="MODEL", help="preset name, checkpoint directory or run directory (anything dnalm.load accepts)"),
