@@ -78,6 +78,7 @@ class TransformerConfig:
     vocab_size: int = 16
     mlp_hidden: int | None = None  # None means 8/3 * d_model rounded up to a multiple of 64
     rope_base: float = 10000.0
+    rope_interp: float = 1.0  # linear position interpolation: positions are divided by this
     norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = True

@@ -1,0 +1,116 @@
+"""Transformer++: the attention baseline (pre-norm RMSNorm, RoPE causal attention, SwiGLU MLP).
+
+``SwiGLU`` and ``TransformerBlock`` are reused by other families (StripedHyena attention layers, the
+dnaHNet main network). Generation follows the shared protocol: ``prefill(x) -> (y, state)`` and
+``step(x_t, state) -> (y_t, state)``, where the state is one :class:`~dnalm.models.attention.KVCache`
+per block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dnalm.config import TransformerConfig
+from dnalm.models.attention import CausalSelfAttention, KVCache
+from dnalm.models.lm import BackboneOutput, gpt2_init
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x): a gated MLP D -> hidden -> D (w2 is flagged ``residual_out``)."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, hidden, bias=bias)  # gate
+        self.w3 = nn.Linear(d_model, hidden, bias=bias)  # up
+        self.w2 = nn.Linear(hidden, d_model, bias=bias)  # down, back into the residual stream
+        self.w2.residual_out = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (..., D)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x = x + attn(norm1(x)); x = x + mlp(norm2(x)); RMSNorm, RoPE attention, SwiGLU."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        mlp_hidden: int,
+        max_len: int,
+        rope_base: float = 10000.0,
+        rope_interp: float = 1.0,
+        norm_eps: float = 1e-5,
+        dropout: float = 0.0,
+        bias: bool = False,
+    ):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(d_model, eps=norm_eps)
+        self.attn = CausalSelfAttention(d_model, n_head, max_len, rope_base, rope_interp, bias=bias, dropout=dropout)
+        self.norm2 = nn.RMSNorm(d_model, eps=norm_eps)
+        self.mlp = SwiGLU(d_model, mlp_hidden, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D) -> (B, L, D)."""
+        x = x + self.dropout(self.attn(self.norm1(x)))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+    def prefill(self, x: torch.Tensor, capacity: int | None = None) -> tuple[torch.Tensor, KVCache]:
+        """x (B, L, D) -> (y (B, L, D), this block's KV cache)."""
+        a, cache = self.attn.prefill(self.norm1(x), capacity)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), cache
+
+    def step(self, x_t: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """x_t (B, D) -> (y_t (B, D), the updated cache)."""
+        a, cache = self.attn.step(self.norm1(x_t), cache)
+        x_t = x_t + a
+        return x_t + self.mlp(self.norm2(x_t)), cache
+
+
+class TransformerBackbone(nn.Module):
+    """``n_layer`` Transformer++ blocks; returns the hidden state before the final norm."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                config.d_model,
+                config.n_head,
+                config.mlp_hidden,
+                config.max_len,
+                config.rope_base,
+                config.rope_interp,
+                config.norm_eps,
+                config.dropout,
+            )
+            for _ in range(config.n_layer)
+        )
+        gpt2_init(self, config.n_layer)
+
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = False) -> BackboneOutput:
+        """x (B, L, D) embeddings -> BackboneOutput(hidden (B, L, D), [after each block])."""
+        states = []
+        for layer in self.layers:
+            x = layer(x)  # (B, L, D)
+            if output_hidden_states:
+                states.append(x)
+        return BackboneOutput(hidden=x, hidden_states=states if output_hidden_states else None)
+
+    def prefill(self, x: torch.Tensor, capacity: int | None = None) -> tuple[torch.Tensor, list[KVCache]]:
+        """Prompt embeddings x (B, L, D) -> (hidden (B, L, D), one KV cache per block)."""
+        caches = []
+        for layer in self.layers:
+            x, cache = layer.prefill(x, capacity)  # (B, L, D)
+            caches.append(cache)
+        return x, caches
+
+    def step(self, x_t: torch.Tensor, state: list[KVCache]) -> tuple[torch.Tensor, list[KVCache]]:
+        """One token's embedding x_t (B, D) -> (hidden (B, D), the updated caches)."""
+        for layer, cache in zip(self.layers, state):
+            x_t, _ = layer.step(x_t, cache)  # (B, D); the cache is updated in place
+        return x_t, state
