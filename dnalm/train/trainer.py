@@ -1,0 +1,360 @@
+"""The training loop: one function, :func:`train`, for every model family.
+
+Each step asks the length schedule for (seq_len, batch_size), draws a batch from the sampler, runs
+forward/backward over ``grad_accum`` micro-batches, skips the update if the loss is not finite, clips
+gradients and steps AdamW on a warm-up + cosine schedule. Validation (tiled, every base once) runs every
+``eval_every`` steps; checkpoints every ``ckpt_every`` steps hold everything resuming needs, so a killed
+run continues the same trajectory. Metrics go to ``metrics.jsonl``; ``loss.png`` is drawn from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from dnalm.checkpoint import CheckpointError, atomic_write_text, save_pretrained
+from dnalm.config import ConfigError, RunConfig, to_dict
+from dnalm.eval.likelihood import evaluate_lm, lm_inputs
+from dnalm.models.lm import DNALM, lm_loss
+from dnalm.train.checkpoint import FINAL_MODEL_DIR, checkpoint_dirs, load_training_state, save_training_checkpoint
+from dnalm.train.optim import lr_at, make_optimizer
+
+CONFIG_SNAPSHOT = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (e.g. repeated non-finite losses); no broken checkpoint is written."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    tokens: int
+    val_loss: float | None = None
+    val_bits_per_base: float | None = None
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def prepare_data(config: RunConfig, progress: bool = True):
+    """Open the run's token store, preparing it into RUN/store first if the config names inputs."""
+    from dnalm.data.store import TokenStore, prepare
+
+    data = config.data
+    if data.store is not None:
+        return TokenStore.open(data.store)
+    inputs, annotations = list(data.inputs), list(data.annotations)
+    if not inputs:
+        from dnalm.data.store import default_genome
+
+        genome, gff = default_genome()
+        inputs, annotations = [str(genome)], annotations or [str(gff)]
+    out = Path(config.out_dir) / "store"
+    half = data.holdout_fraction / 2
+    prepare(inputs, out, annotations, val_fraction=half, test_fraction=half, progress=progress)
+    return TokenStore.open(out)
+
+
+def build_sampler(config: RunConfig, store, rank: int = 0, world_size: int = 1):
+    """The training sampler the data section describes (random windows, or a weighted mixture)."""
+    from dnalm.data import samplers as S
+
+    data, seed = config.data, config.train.data_seed
+    common = dict(seed=seed, rc_augment=data.rc_augment, rank=rank, world_size=world_size)
+    if not data.sources:
+        return S.RandomWindowSampler(store, "train", max_n_fraction=data.max_n_fraction, **common)
+    parts = []
+    for i, src in enumerate(data.sources):
+        kw = {**common, "seed": seed + 1000 * (i + 1), "exclude": src.exclude}
+        if src.kind == "genic":
+            sampler = S.GenicWindowSampler(store, "train", flank=src.flank, **kw)
+        else:
+            sampler = S.RandomWindowSampler(store, "train", max_n_fraction=data.max_n_fraction, **kw)
+        parts.append((sampler, src.weight))
+    return S.MixtureSampler(parts, seed=seed, rank=rank, world_size=world_size)
+
+
+def build_schedule(config: RunConfig):
+    from dnalm.data.schedule import LengthSchedule, Stage
+
+    stages = config.data.warmup_stages
+    if not stages:
+        return LengthSchedule.constant(config.data.seq_len, config.train.batch_size)
+    return LengthSchedule([Stage(seq_len=s.seq_len, batch_size=s.batch_size, steps=s.steps) for s in stages])
+
+
+def check_config(config: RunConfig) -> None:
+    """Impossible combinations, reported before any work starts."""
+    lengths = [s.seq_len for s in config.data.warmup_stages] or [config.data.seq_len]
+    for length in lengths:
+        if length > config.model.max_len:
+            raise ConfigError(
+                f"data.seq_len {length} exceeds the model's maximum length {config.model.max_len} "
+                "(for HyenaDNA raise model.l_max to at least seq_len)"
+            )
+        if length < 2:
+            raise ConfigError(f"data.seq_len must be >= 2 (got {length})")
+    for s in config.data.warmup_stages:
+        if s.batch_size % config.train.grad_accum:
+            raise ConfigError(f"warm-up stage batch_size {s.batch_size} must be divisible by train.grad_accum")
+    if not 0 < config.data.repeat_weight <= 1:
+        raise ConfigError(f"data.repeat_weight must be in (0, 1] (got {config.data.repeat_weight})")
+
+
+def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool) -> None:
+    snap = run_dir / CONFIG_SNAPSHOT
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    if snap.exists() and checkpoint_dirs(run_dir) and resume:
+        old = yaml.safe_load(snap.read_text())
+        new = yaml.safe_load(text)
+        for section in ("model", "data"):
+            if old.get(section) != new.get(section):
+                raise ConfigError(
+                    f"{run_dir} holds a run with a different {section} section; resume it with the same config, "
+                    "or choose a new out_dir (or pass --restart to start over there)"
+                )
+    atomic_write_text(snap, text)
+
+
+class _Metrics:
+    """metrics.jsonl: one JSON line per logged step; on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        self.rows: list[dict] = []
+        if path.exists() and resume_step is not None:
+            self.rows = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= resume_step]
+        if enabled:
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.enabled:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def plot_metrics(metrics_path: Path, out_png: Path) -> None:
+    """Training loss (and validation bits/base when present) against tokens seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    tr = [r for r in rows if "loss" in r]
+    va = [r for r in rows if "val/bits_per_base" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if tr:
+        ax.plot([r["tokens"] for r in tr], [r["loss"] / math.log(2) for r in tr], label="train (bits/base)", lw=1)
+    if va:
+        ax.plot([r["tokens"] for r in va], [r["val/bits_per_base"] for r in va], "o-", label="validation (bits/base)")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("bits per base")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_png)
+
+
+def train(
+    config: RunConfig,
+    resume: bool = True,
+    progress: bool = True,
+    init_from: str | Path | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or resume) the run described by ``config``; returns the final validation numbers.
+
+    ``init_from`` starts from another run's or checkpoint's weights (staged context extension: the
+    model may differ in context length and RoPE settings, not in shapes); the optimizer and the
+    learning-rate schedule start afresh. ``stop_after`` ends the loop after that many steps of this
+    call (used to simulate an interrupted run).
+    """
+    check_config(config)
+    tc = config.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_snapshot(run_dir, config, resume)
+
+    store = prepare_data(config, progress=progress)
+    sampler = build_sampler(config, store)
+    schedule = build_schedule(config)
+
+    torch.manual_seed(tc.seed)
+    model = DNALM(config.model)
+    if init_from is not None:
+        _load_init_weights(model, init_from)
+    optimizer = make_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
+
+    step, tokens, bad_steps = 0, 0, 0
+    ckpts = checkpoint_dirs(run_dir) if resume else []
+    if ckpts:
+        model_state, optim_state, state = load_training_state(ckpts[-1])
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        sampler.load_state_dict(state["sampler"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        step, tokens = state["step"], state["tokens"]
+    metrics = _Metrics(run_dir / METRICS_FILE, step if ckpts else None)
+    if ckpts and progress:
+        tqdm.write(f"resuming {run_dir} from step {step} ({tokens:,} tokens)")
+
+    def checkpoint() -> None:
+        state = {
+            "step": step,
+            "tokens": tokens,
+            "sampler": sampler.state_dict(),
+            "schedule": schedule.state_dict(),
+            "torch_rng": torch.get_rng_state().tolist(),
+        }
+        save_training_checkpoint(run_dir, step, model, optimizer, state, tc.keep_last)
+
+    def validate() -> dict[str, float]:
+        res = evaluate_lm(model, store, "validation", config.data.seq_len, tc.eval_batch_size, tc.eval_tokens)
+        return res.to_dict("val/")
+
+    last_val: dict[str, float] = {}
+    t_start = time.time()
+    steps_this_call = 0
+    stopped_early = False
+    bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16)
+    window_t, window_tokens = time.time(), 0
+    model.train()
+    try:
+        while step < tc.steps:
+            stage = schedule.at(step, tokens)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
+            batch = sampler.next_batch(stage.batch_size, stage.seq_len)
+            inputs, targets, weights = lm_inputs(batch.ids, batch.lower, batch.valid, config.data.repeat_weight)
+            optimizer.zero_grad(set_to_none=True)
+            micro = inputs.shape[0] // tc.grad_accum
+            loss_sum, aux_metrics = 0.0, {}
+            for m in range(tc.grad_accum):
+                sl = slice(m * micro, (m + 1) * micro)
+                with autocast:
+                    out = model(inputs[sl])
+                loss = lm_loss(out.logits, targets[sl], weights[sl])
+                if out.aux_loss is not None:
+                    loss = loss + out.aux_loss
+                    aux_metrics = out.metrics
+                (loss / tc.grad_accum).backward()
+                loss_sum += float(loss.detach()) / tc.grad_accum
+            n_tokens = int(batch.valid.sum())
+            if not math.isfinite(loss_sum):
+                bad_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+                metrics.log({"step": step + 1, "event": "non_finite_loss", "skipped": True, "consecutive": bad_steps})
+                tqdm.write(f"step {step + 1}: non-finite loss, update skipped ({bad_steps}/{tc.max_bad_steps})")
+                if bad_steps >= tc.max_bad_steps:
+                    raise TrainingError(
+                        f"{bad_steps} consecutive non-finite losses at step {step + 1}; stopping without a new "
+                        f"checkpoint (the last good one is kept). Try a lower train.lr or train.bf16=false."
+                    )
+                step += 1  # the step is consumed: its batch is skipped, the trajectory stays deterministic
+                continue
+            bad_steps = 0
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            optimizer.step()
+            step += 1
+            steps_this_call += 1
+            tokens += n_tokens
+            window_tokens += n_tokens
+            bar.update(1)
+
+            if step % tc.log_every == 0 or step == tc.steps:
+                now = time.time()
+                tps = window_tokens / max(now - window_t, 1e-9)
+                window_t, window_tokens = now, 0
+                row = {
+                    "step": step,
+                    "loss": loss_sum,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "grad_norm": grad_norm,
+                    "tokens": tokens,
+                    "tokens_per_s": tps,
+                    "seq_len": stage.seq_len,
+                    "batch_size": stage.batch_size,
+                    "elapsed_s": now - t_start,
+                    **aux_metrics,
+                }
+                metrics.log(row)
+                bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tps:,.0f}", L=stage.seq_len)
+            timed_out = tc.max_time_minutes is not None and (time.time() - t_start) > 60 * tc.max_time_minutes
+            if step % tc.eval_every == 0 or step == tc.steps or timed_out:
+                last_val = validate()
+                metrics.log({"step": step, "tokens": tokens, **last_val})
+                tqdm.write(
+                    f"step {step}: validation loss {last_val['val/loss']:.4f}, "
+                    f"{last_val['val/bits_per_base']:.4f} bits/base"
+                )
+            if step % tc.ckpt_every == 0 or step == tc.steps or timed_out:
+                checkpoint()
+            if timed_out:
+                tqdm.write(f"stopping after {tc.max_time_minutes} min (train.max_time_minutes) at step {step}")
+                stopped_early = True
+                break
+            if stop_after is not None and steps_this_call >= stop_after:
+                stopped_early = True
+                break
+    finally:
+        bar.close()
+        if metrics.rows:
+            plot_metrics(run_dir / METRICS_FILE, run_dir / "loss.png")
+
+    if not stopped_early:
+        save_pretrained(model, run_dir / FINAL_MODEL_DIR, {"step": step, "tokens": tokens})
+    return TrainResult(
+        run_dir=run_dir,
+        steps=step,
+        tokens=tokens,
+        val_loss=last_val.get("val/loss"),
+        val_bits_per_base=last_val.get("val/bits_per_base"),
+        stopped_early=stopped_early,
+        history=metrics.rows,
+    )
+
+
+def _load_init_weights(model: DNALM, source: str | Path) -> None:
+    """Copy weights from a checkpoint or run into ``model`` (shapes must match; buffers that depend on
+    the context length, such as filter position tables, are rebuilt by the model, not copied)."""
+    from safetensors.torch import load_file
+
+    from dnalm.train.checkpoint import latest_model_dir
+
+    src = Path(source)
+    found = latest_model_dir(src) or (src if (src / "model.safetensors").is_file() else None)
+    if found is None:
+        raise CheckpointError(f"init_from {source}: no checkpoint found there")
+    state = load_file(str(found / "model.safetensors"))
+    own = model.state_dict()
+    params = {name for name, _ in model.named_parameters()}
+    missing = [k for k in own if k not in state and k in params]
+    bad = [k for k in params if k in state and own[k].shape != state[k].shape]
+    if missing or bad:
+        raise CheckpointError(
+            f"init_from {found}: the checkpoint does not fit this model "
+            f"(missing: {', '.join(missing[:5]) or '-'}; shape differs: {', '.join(bad[:5]) or '-'})"
+        )
+    # buffers derived from the context length (position tables, RoPE caches) are rebuilt, not copied
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(keep, strict=False)

@@ -1,0 +1,159 @@
+"""The trainer: resume parity after a kill, non-finite losses, atomic checkpoints, the LR schedule."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dnalm.config import HyenaConfig, RunConfig, TrainConfig, DataConfig, TransformerConfig, to_dict
+from dnalm.train.checkpoint import checkpoint_dirs, latest_model_dir
+from dnalm.train.optim import lr_at, param_groups
+from dnalm.train.trainer import TrainingError, train
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from dnalm.data.store import prepare
+
+    out = tmp_path_factory.mktemp("store") / "lambda"
+    prepare([DATA / "phage_lambda.fa"], out, val_fraction=0.1, test_fraction=0.05, progress=False)
+    return out
+
+
+def tiny_run(out, store, steps=40, model=None, **train_kw):
+    return RunConfig(
+        model=model or HyenaConfig(n_layer=1, d_model=32, l_max=130, filter_order=16),
+        data=DataConfig(store=str(store), seq_len=128, rc_augment=True),
+        train=TrainConfig(steps=steps, batch_size=4, lr=3e-3, eval_every=10, eval_tokens=2048, log_every=1,
+                          ckpt_every=5, keep_last=2, threads=1, **train_kw),
+        out_dir=str(out),
+    )
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_resume_matches_uninterrupted(tmp_path, store):
+    ref = train(tiny_run(tmp_path / "ref", store, steps=20), progress=False)
+    # interrupted after step 13: the newest checkpoint is step 10, steps 11-13 are redone on resume
+    cut = train(tiny_run(tmp_path / "cut", store, steps=20), progress=False, stop_after=13)
+    assert cut.stopped_early and [p.name for p in checkpoint_dirs(cut.run_dir)] == ["step-0000005", "step-0000010"]
+    assert max(losses(cut.run_dir)) == 13
+    resumed = train(tiny_run(tmp_path / "cut", store, steps=20), progress=False)
+    a, b = losses(ref.run_dir), losses(resumed.run_dir)
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    for step in a:
+        assert a[step] == b[step], f"step {step}: {a[step]} vs {b[step]}"
+    assert resumed.val_loss == ref.val_loss
+    assert latest_model_dir(resumed.run_dir).name == "model"
+
+
+def test_killed_process_resumes_same_trajectory(tmp_path, store):
+    """SIGKILL a real `dnalm train` process mid-run; resume; compare with an uninterrupted run."""
+    cfg = tiny_run(tmp_path / "killed", store, steps=100_000)
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(to_dict(cfg)))
+    proc = subprocess.Popen([sys.executable, "-m", "dnalm", "train", "--config", str(cfg_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(checkpoint_dirs(cfg.out_dir)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpts = checkpoint_dirs(cfg.out_dir)
+    assert len(ckpts) >= 2, "no checkpoint appeared before the deadline"
+    for c in ckpts:  # every checkpoint directory that exists is complete
+        assert {"config.json", "model.safetensors", "optimizer.pt", "state.json"} <= {f.name for f in c.iterdir()}
+    start = json.loads((ckpts[-1] / "state.json").read_text())["step"]
+    resumed = train(cfg, progress=False, stop_after=4)
+    ref = train(tiny_run(tmp_path / "ref", store, steps=100_000), progress=False, stop_after=start + 4)
+    a, b = losses(resumed.run_dir), losses(ref.run_dir)
+    for step in range(1, start + 5):
+        assert a[step] == b[step], f"step {step}"
+
+
+def test_non_finite_loss_stops_without_broken_checkpoint(tmp_path, store, monkeypatch):
+    import dnalm.train.trainer as trainer_mod
+
+    calls = {"n": 0}
+    real_loss = trainer_mod.lm_loss
+
+    def loss_going_bad(*args, **kwargs):  # finite for 7 steps, then NaN
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 7 else loss
+
+    monkeypatch.setattr(trainer_mod, "lm_loss", loss_going_bad)
+    cfg = tiny_run(tmp_path / "nan", store, steps=40, max_bad_steps=3)
+    with pytest.raises(TrainingError, match="3 consecutive non-finite losses"):
+        train(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("event") == "non_finite_loss"] == [8, 9, 10]
+    assert [c.name for c in checkpoint_dirs(tmp_path / "nan")] == ["step-0000005"]  # nothing written after
+    from safetensors.torch import load_file
+
+    state = load_file(str(checkpoint_dirs(tmp_path / "nan")[0] / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in state.values())
+    assert not (tmp_path / "nan" / "model").exists()
+
+
+def test_transformer_trains_and_loss_falls(tmp_path, store):
+    model = TransformerConfig(n_layer=1, d_model=32, n_head=2, max_len=130)
+    res = train(tiny_run(tmp_path / "tf", store, steps=30, model=model), progress=False)
+    l = losses(res.run_dir)
+    assert sum(l[s] for s in range(26, 31)) < sum(l[s] for s in range(1, 6))
+    assert (res.run_dir / "loss.png").stat().st_size > 0
+
+
+def test_config_change_refuses_resume(tmp_path, store):
+    from dnalm.config import ConfigError
+
+    train(tiny_run(tmp_path / "r", store, steps=5), progress=False)
+    other = tiny_run(tmp_path / "r", store, steps=5)
+    other.data.seq_len = 64
+    with pytest.raises(ConfigError, match="different data section"):
+        train(other, progress=False)
+
+
+def test_seq_len_longer_than_model_is_an_error(tmp_path, store):
+    from dnalm.config import ConfigError
+
+    cfg = tiny_run(tmp_path / "x", store)
+    cfg.data.seq_len = 4096
+    with pytest.raises(ConfigError, match="exceeds the model's maximum length"):
+        train(cfg, progress=False)
+
+
+def test_lr_schedule_shape():
+    lrs = [lr_at(s, 1000, 1e-3, 10, 0.1) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert max(lrs) == pytest.approx(1e-3)
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    mid = lr_at(505, 1000, 1e-3, 10, 0.1)
+    assert mid == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)), rel=1e-6)
+
+
+def test_no_weight_decay_on_filters_norms_biases():
+    from dnalm.models.lm import DNALM
+
+    model = DNALM(HyenaConfig(n_layer=1, d_model=32, l_max=130, filter_order=16))
+    decay, plain = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed and all("filter_fn" not in n and "norm" not in n and not n.endswith("bias") for n in decayed)
+    assert any("in_proj.weight" in n for n in decayed)
