@@ -391,6 +391,9 @@ def _build(
         "counts": {
             "records": len(records),
             "bases": total,
+            "gc_bases": int(counts[C] + counts[G]),
+            "n_bases": int(counts[N]),
+            "lower_bases": int(lower_total),
             "gc_fraction": round(int(counts[C] + counts[G]) / acgt, 6) if acgt else 0.0,
             "n_fraction": round(int(counts[N]) / total, 6),
             "lower_fraction": round(lower_total / total, 6),
