@@ -70,15 +70,22 @@ def test_future_change_never_moves_past_outputs():
     assert (y2[..., 321:] - y[..., 321:]).abs().max() > 1.0
 
 
-def test_gradients_match_direct():
-    u = _rand(2, 3, 40, seed=10, dtype=torch.float64).requires_grad_()
-    h = _rand(3, 40, seed=11, dtype=torch.float64).requires_grad_()
+@pytest.mark.parametrize("B,L,L_h", [(2, 40, 40), (3, 50, 7), (1, 30, 45), (2, 1026, 1026)])
+def test_gradients_match_direct(B, L, L_h):
+    """The hand-written FFT backward (correlations) against autograd through the direct convolution."""
+    u = _rand(B, 3, L, seed=10, dtype=torch.float64).requires_grad_()
+    h = _rand(3, L_h, seed=11, dtype=torch.float64).requires_grad_()
     b = _rand(3, seed=12, dtype=torch.float64).requires_grad_()
-    w = _rand(2, 3, 40, seed=13, dtype=torch.float64)
+    w = _rand(B, 3, L, seed=13, dtype=torch.float64)
     grads_fft = torch.autograd.grad((fft_long_conv(u, h, b) * w).sum(), (u, h, b))
     grads_ref = torch.autograd.grad((direct_long_conv(u, h, b) * w).sum(), (u, h, b))
     for g, r in zip(grads_fft, grads_ref):
+        assert g.shape == r.shape
         assert _max_rel(g, r) < 1e-5
+    # only some inputs needing grad, and no bias
+    (gu,) = torch.autograd.grad((fft_long_conv(u, h.detach()) * w).sum(), (u,))
+    (ru,) = torch.autograd.grad((direct_long_conv(u, h.detach()) * w).sum(), (u,))
+    assert _max_rel(gu, ru) < 1e-5
 
 
 def test_precomputed_filter_fft_and_inference_path():

@@ -59,6 +59,49 @@ def filter_rfft(h: torch.Tensor, n: int) -> torch.Tensor:
         return torch.fft.rfft(h.float(), n=n)  # (C, n//2+1)
 
 
+class _FFTConv(torch.autograd.Function):
+    """y = irfft(rfft(u) * rfft(h))[:L] + bias * u, with a backward that is itself two FFT convolutions.
+
+    Why a custom backward: autograd through ``rfft`` pads the gradient to the full complex spectrum and
+    runs complex-to-complex transforms (about 4x the work of the forward on CPU, plus large zero fills).
+    Here the gradients are correlations computed with real transforms of the same size n:
+    grad_u = irfft(G * conj(H))[:L] + bias * g and grad_h = irfft(sum_b G * conj(U))[:L_h], with
+    G = rfft(g, n). They are exact because n >= L + L_h - 1 keeps every needed lag free of wrap-around.
+    """
+
+    @staticmethod
+    def forward(ctx, u, h, h_fft, bias, n: int):  # u (B, C, L), h (C, L_h) | None, bias (C,) | None, float32
+        L = u.shape[-1]
+        H = torch.fft.rfft(h, n=n) if h_fft is None else h_fft  # (C, n//2+1): once, broadcast over B
+        U = torch.fft.rfft(u, n=n)  # (B, C, n//2+1); rfft zero-pads internally
+        needs_grad = any(ctx.needs_input_grad)
+        prod = U * H if needs_grad else U.mul_(H)  # inference reuses U's buffer
+        y = torch.fft.irfft(prod, n=n)[..., :L]  # (B, C, L): the first L samples are the linear convolution
+        if bias is not None:
+            y = torch.addcmul(y, u, bias[:, None])  # + bias * u, fused
+        if needs_grad:
+            ctx.save_for_backward(u, U, H, bias)
+            ctx.n, ctx.L_h = n, None if h is None else h.shape[-1]
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        u, U, H, bias = ctx.saved_tensors
+        n, L = ctx.n, u.shape[-1]
+        G = torch.fft.rfft(g.float(), n=n)  # (B, C, n//2+1)
+        grad_u = grad_h = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.fft.irfft(G * H.conj(), n=n)[..., :L]  # (B, C, L): correlation with h
+            if bias is not None:
+                grad_u = torch.addcmul(grad_u, g, bias[:, None])
+        if ctx.needs_input_grad[1]:
+            grad_h = torch.fft.irfft((G * U.conj()).sum(0), n=n)[..., : ctx.L_h]  # (C, L_h): sum over batch first
+        if bias is not None and ctx.needs_input_grad[3]:
+            grad_bias = (g * u).sum((0, 2))  # (C,)
+        return grad_u, grad_h, None, grad_bias, None
+
+
 def fft_long_conv(
     u: torch.Tensor,
     h: torch.Tensor | None,
@@ -69,9 +112,10 @@ def fft_long_conv(
 
     ``bias`` (C,) adds the skip term ``bias * u``. Filters longer than L are cut to L (later taps never
     reach an output); shorter filters (explicit FIRs) are fine. ``h_fft`` optionally supplies
-    ``filter_rfft(h[:, :L], fft_size(L, L_h))`` computed earlier; it is checked only by shape. With
-    ``h_fft`` given, ``h`` may be None, meaning a full-length filter (L_h >= L). Computed in float32;
-    the result has ``u``'s dtype. Shape (B, C, L).
+    ``filter_rfft(h[:, :L], fft_size(L, L_h))`` computed earlier; it is checked only by shape and treated
+    as a constant (no gradient flows into it). With ``h_fft`` given, ``h`` may be None, meaning a
+    full-length filter (L_h >= L). Computed in float32; the result has ``u``'s dtype. Shape (B, C, L).
+    Differentiable in ``u``, ``h`` and ``bias`` (first order).
     """
     if h is None and h_fft is None:
         raise ValueError("fft_long_conv needs the filter h or its transform h_fft")
@@ -81,20 +125,15 @@ def fft_long_conv(
     L = u.shape[-1]
     L_h = L if h is None else min(h.shape[-1], L)
     n = fft_size(L, L_h)
+    if h_fft is not None:
+        if h_fft.shape != (u.shape[1], n // 2 + 1):
+            raise ValueError(f"h_fft has shape {tuple(h_fft.shape)}, expected {(u.shape[1], n // 2 + 1)}")
+        h = None
     with torch.autocast(device_type=u.device.type, enabled=False):
         u32 = u.float()  # no copy when u is already float32
-        if h_fft is None:
-            h_fft = torch.fft.rfft(h[:, :L_h].float(), n=n)  # (C, n//2+1): once, broadcast over B
-        elif h_fft.shape != (u.shape[1], n // 2 + 1):
-            raise ValueError(f"h_fft has shape {tuple(h_fft.shape)}, expected {(u.shape[1], n // 2 + 1)}")
-        u_fft = torch.fft.rfft(u32, n=n)  # (B, C, n//2+1), rfft zero-pads internally
-        if torch.is_grad_enabled() and (u_fft.requires_grad or h_fft.requires_grad):
-            prod = u_fft * h_fft  # autograd needs both factors intact
-        else:
-            prod = u_fft.mul_(h_fft)  # inference: reuse the buffer
-        y = torch.fft.irfft(prod, n=n)[..., :L]  # (B, C, L) view; the first L samples are the linear conv
-        if bias is not None:
-            y = torch.addcmul(y, u32, bias.float()[:, None])  # (B, C, L): + bias * u, one fused op
+        h32 = None if h is None else h[:, :L_h].float()
+        b32 = None if bias is None else bias.float()
+        y = _FFTConv.apply(u32, h32, None if h_fft is None else h_fft.detach(), b32, n)  # (B, C, L)
     return y.to(u.dtype)
 
 
