@@ -23,7 +23,9 @@ __all__ = ["DNALM", "Tokenizer", "load", "get_preset", "list_presets", "__versio
 def load(path: str | Path, device: str = "cpu") -> DNALM:
     """Load a model from a preset name (fresh weights), a checkpoint directory or a run directory.
 
-    A run directory resolves to its newest checkpoint. Raises ``FileNotFoundError`` or
+    A run directory resolves to its newest checkpoint. A HyenaDNA Hugging Face folder (``config.json`` with
+    ``model_type: "hyenadna"``) loads through ``dnalm.hf.load_hf``: a DNALM for a causal LM, a
+    ``dnalm.hf.HyenaDNAClassifier`` for a sequence-classification checkpoint. Raises ``FileNotFoundError`` or
     ``dnalm.checkpoint.CheckpointError`` with a message naming the problem.
     """
     from dnalm.checkpoint import is_native_checkpoint, load_pretrained
@@ -36,6 +38,10 @@ def load(path: str | Path, device: str = "cpu") -> DNALM:
         raise FileNotFoundError(f"{path}: no such file, directory or preset (presets: {', '.join(list_presets())})")
     if is_native_checkpoint(p):
         return load_pretrained(p, device)
+    from dnalm import hf
+
+    if hf.is_hf_folder(p) or hf.is_converted_classifier(p):
+        return hf.load(p, device)  # a HyenaDNA "-hf" download or its converted classifier (dnalm/hf.py)
     from dnalm.train.checkpoint import latest_model_dir
 
     run_model = latest_model_dir(p)
