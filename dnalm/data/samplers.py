@@ -175,7 +175,7 @@ def _too_short(store: TokenStore, ivs: np.ndarray, split, seq_len: int, what: st
     rec = store.records[int(ivs[k, 0])].name
     return DataError(
         f"{store.path}: window length {seq_len} is longer than every {what} of split {split!r} "
-        f"(longest: {rec}:{int(ivs[k, 1])}-{int(ivs[k, 2])}, {int(lens[k])} bp); use a shorter sequence length"
+        f"(longest: {rec} [{int(ivs[k, 1])}, {int(ivs[k, 2])}), {int(lens[k])} bp); use a shorter sequence length"
     )
 
 
