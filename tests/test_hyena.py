@@ -224,3 +224,16 @@ def test_init_and_state_dict_layout(tmp_path):
     ids = ecoli_ids(64)[None]
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits)
+
+
+def test_bf16_weights_filter_and_fft_stay_float32():
+    """A model cast to bf16 (inference) still builds its filters and runs its FFTs in float32."""
+    model = perturbed(DNALM(small_config())).eval()
+    x = model.embed(ecoli_ids(120)[None])
+    with torch.no_grad():
+        ref = model.backbone(x).hidden
+        model.backbone.to(torch.bfloat16)
+        assert model.backbone.layers[0].mixer.long_filter(120).dtype == torch.float32
+        out = model.backbone(x.bfloat16()).hidden
+    assert out.dtype == torch.float32  # the residual stream
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()

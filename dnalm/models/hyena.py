@@ -78,10 +78,13 @@ class ImplicitFilterMLP(nn.Module):
         self.add_module(self.out_name, nn.Linear(filter_order, channels, bias=False))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = z  # (L, emb_dim)
+        """z (L, emb_dim) -> filter values (L, C), always in float32 (a no-op cast for float32 weights)."""
+        h = z.float()  # (L, emb_dim)
+        freq = self.freq.float()
         for name in self.hidden_names:
-            h = torch.sin(self.freq * getattr(self, name)(h))  # (L, F)
-        return getattr(self, self.out_name)(h)  # (L, C)
+            lin = getattr(self, name)
+            h = torch.sin(freq * F.linear(h, lin.weight.float(), lin.bias.float()))  # (L, F)
+        return F.linear(h, getattr(self, self.out_name).weight.float())  # (L, C)
 
 
 class ExponentialModulation(nn.Module):
@@ -96,7 +99,7 @@ class ExponentialModulation(nn.Module):
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """t (L, 1), h (L, C) -> h * window (L, C)."""
-        return h * (torch.exp(-t * self.deltas[0].abs()) + self.shift)
+        return h * (torch.exp(-t * self.deltas[0].float().abs()) + self.shift)
 
 
 class HyenaFilter(nn.Module):
@@ -124,7 +127,7 @@ class HyenaFilter(nn.Module):
             )
         with torch.autocast(device_type=self.pos_emb.z.device.type, enabled=False):
             z, t = self.pos_emb(L)  # (L, emb_dim), (L, 1)
-            h = self.implicit_filter(z.float())  # (L, C)
+            h = self.implicit_filter(z)  # (L, C) float32, even for bf16 weights
             h = self.modulation(t.float(), h)  # (L, C)
         return h.t()  # (C, L)
 
