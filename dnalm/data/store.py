@@ -289,10 +289,12 @@ def _build(
                         )
                     where[rec.name] = path
                     n = len(rec)
-                    tok_f.write(rec.ids.tobytes())
-                    low_f.write(rec.lower.view(np.uint8).tobytes())
-                    c = np.bincount(rec.ids, minlength=256)
-                    counts += c
+                    tok_f.write(memoryview(rec.ids))
+                    low_f.write(memoryview(rec.lower.view(np.uint8)))
+                    # counts by comparison: np.bincount would first widen every byte to int64
+                    c = {k: int(np.count_nonzero(rec.ids == k)) for k in (C, G, N)}
+                    for k, v in c.items():
+                        counts[k] += v
                     n_lower = int(np.count_nonzero(rec.lower))
                     lower_total += n_lower
                     if c[N]:
@@ -375,7 +377,7 @@ def _build(
     (tmp / INDEX_FILE).write_text(json.dumps(index) + "\n")
 
     total = int(offset)
-    acgt = int(counts[7:11].sum())
+    acgt = int(offset) - int(counts[N])  # the reader emits only A/C/G/T/N ids
     split_sizes = {s: {"bases": int(sum(e - b for _, b, e in iv)), "intervals": len(iv)} for s, iv in splits.items()}
     from dnalm import __version__
 
@@ -424,6 +426,7 @@ class TokenStore:
         self._n_end = np.ascontiguousarray(nruns[:, 1])
         self._n_before = np.concatenate([[0], np.cumsum(self._n_end - self._n_start)]).astype(np.int64)
         self._by_name = {r.name: i for i, r in enumerate(self.records)}
+        self._window_views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def open(cls, path: str | Path) -> TokenStore:
@@ -497,6 +500,17 @@ class TokenStore:
         if not 0 <= start <= end <= r.length:
             raise DataError(f"{self.path}: window [{start}, {end}) outside record {r.name!r} of length {r.length}")
         return self.tokens[r.offset + start : r.offset + end], self.lower[r.offset + start : r.offset + end]
+
+    def windows_view(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-copy (total - length + 1, length) views of every window of ``length`` over the concatenated
+        tokens and case mask; indexing them with global starts gathers a batch in one call."""
+        if length not in self._window_views:
+            from numpy.lib.stride_tricks import sliding_window_view
+
+            # Plain ndarray views of the memmaps: slicing an np.memmap costs microseconds per call.
+            tok, low = self.tokens.view(np.ndarray), self.lower.view(np.ndarray)
+            self._window_views[length] = (sliding_window_view(tok, length), sliding_window_view(low, length))
+        return self._window_views[length]
 
     def global_offset(self, record_index: np.ndarray | int) -> np.ndarray:
         """Offset of each record in the concatenated arrays."""
