@@ -195,6 +195,54 @@ class HyenaOperator(nn.Module):
         y = (x0 * v).transpose(1, 2)  # (B, L, D)
         return self.out_proj(y)
 
+    # ---- generation (dnalm.generation). The implicit filter is used as what it is, an explicit FIR as long
+    # as the sequence: the state keeps every past long-conv input (B, D, capacity) per gate plus the filter
+    # table, both grown by doubling up to l_max. Exact (no modal fit), but a step costs O(t * D).
+
+    def prefill(self, u: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Forward over a prompt u (B, L, D); returns (y (B, L, D), the generation state)."""
+        B, L, D = u.shape[0], u.shape[1], self.d_model
+        z_pre = self.in_proj(u).transpose(1, 2)  # (B, (N+1)D, L)
+        z = self.short_filter(z_pre)[..., :L]  # (B, (N+1)D, L)
+        x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
+        cap = min(L + 256, self.filter_fn.l_max)
+        h = self.long_filter(cap)  # (C, cap) float32
+        bias = self.filter_fn.bias
+        hist = []
+        for o, x_i in enumerate(reversed(gates)):
+            ch = slice(o * D, (o + 1) * D)
+            v = v * x_i  # (B, D, L): the long-conv input, kept for the steps
+            hist.append(torch.cat([v.float(), v.new_zeros(B, D, cap - L, dtype=torch.float32)], dim=-1))
+            v = fft_long_conv(v, h[ch, :L], bias[ch])  # (B, D, L)
+        k = self.short_filter.kernel_size[0]
+        padded = F.pad(z_pre, (max(0, k - 1 - L), 0))  # zeros before the prompt, as the causal conv sees
+        fir = padded[..., padded.shape[-1] - (k - 1) :].clone()  # (B, (N+1)D, k-1): the last k-1 inputs
+        state = {"fir": fir, "hist": hist, "h": h, "t": L}
+        return self.out_proj((x0 * v).transpose(1, 2)), state
+
+    def step(self, u_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One token u_t (B, D) at position state["t"] -> (y_t (B, D), state updated in place)."""
+        D, t = self.d_model, state["t"]
+        if t >= state["h"].shape[-1]:  # grow the filter table and the histories (doubling, <= l_max)
+            cap = min(2 * state["h"].shape[-1], self.filter_fn.l_max)
+            state["h"] = self.long_filter(max(cap, t + 1))  # raises past l_max
+            state["hist"] = [F.pad(x, (0, state["h"].shape[-1] - x.shape[-1])) for x in state["hist"]]
+        z_pre = self.in_proj(u_t)  # (B, (N+1)D)
+        window = torch.cat([state["fir"], z_pre[..., None]], dim=-1)  # (B, (N+1)D, k), newest last
+        z = (window * self.short_filter.weight[:, 0, :]).sum(-1) + self.short_filter.bias  # conv1d: last tap = lag 0
+        state["fir"] = window[..., 1:]
+        x0, *gates, v = z.split(D, dim=-1)  # each (B, D)
+        bias = self.filter_fn.bias
+        for o, x_i in enumerate(reversed(gates)):
+            ch = slice(o * D, (o + 1) * D)
+            v = v * x_i  # (B, D)
+            hist = state["hist"][o]  # (B, D, capacity)
+            hist[..., t] = v.float()
+            taps = state["h"][ch, : t + 1].flip(-1)  # (D, t+1): lag t ... lag 0, aligned with positions 0 ... t
+            v = (hist[..., : t + 1] * taps).sum(-1) + bias[ch].float() * v.float()  # (B, D)
+        state["t"] = t + 1
+        return self.out_proj((x0 * v).to(x0.dtype)), state
+
 
 class Mlp(nn.Module):
     """fc1 (D -> d_inner), tanh-approximated GELU, fc2 (d_inner -> D)."""
@@ -227,6 +275,20 @@ class HyenaBlock(nn.Module):
         r = r + self.dropout(self.mlp(self.norm2(r.to(self.norm2.weight.dtype))))
         return r  # (B, L, D) float32
 
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Forward over a prompt x (B, L, D) -> (float32 residual (B, L, D), the mixer's state); no dropout."""
+        r = x.float()
+        y, state = self.mixer.prefill(self.norm1(r.to(self.norm1.weight.dtype)))
+        r = r + y
+        return r + self.mlp(self.norm2(r.to(self.norm2.weight.dtype))), state
+
+    def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One token x_t (B, D) -> (float32 residual (B, D), state)."""
+        r = x_t.float()
+        y, state = self.mixer.step(self.norm1(r.to(self.norm1.weight.dtype)), state)
+        r = r + y
+        return r + self.mlp(self.norm2(r.to(self.norm2.weight.dtype))), state
+
 
 class HyenaBackbone(nn.Module):
     """A stack of ``n_layer`` Hyena blocks; returns the hidden state before the final norm."""
@@ -250,3 +312,19 @@ class HyenaBackbone(nn.Module):
             if output_hidden_states:
                 states.append(h)
         return BackboneOutput(hidden=h, hidden_states=states if output_hidden_states else None)
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """Forward over a prompt x (B, L, D) -> (hidden (B, L, D), one state per block), for generation."""
+        if x.shape[1] > self.config.l_max:
+            raise ValueError(f"input of {x.shape[1]} tokens exceeds this Hyena model's l_max={self.config.l_max}")
+        states = []
+        for layer in self.layers:
+            x, s = layer.prefill(x)
+            states.append(s)
+        return x, states
+
+    def step(self, x_t: torch.Tensor, states: list[dict]) -> tuple[torch.Tensor, list[dict]]:
+        """One token x_t (B, D) -> (hidden (B, D), states updated in place)."""
+        for i, layer in enumerate(self.layers):
+            x_t, states[i] = layer.step(x_t, states[i])
+        return x_t, states
