@@ -803,6 +803,8 @@ def save_hf(
     prefix = "hyena.backbone."
     state: dict[str, torch.Tensor] = {}
     for key, tensor in lm.state_dict().items():
+        if is_cls and key == "lm_head.weight":
+            continue  # a classification checkpoint has no LM head
         names = _native_to_hf_names(key, config, prefix, True)
         if key.endswith("implicit_filter.freq"):
             t = tensor.detach().clone()
