@@ -50,7 +50,9 @@ def swiglu_hidden(width: int) -> int:
     return int(math.ceil(8 * width / 3 / 64) * 64)
 
 
-def bench_blocks(width: int, batch: int, lengths: list[int], repeats: int, attn_budget: float, slow: float) -> list[dict]:
+def bench_blocks(
+    width: int, batch: int, lengths: list[int], repeats: int, attn_budget: float, slow: float
+) -> list[dict]:
     rows = []
     attn_prev: tuple[int, float] | None = None  # (L, wall seconds) of the last attention point
     for L in lengths:
@@ -151,7 +153,8 @@ def profile_tables(width: int, batch: int, fft_L: int, block_L: int, rows: int) 
 
 def markdown(blocks: list[dict], fft: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        f"Width {args.width}, batch {args.batch}, float32, {torch.get_num_threads()} thread(s), torch {torch.__version__}."
+        f"Width {args.width}, batch {args.batch}, float32, {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__}."
         " Medians; CPU = process CPU time (robust to other jobs on the machine), wall = elapsed time.",
         "",
         "| L | Hyena fwd+bwd CPU (s) | attention fwd+bwd CPU (s) | attention / Hyena (CPU) | (wall) |",
@@ -167,7 +170,9 @@ def markdown(blocks: list[dict], fft: list[dict], args: argparse.Namespace) -> s
     lines += ["| L | FFT size n | fft_long_conv forward CPU (s) | wall (s) | CPU ns per n log2 n |",
               "|---:|---:|---:|---:|---:|"]
     for r in fft:
-        lines.append(f"| {r['L']:,} | {r['n']:,} | {r['cpu_s']:.4f} | {r['wall_s']:.4f} | {r['cpu_ns_per_nlogn']:.3f} |")
+        lines.append(
+            f"| {r['L']:,} | {r['n']:,} | {r['cpu_s']:.4f} | {r['wall_s']:.4f} | {r['cpu_ns_per_nlogn']:.3f} |"
+        )
     return "\n".join(lines)
 
 

@@ -185,7 +185,8 @@ def test_gradients_reach_filter_and_freq():
     model = perturbed(DNALM(small_config())).train()
     model(ecoli_ids(80)[None]).logits.logsumexp(-1).mean().backward()
     mixer = model.backbone.layers[1].mixer
-    for p in [mixer.filter_fn.implicit_filter.freq, mixer.filter_fn.bias, mixer.short_filter.weight, mixer.in_proj.weight]:
+    fn = mixer.filter_fn
+    for p in [fn.implicit_filter.freq, fn.bias, mixer.short_filter.weight, mixer.in_proj.weight]:
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
@@ -213,7 +214,8 @@ def test_init_and_state_dict_layout(tmp_path):
     assert blk.norm1.eps == cfg.block_ln_eps
     keys = model.state_dict().keys()
     p = "backbone.layers.0.mixer.filter_fn."
-    assert {p + "pos_emb.z", p + "modulation.deltas", p + "implicit_filter.freq", p + "implicit_filter.6.weight"} <= keys
+    expected = {"pos_emb.z", "modulation.deltas", "implicit_filter.freq", "implicit_filter.6.weight"}
+    assert {p + k for k in expected} <= keys
     assert p + "pos_emb.t" not in keys and not any(k.endswith(".1.freq") for k in keys)
     # safetensors round trip (no aliased tensors), same outputs
     from dnalm.checkpoint import load_pretrained, save_pretrained
