@@ -483,14 +483,11 @@ def _map_state(
             elif (t_file.float() - t_native).abs().max() > 1e-6:
                 problems.append(f"{t_key} is not linspace(0, 1, max_seq_len), which dnalm's filter assumes")
     unexpected = sorted(set(hf) - used)
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
-    if unexpected:
-        problems.append(
-            "unexpected keys: " + ", ".join(unexpected[:8]) + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else "")
-        )
-    if shapes:
-        problems.append("shape mismatch: " + "; ".join(shapes[:8]) + (f" (+{len(shapes) - 8} more)" if len(shapes) > 8 else ""))
+    for label, items, sep in (("missing keys", missing, ", "), ("unexpected keys", unexpected, ", "),
+                              ("shape mismatch", shapes, "; ")):
+        if items:
+            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+            problems.append(f"{label}: " + sep.join(items[:8]) + more)
     if problems:
         raise CheckpointError(f"{where}: " + " | ".join(problems))
     for k, v in expected.items():  # keys the file may leave out (derived buffers, a constant freq)

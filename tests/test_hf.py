@@ -437,6 +437,52 @@ def test_classifier_without_pad_token_pools_last_for_batch_one_only(tmp_path):
             model(exp["batch_left_padded.input_ids"])
 
 
+def test_bare_model_layout_and_sharded_safetensors(tmp_path):
+    """A HyenaDNAModel save (keys 'backbone.*', no head) split into two safetensors shards + index loads;
+    its backbone reproduces the reference hidden states."""
+    dst = copy_folder(TINY, tmp_path / "bare")
+    state = torch.load(dst / "pytorch_model.bin", weights_only=True)
+    (dst / "pytorch_model.bin").unlink()
+    bare = {k[len("hyena."):]: v.clone() for k, v in state.items() if k.startswith("hyena.")}
+    keys = sorted(bare)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    for name, ks in shards.items():
+        save_file({k: bare[k] for k in ks}, str(dst / name))
+    index = {"weight_map": {k: name for name, ks in shards.items() for k in ks}}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["architectures"] = ["HyenaDNAModel"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    model = dnalm.load(dst)
+    assert isinstance(model, DNALM) and model.lm_head is None
+    exp = expected(TINY)
+    with torch.no_grad():
+        hs = model(exp["in1.input_ids"], output_hidden_states=True).hidden_states
+    assert maxdiff(hs[-1], exp["in1.last_hidden_state"]) < HIDDEN_TOL
+    (dst / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="shard 'model-00002-of-00002.safetensors' is missing"):
+        dnalm.load(dst)
+
+
+def test_constant_frequency_when_train_freq_is_false(tmp_path):
+    """train_freq false: the reference's Sin frequency is a plain attribute (activation_freq), not saved."""
+    def drop_freq(s):
+        for k in [k for k in s if k.endswith(".freq")]:
+            s.pop(k)
+
+    folder = edited_state(TINY, tmp_path, drop_freq)
+    with pytest.raises(CheckpointError, match=r"missing keys: .*implicit_filter\.1\.freq"):
+        dnalm.load(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["train_freq"] = False
+    (folder / "config.json").write_text(json.dumps(cfg))
+    model = dnalm.load(folder)
+    freq = model.backbone.layers[1].mixer.filter_fn.implicit_filter.freq
+    assert torch.equal(freq, torch.full((1, 64), 10.0))
+    with pytest.raises(CheckpointError, match=r"unexpected keys: .*implicit_filter\.1\.freq"):
+        dnalm.load(edited_config(TINY, tmp_path / "b", lambda c: c.__setitem__("train_freq", False)))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_parity(lm):
     exp = expected(TINY)
