@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, atomic_dir, save_pretrained
@@ -170,7 +169,6 @@ class HFCheckpoint:
     pad_token_id: int | None
     id2label: dict[int, str] | None
     tokenizer: dict[str, Any] = field(default_factory=dict)  # Tokenizer(**...) settings
-    ignored: list[str] = field(default_factory=list)  # fields read but without effect on the forward
 
 
 def _field(meta: dict, name: str, kind: type | tuple[type, ...], where: str, allow_none: bool = False) -> Any:
@@ -284,10 +282,9 @@ def read_hf_config(path: str | Path) -> HFCheckpoint:
     if pad_token_id is not None and (not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool)):
         raise CheckpointError(f"{where}: field 'pad_token_id' must be an integer or null (got {pad_token_id!r})")
 
-    ignored = [f"{n}={meta[n]!r}" for n in ("embed_dropout", "hyena_filter_dropout", "use_bias") if n in meta]
     return HFCheckpoint(
         kind=kind, config=config, train_freq=train_freq, num_labels=num_labels, pad_token_id=pad_token_id,
-        id2label=id2label, tokenizer=_read_tokenizer_config(folder, max_seq_len), ignored=ignored,
+        id2label=id2label, tokenizer=_read_tokenizer_config(folder, max_seq_len),
     )
 
 
