@@ -142,8 +142,22 @@ def info_report(name: str | None, seq_len: int | None = None, batch_size: int = 
 
 
 def _flops_and_memory_lines(config: Any, n_params: int, seq_len: int, batch_size: int) -> list[str]:
+    """FLOPs per token (analytic, SPEC section 4 terms) and the planner's single-process memory model."""
+    from dnalm.scaling.flops import flops_per_token
+    from dnalm.scaling.plan import memory_per_gpu, shape_from_config
+
+    flops = flops_per_token(config, seq_len, batch_size)
     lines = [
-        f"  weights (fp32)    {4 * n_params / 2**30:.3f} GiB",
-        f"  training state    {16 * n_params / 2**30:.3f} GiB (weights, gradients, AdamW moments; fp32)",
+        f"  FLOPs per token   forward {flops.forward:.4g} (matmul {flops.matmul:.4g}, FFT {flops.fft:.4g}), "
+        f"training {flops.training:.4g}  [6N = {flops.six_n:.4g}] at seq_len {seq_len:,}",
+        f"  inference weights {4 * n_params / 2**30:.3f} GiB (fp32)",
     ]
+    shape = shape_from_config(config)
+    for ckpt in (False, True):
+        mem = memory_per_gpu(shape, seq_len, "DDP", activation_checkpointing=ckpt, micro_batch=batch_size)
+        what = "with" if ckpt else "without"
+        lines.append(
+            f"  training memory   {mem.total / 2**30:.2f} GiB {what} activation checkpointing (batch {batch_size}, "
+            f"seq_len {seq_len:,}, bf16 activations + fp32 AdamW state; see `dnalm plan`)"
+        )
     return lines
