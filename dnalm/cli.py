@@ -128,6 +128,8 @@ def generate_cmd(args: argparse.Namespace) -> int:
     layers keep FIR and modal states; attention layers a KV cache)."""
     import time
 
+    import torch
+
     import dnalm
     from dnalm.checkpoint import atomic_write_text
     from dnalm.generation import GenerationError

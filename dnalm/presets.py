@@ -91,6 +91,32 @@ PRESETS.update(
 )
 
 
+# ---- dnaHNet (SPEC section 5): 2-stage hierarchies named by their target ratios, (3,2) and (2,2); each
+# stage's encoder/decoder is 1 attention + 4 Mamba-2 blocks as in the paper. CPU-sized: nucleotide width 32,
+# stage-1 width 64, a 3-block Transformer main network at width 128 (~1.1M parameters), Mamba-2 with
+# d_state 32 and SSD chunks of 32 (SPEC's 128 / 256 are for paper-scale widths).
+
+
+def _dnahnet_tiny(ratios: list[float]) -> Callable[[], Any]:
+    from dnalm.config import HNetConfig
+
+    inner = [64, 128] if len(ratios) == 2 else [128]
+    return lambda: HNetConfig(
+        d_model=32, inner_d_model=list(inner), target_ratios=list(ratios),
+        encoder_layout=["t1m4"] * len(ratios), decoder_layout=["m4t1"] * len(ratios),
+        main_layout="t3", attn_head_dim=32, d_state=32, mamba_headdim=32, ssd_chunk_size=32, max_len=1026,
+    )  # fmt: skip
+
+
+PRESETS.update(
+    {
+        "dnahnet-tiny-32": _dnahnet_tiny([3.0, 2.0]),
+        "dnahnet-tiny-22": _dnahnet_tiny([2.0, 2.0]),
+        "dnahnet-tiny-3": _dnahnet_tiny([3.0]),  # 1-stage
+    }
+)
+
+
 def get_preset(name: str) -> Any:
     """A fresh config object for the preset ``name``."""
     if name not in PRESETS:

@@ -261,3 +261,15 @@ def test_short_training_on_ecoli_lowers_the_loss():
     # from a uniform guess over the 16-token vocabulary (2.77 nats) toward the 4 bases (1.39 nats)
     assert np.mean(losses[:3]) > 2.3
     assert np.mean(losses[-5:]) < 1.6
+
+
+def test_presets_are_cpu_sized_and_run():
+    from dnalm.presets import get_preset
+
+    for name, ratios in (("dnahnet-tiny-32", [3.0, 2.0]), ("dnahnet-tiny-22", [2.0, 2.0]), ("dnahnet-tiny-3", [3.0])):
+        cfg = get_preset(name)
+        assert cfg.target_ratios == ratios and cfg.encoder_layout[0] == "t1m4"
+        model = DNALM(cfg)
+        assert 0.5e6 <= model.num_parameters() <= 2e6
+    out = model(torch.from_numpy(_ecoli_ids(0, 64).astype(np.int64))[None])
+    assert out.logits.shape == (1, 64, cfg.vocab_size) and torch.isfinite(out.logits).all()

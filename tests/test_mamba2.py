@@ -34,8 +34,8 @@ def test_chunked_scan_matches_sequential(chunk, length):
 
 
 def test_chunked_scan_initial_state_and_strong_decay():
-    # large per-step decays make the within-chunk prefix sums big (hundreds); the masked segment sum
-    # must stay exact where a difference of prefix sums would not
+    # large per-step decays make the within-chunk prefix sums big (hundreds): the decays inside a
+    # chunk, taken as differences of prefix sums, must stay accurate, and exp must never overflow
     x, log_a, B, C = _inputs(1, 75, 3, 4, 1, 6, seed=3, decay=12.0)
     s0 = torch.randn(1, 3, 4, 6)
     y_ref, s_ref = ssd_sequential(x, log_a, B, C, s0)

@@ -55,20 +55,6 @@ def ssd_sequential(
     return y, state
 
 
-def _segsum(a: torch.Tensor) -> torch.Tensor:
-    """(..., T) -> (..., T, T) with out[i, j] = a[j+1] + ... + a[i] for i >= j and -inf above the diagonal.
-
-    Built as a masked cumulative sum rather than a difference of prefix sums, which stays exact when the
-    prefix sums grow large (a difference of two big numbers would lose the small one).
-    """
-    T = a.shape[-1]
-    m = a[..., :, None].expand(*a.shape, T)  # (..., T, T): m[k, j] = a[k]
-    strict = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=-1)
-    s = torch.cumsum(m.masked_fill(~strict, 0.0), dim=-2)  # s[i, j] = sum_{j < k <= i} a[k]
-    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device))
-    return s.masked_fill(~lower, float("-inf"))
-
-
 def ssd_chunked(
     x: torch.Tensor,
     log_a: torch.Tensor,
@@ -101,8 +87,12 @@ def ssd_chunked(
     a_cum = torch.cumsum(ac, dim=-1)  # (b, c, g, r, T)
 
     # 1. inside each chunk: y_i = sum_{j <= i} (C_i . B_j) exp(a_{j+1} + ... + a_i) x_j, as masked matmuls
-    cb = torch.einsum("bclgn,bcsgn->bcgls", Cc, Bc)  # (b, c, g, T, T)
-    weights = cb[:, :, :, None] * torch.exp(_segsum(ac))  # (b, c, g, r, T, T)
+    causal = torch.tril(torch.ones(T, T, dtype=x.dtype, device=x.device))  # (T, T)
+    cb = torch.einsum("bclgn,bcsgn->bcgls", Cc, Bc) * causal  # (b, c, g, T, T)
+    # exp(a_cum[i] - a_cum[j]) for i >= j; above the diagonal the difference is >= 0 (a <= 0), clamped
+    # to 0 so exp stays finite, and cb is already zero there
+    decay_in = torch.exp((a_cum[..., :, None] - a_cum[..., None, :]).clamp_max_(0.0))  # (b, c, g, r, T, T)
+    weights = decay_in * cb[:, :, :, None]  # (b, c, g, r, T, T)
     y_diag = torch.einsum("bcgrls,bcsgrp->bclgrp", weights, xc)  # (b, c, T, g, r, p)
 
     # 2. the state each chunk adds by its end: sum_j exp(a_{j+1} + ... + a_T) x_j ⊗ B_j
