@@ -142,6 +142,7 @@ def generate_cmd(args: argparse.Namespace) -> int:
         prompts += [(r.name, decode(r.ids, r.lower)) for r in read_sequences(args.prompt_file)]
     if not prompts:
         raise UserError("give at least one --prompt SEQ or a --prompt-file FASTA")
+    torch.manual_seed(args.seed)  # a preset is built with fresh weights: make those reproducible too
     model = dnalm.load(args.model, device=args.device)
     start = time.perf_counter()
     try:
