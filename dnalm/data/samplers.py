@@ -88,7 +88,9 @@ def _rank_rows(n: int, rank: int, world_size: int) -> tuple[int, int]:
 def _materialize(draw: Draw, lo: int, hi: int, seq_len: int) -> Batch:
     """Read rows ``[lo, hi)`` of a draw from the stores into a Batch (full-length windows)."""
     m = hi - lo
-    if len(draw) == 1 and len(draw[0][0]) == m + lo and not draw[0][1].rc[lo:hi].any():
+    pos0 = draw[0][0]
+    whole = len(draw) == 1 and len(pos0) >= hi and pos0[0] == 0 and pos0[-1] == len(pos0) - 1  # rows 0..n-1
+    if whole and not draw[0][1].rc[lo:hi].any():
         # Common case (one source, no reverse complement): gather straight into the batch arrays.
         w = draw[0][1]
         g = w.store.global_offset(w.record[lo:hi]) + w.start[lo:hi]  # (m,) global window starts
@@ -108,7 +110,7 @@ def _materialize(draw: Draw, lo: int, hi: int, seq_len: int) -> Batch:
             continue
         rows = pos[keep] - lo
         recs, starts, rcs = w.record[keep], w.start[keep], w.rc[keep]
-        g = w.store.global_offset(recs) + starts  # (m,) global window starts
+        g = w.store.global_offset(recs) + starts  # (k,) global window starts of this group
         tok_windows, low_windows = w.store.windows_view(seq_len)  # (total - L + 1, L) strided views
         ids[rows] = tok_windows[g]  # one gather in C, no per-row Python
         lower[rows] = low_windows[g]
@@ -121,7 +123,7 @@ def _materialize(draw: Draw, lo: int, hi: int, seq_len: int) -> Batch:
 
 
 class _Sampler:
-    """Shared machinery: counter-seeded RNG, rank sharding, state."""
+    """Shared machinery: one seeded RNG stream, rank sharding, state."""
 
     kind = "sampler"
     _stream = 0  # separates the streams of different sampler kinds with the same seed
