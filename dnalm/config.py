@@ -270,11 +270,13 @@ def model_config_from_dict(d: dict[str, Any], where: str = "model") -> Any:
 
 @dataclass
 class StageConfig:
-    """One stage of the length schedule: train ``steps`` steps at ``seq_len`` with ``batch_size``."""
+    """One stage of the length schedule: ``batch_size`` windows of ``seq_len`` per step, for ``steps``
+    steps or ``tokens`` tokens (the last stage may give neither: it runs until train.steps)."""
 
-    steps: int
     seq_len: int
     batch_size: int
+    steps: int | None = None
+    tokens: int | None = None
 
 
 @dataclass

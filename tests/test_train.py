@@ -157,3 +157,20 @@ def test_no_weight_decay_on_filters_norms_biases():
     decayed = {names[id(p)] for p in decay["params"]}
     assert decayed and all("filter_fn" not in n and "norm" not in n and not n.endswith("bias") for n in decayed)
     assert any("in_proj.weight" in n for n in decayed)
+
+
+def test_length_warmup_stages_and_resume(tmp_path, store):
+    from dnalm.config import StageConfig
+
+    def cfg(out):
+        c = tiny_run(out, store, steps=12)
+        c.data.warmup_stages = [StageConfig(32, 16, steps=4), StageConfig(64, 8, steps=4), StageConfig(128, 4)]
+        return c
+
+    ref = train(cfg(tmp_path / "w"), progress=False)
+    rows = [r for r in ref.history if "loss" in r]
+    assert [(r["seq_len"], r["batch_size"]) for r in rows] == [(32, 16)] * 4 + [(64, 8)] * 4 + [(128, 4)] * 4
+    assert {r["tokens"] - p["tokens"] for p, r in zip(rows, rows[1:])} == {512}  # constant tokens per step
+    train(cfg(tmp_path / "c"), progress=False, stop_after=7)  # killed in stage 2, checkpoint at step 5
+    res = train(cfg(tmp_path / "c"), progress=False)
+    assert losses(res.run_dir) == losses(ref.run_dir)

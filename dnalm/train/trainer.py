@@ -90,7 +90,7 @@ def build_schedule(config: RunConfig):
     stages = config.data.warmup_stages
     if not stages:
         return LengthSchedule.constant(config.data.seq_len, config.train.batch_size)
-    return LengthSchedule([Stage(seq_len=s.seq_len, batch_size=s.batch_size, steps=s.steps) for s in stages])
+    return LengthSchedule([Stage(s.seq_len, s.batch_size, steps=s.steps, tokens=s.tokens) for s in stages])
 
 
 def check_config(config: RunConfig) -> None:
