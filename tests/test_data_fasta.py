@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import dnalm.data.fasta as fasta_mod
 from dnalm.data.errors import DataError
 from dnalm.data.fasta import read_fasta, read_sequences
 from dnalm.tokenizer import A, C, G, N, T, decode
@@ -113,7 +114,9 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def test_bad_input_messages(tmp_path):
+@pytest.mark.parametrize("block", [1, 5, 1 << 22])
+def test_bad_input_messages(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(fasta_mod, "_BLOCK", block)  # line numbers must not depend on the read size
     lam = (DATA / "phage_lambda.fa").read_bytes()
     cases = {
         "empty.fa": (b"", "empty file"),
@@ -162,20 +165,25 @@ names = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_
 seqs = st.text("ACGTNacgtnRYKMSWBDHVrykmswbdhv", min_size=1, max_size=300)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     recs=st.lists(st.tuples(names, seqs), min_size=1, max_size=5, unique_by=lambda r: r[0]),
     width=st.integers(1, 90),
     newline=st.sampled_from(["\n", "\r\n"]),
     trailing_newline=st.booleans(),
     compress=st.booleans(),
+    block=st.sampled_from([1, 2, 7, 64, 1 << 22]),  # read size: headers and CRLFs split across reads
 )
-def test_reader_matches_reference_parser(tmp_path, recs, width, newline, trailing_newline, compress):
+def test_reader_matches_reference_parser(tmp_path, recs, width, newline, trailing_newline, compress, block):
     text = _records_text(recs, width, newline)
     if not trailing_newline:
         text = text.rstrip("\r\n")
     data = gzip.compress(text.encode()) if compress else text.encode()
     path = _write(tmp_path / ("p.fa.gz" if compress else "p.fa"), data)
-    got = [(r.name, decode(r.ids, r.lower)) for r in read_fasta(path)]
+    saved, fasta_mod._BLOCK = fasta_mod._BLOCK, block
+    try:
+        got = [(r.name, decode(r.ids, r.lower)) for r in read_fasta(path)]
+    finally:
+        fasta_mod._BLOCK = saved
     expected = [(name, seq.translate(_IUPAC)) for name, seq in reference_parse(text)]
     assert got == expected
