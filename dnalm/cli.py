@@ -285,6 +285,38 @@ def scaling_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "boundaries",
+    "dnaHNet: where the learned chunk boundaries fall (codon positions in CDS, CDS / upstream / intergenic).",
+    arg("model", metavar="MODEL", help="dnaHNet run directory, checkpoint directory or preset"),
+    arg("--fasta", required=True, help="genome FASTA (or GenBank)"),
+    arg("--gff", required=True, help="GFF3/GTF annotation; seqids must match the FASTA record names"),
+    arg("-o", "--out", default="boundaries", help="output directory for boundaries.tsv, gene_profile.tsv and PNGs"),
+    arg("--window", type=int, default=None, help="bases per window (default: the model's max length - 1, at most 4096)"),
+    arg("--context", type=int, default=None, help="bases of overlap between windows, run but not counted (default: window/4)"),
+    arg("--upstream", type=int, default=100, help="bases 5' of a gene start that count as 'upstream'"),
+    arg("--max-bases", type=int, default=200_000, help="analyse only the first N bases of each record (0 = all)"),
+    arg("--forward-only", action="store_true", help="skip the reverse-complement reading (minus-strand CDS then drop out of the codon table)"),
+    arg("--zero-based-gff", action="store_true", help="the GFF's start column is 0-based (e.g. the phiX174 file)"),
+    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--device", default="cpu", help="torch device"),
+    arg("--quiet", action="store_true", help="no progress bar"),
+)
+def boundaries_cmd(args: argparse.Namespace) -> int:
+    """Run a dnaHNet model over annotated sequence and report, per stage, the boundary rate by codon
+    position (1/2/3) inside CDS read on the coding strand, and by region type (CDS, upstream of a gene,
+    intergenic, non-coding gene). Writes a TSV table, the boundary-rate profile around CDS starts, and
+    plots (codon-position bars, rate along genes)."""
+    from dnalm.eval.boundaries import boundaries_command
+
+    print(boundaries_command(
+        args.model, args.fasta, args.gff, out=args.out, window=args.window, context=args.context,
+        upstream=args.upstream, max_bases=args.max_bases or None, reverse=not args.forward_only,
+        batch_size=args.batch_size, zero_based_gff=args.zero_based_gff, device=args.device, progress=not args.quiet,
+    ))  # fmt: skip
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
