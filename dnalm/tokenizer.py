@@ -8,8 +8,8 @@ Conventions (owned here, stated once):
   Evo presets); the extra rows are never produced by the tokenizer.
 - Case. Native models see upper-case bases only. Lower-case input (soft-masked repeats) is upper-cased
   for the model and reported as a separate boolean mask (True = lower case) that only the loss uses.
-  Imported HyenaDNA checkpoints instead map lower case to [UNK] (``lowercase="unk"``), as their
-  reference tokenizer does.
+  Imported HyenaDNA checkpoints instead map lower case (and every character other than upper-case
+  A C G T N, IUPAC codes included) to [UNK] (``lowercase="unk"``), as their reference tokenizer does.
 - IUPAC ambiguity codes (R Y S W K M B D H V, any case) become N. Any other character is an input error
   that names the position.
 - Scoring and training prepend [BOS] so that the first base of a window is predicted too.
@@ -49,6 +49,11 @@ def _build_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 BYTE_TO_ID, BYTE_IS_LOWER = _build_tables()
+
+# HyenaDNA checkpoints: upper-case A C G T N map to their ids, every other byte (lower case, IUPAC
+# codes, anything else) to [UNK], as the reference CharacterTokenizer does.
+HF_BYTE_TO_ID = np.full(256, UNK, dtype=np.uint8)
+HF_BYTE_TO_ID[[ord(b) for b in BASES]] = [A + i for i in range(len(BASES))]
 
 # Complement on token ids (specials map to themselves, N to N).
 COMPLEMENT_ID = np.arange(256, dtype=np.uint8)
@@ -124,9 +129,12 @@ class Tokenizer:
 
     def encode(self, seq: str, name: str = "sequence") -> tuple[list[int], list[bool]]:
         """One sequence -> (token ids, lower-case flags), specials included (flags False there)."""
-        ids, lower = encode_bytes(seq.encode("ascii", errors="replace"), name)
-        if self.lowercase == "unk":
-            ids = np.where(lower, UNK, ids).astype(np.uint8)
+        if self.lowercase == "unk":  # HyenaDNA's character tokenizer: only A C G T N, case-sensitive
+            raw = np.frombuffer(seq.encode("utf-8"), dtype=np.uint8)
+            ids = HF_BYTE_TO_ID[raw]
+            lower = np.zeros(len(ids), dtype=bool)
+        else:
+            ids, lower = encode_bytes(seq.encode("ascii", errors="replace"), name)
         out, flags = ids.tolist(), lower.tolist()
         if self.prepend_bos:
             out, flags = [BOS] + out, [False] + flags

@@ -118,7 +118,7 @@ class DNALM(nn.Module):
             )
         x = self.embed(input_ids)  # (B, L, D)
         out: BackboneOutput = self.backbone(x, output_hidden_states=output_hidden_states)
-        h = self.norm_f(out.hidden)  # (B, L, D)
+        h = self.norm_f(out.hidden.to(self.norm_f.weight.dtype))  # (B, L, D); residual may be float32
         logits = F.linear(h, self.head_weight).float()  # (B, L, V)
         hidden_states = None
         if output_hidden_states:
