@@ -5,8 +5,8 @@ which stage is in force; nothing else in the code knows about stages. A stage la
 steps, or ``tokens`` training tokens (``seq_len * batch_size`` per step, so ``ceil(tokens / (seq_len *
 batch_size))`` steps); the last stage continues forever, and its duration may be left out.
 
-The stage is a pure function of the step (or of the tokens seen), so resuming at step k gives the stage
-of step k. ``state_dict`` records the stages so that resuming with a different schedule is caught.
+The stage is a pure function of the step, so resuming at step k gives the stage of step k (and every
+rank agrees). ``state_dict`` records the stages so that resuming with a different schedule is caught.
 
 ``LengthSchedule.warmup`` builds HyenaDNA's warm-up: the length doubles from ``start_len`` to
 ``final_len`` while the batch halves, keeping tokens per step constant (e.g. 1k/256, 2k/128, ... 32k/8).
@@ -65,14 +65,12 @@ class LengthSchedule:
             if i < len(stages) - 1 and s.steps is None and s.tokens is None:
                 raise DataError(f"schedule stage {i}: only the last stage may be open-ended (give steps or tokens)")
         self.stages = list(stages)
-        # Cumulative ends of each stage, in steps and in tokens (the last is open-ended).
-        self._step_ends, self._token_ends = [], []
-        steps = tokens = 0
+        # Cumulative end step of each stage (the last is open-ended).
+        self._step_ends: list[int] = []
+        steps = 0
         for s in self.stages[:-1]:
             steps += s.num_steps()  # type: ignore[operator]
-            tokens += s.num_steps() * s.tokens_per_step()  # type: ignore[operator]
             self._step_ends.append(steps)
-            self._token_ends.append(tokens)
         self._last_index = 0
 
     @classmethod
@@ -100,16 +98,17 @@ class LengthSchedule:
         return cls(stages)
 
     def stage_index(self, step: int, tokens_seen: int | None = None) -> int:
-        """Index of the stage in force at ``step`` (0-based), or by ``tokens_seen`` when that is given.
+        """Index of the stage in force at ``step`` (0-based).
 
-        Both agree when every step trains ``seq_len * batch_size`` tokens; counting tokens is the
-        robust choice when a trainer's steps can carry fewer tokens (e.g. a short last batch).
+        The stage depends on the step alone: a stage given in tokens is converted to steps exactly
+        (every step trains ``seq_len * batch_size`` tokens of the global batch). ``tokens_seen`` is
+        accepted so trainers can pass their counter, but deliberately not used: counts of valid tokens,
+        of one rank's share, or that skip bad steps would otherwise move the stage boundaries.
         """
         if step < 0:
             raise DataError(f"step must be >= 0 (got {step})")
-        pos, ends = (step, self._step_ends) if tokens_seen is None else (tokens_seen, self._token_ends)
         i = 0
-        while i < len(ends) and pos >= ends[i]:
+        while i < len(self._step_ends) and step >= self._step_ends[i]:
             i += 1
         self._last_index = i
         return i
