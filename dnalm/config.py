@@ -330,6 +330,10 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     max_time_minutes: float | None = None  # stop (and checkpoint) after this wall time
     threads: int | None = None  # torch CPU threads (None = PyTorch default)
+    # several processes (torchrun; see dnalm/train/distributed.py): "ddp" replicates the model,
+    # "fsdp" shards parameters, gradients and optimizer state (FSDP2); both write sharded checkpoints
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "eval_every", "log_every", "ckpt_every", "keep_last")
