@@ -5,6 +5,10 @@ forward/backward over ``grad_accum`` micro-batches, skips the update if the loss
 gradients and steps AdamW on a warm-up + cosine schedule. Validation (tiled, every base once) runs every
 ``eval_every`` steps; checkpoints every ``ckpt_every`` steps hold everything resuming needs, so a killed
 run continues the same trajectory. Metrics go to ``metrics.jsonl``; ``loss.png`` is drawn from it.
+
+Under torchrun with ``train.parallel`` ddp or fsdp (dnalm/train/distributed.py) every rank runs this same
+loop on its share of each global batch; losses, token counts and validation sums are reduced across
+ranks, only rank 0 writes files, and checkpoints are sharded (dnalm/train/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from dnalm.checkpoint import CheckpointError, atomic_write_text, save_pretrained
 from dnalm.config import ConfigError, RunConfig, to_dict
 from dnalm.eval.likelihood import evaluate_lm, lm_inputs
 from dnalm.models.lm import DNALM, lm_loss
-from dnalm.train.checkpoint import FINAL_MODEL_DIR, checkpoint_dirs, load_training_state, save_training_checkpoint
+from dnalm.train import distributed as dist
+from dnalm.train.checkpoint import (
+    FINAL_MODEL_DIR, checkpoint_dirs, is_sharded_checkpoint, load_checkpoint_into, load_training_state,
+    save_sharded_checkpoint, save_training_checkpoint,
+)
 from dnalm.train.optim import lr_at, make_optimizer
 
 CONFIG_SNAPSHOT = "config.yaml"
@@ -111,7 +119,7 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError(f"data.repeat_weight must be in (0, 1] (got {config.data.repeat_weight})")
 
 
-def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool) -> None:
+def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool, write: bool = True) -> None:
     snap = run_dir / CONFIG_SNAPSHOT
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     if snap.exists() and checkpoint_dirs(run_dir) and resume:
@@ -123,7 +131,8 @@ def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool) -> None:
                     f"{run_dir} holds a run with a different {section} section; resume it with the same config, "
                     "or choose a new out_dir (or pass --restart to start over there)"
                 )
-    atomic_write_text(snap, text)
+    if write:
+        atomic_write_text(snap, text)
 
 
 class _Metrics:
@@ -183,37 +192,64 @@ def train(
     ``init_from`` starts from another run's or checkpoint's weights (staged context extension: the
     model may differ in context length and RoPE settings, not in shapes); the optimizer and the
     learning-rate schedule start afresh. ``stop_after`` ends the loop after that many steps of this
-    call (used to simulate an interrupted run).
+    call (used to simulate an interrupted run). With ``train.parallel`` ddp/fsdp every process of a
+    torchrun launch calls this.
     """
     check_config(config)
     tc = config.train
+    env = dist.setup(tc.parallel)
+    try:
+        return _train(config, env, resume, progress, init_from, stop_after)
+    finally:
+        dist.teardown(env)
+
+
+def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, init_from, stop_after) -> TrainResult:
+    tc = config.train
+    dist.check_world(config, env)
+    main = env.is_main
+    progress = progress and main
     if tc.threads:
         torch.set_num_threads(tc.threads)
     run_dir = Path(config.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_snapshot(run_dir, config, resume)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    _write_snapshot(run_dir, config, resume, write=main)
 
-    store = prepare_data(config, progress=progress)
-    sampler = build_sampler(config, store)
+    if main:
+        store = prepare_data(config, progress=progress)
+    dist.barrier(env)  # rank 0 prepared the store (if the config names inputs); the others open it
+    if not main:
+        from dnalm.data.store import TokenStore
+
+        store = TokenStore.open(config.data.store or run_dir / "store")
+    sampler = build_sampler(config, store, env.rank, env.world_size)
     schedule = build_schedule(config)
 
     torch.manual_seed(tc.seed)
     model = DNALM(config.model)
     if init_from is not None:
         _load_init_weights(model, init_from)
-    optimizer = make_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
+    if tc.activation_checkpointing:
+        dist.apply_activation_checkpointing(model)
+    model = dist.wrap_model(model, tc.parallel, env)  # the DNALM itself when parallel is none
+    optimizer = make_optimizer(dist.unwrap(model), tc.lr, tc.weight_decay, tc.betas)
+    sharded = tc.parallel != "none"
 
     step, tokens, bad_steps = 0, 0, 0
     ckpts = checkpoint_dirs(run_dir) if resume else []
     if ckpts:
-        model_state, optim_state, state = load_training_state(ckpts[-1])
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optim_state)
+        if sharded or is_sharded_checkpoint(ckpts[-1]):
+            state = load_checkpoint_into(ckpts[-1], model, optimizer)
+        else:
+            model_state, optim_state, state = load_training_state(ckpts[-1])
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(optim_state)
         sampler.load_state_dict(state["sampler"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         step, tokens = state["step"], state["tokens"]
-    metrics = _Metrics(run_dir / METRICS_FILE, step if ckpts else None)
+    metrics = _Metrics(run_dir / METRICS_FILE, step if ckpts else None, enabled=main)
     if ckpts and progress:
         tqdm.write(f"resuming {run_dir} from step {step} ({tokens:,} tokens)")
 
@@ -225,18 +261,31 @@ def train(
             "schedule": schedule.state_dict(),
             "torch_rng": torch.get_rng_state().tolist(),
         }
-        save_training_checkpoint(run_dir, step, model, optimizer, state, tc.keep_last)
+        if sharded:
+            save_sharded_checkpoint(run_dir, step, model, optimizer, state, tc.keep_last, env)
+        else:
+            save_training_checkpoint(run_dir, step, model, optimizer, state, tc.keep_last)
 
     def validate() -> dict[str, float]:
-        res = evaluate_lm(model, store, "validation", config.data.seq_len, tc.eval_batch_size, tc.eval_tokens)
-        return res.to_dict("val/")
+        from dnalm.eval.likelihood import EvalResult
+
+        try:
+            res = evaluate_lm(dist.eval_model(model), store, "validation", config.data.seq_len, tc.eval_batch_size,
+                              tc.eval_tokens, rank=env.rank, world_size=env.world_size)
+            nll, count = res.loss * res.n_bases, res.n_bases
+        except ValueError:
+            if env.world_size == 1:
+                raise
+            nll, count = 0.0, 0  # this rank's share of the tiling was empty; the others' is not
+        nll, count = dist.all_reduce(env, [nll, count])
+        return EvalResult(nll / count, int(count)).to_dict("val/")
 
     last_val: dict[str, float] = {}
     t_start = time.time()
     steps_this_call = 0
     stopped_early = False
     bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16)
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
     window_t, window_tokens = time.time(), 0
     model.train()
     try:
@@ -244,27 +293,33 @@ def train(
             stage = schedule.at(step, tokens)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
-            batch = sampler.next_batch(stage.batch_size, stage.seq_len)
+            batch = sampler.next_batch(stage.batch_size, stage.seq_len)  # this rank's rows of the global batch
             inputs, targets, weights = lm_inputs(batch.ids, batch.lower, batch.valid, config.data.repeat_weight)
+            inputs, targets, weights = inputs.to(env.device), targets.to(env.device), weights.to(env.device)
             optimizer.zero_grad(set_to_none=True)
             micro = inputs.shape[0] // tc.grad_accum
             loss_sum, aux_metrics = 0.0, {}
             for m in range(tc.grad_accum):
                 sl = slice(m * micro, (m + 1) * micro)
-                with autocast:
-                    out = model(inputs[sl])
-                loss = lm_loss(out.logits, targets[sl], weights[sl])
-                if out.aux_loss is not None:
-                    loss = loss + out.aux_loss
-                    aux_metrics = out.metrics
-                (loss / tc.grad_accum).backward()
+                with dist.grad_sync(model, m == tc.grad_accum - 1):  # reduce gradients once per step
+                    with autocast:
+                        out = model(inputs[sl])
+                    loss = lm_loss(out.logits, targets[sl], weights[sl])
+                    if out.aux_loss is not None:
+                        loss = loss + out.aux_loss
+                        aux_metrics = out.metrics
+                    (loss / tc.grad_accum).backward()
                 loss_sum += float(loss.detach()) / tc.grad_accum
             n_tokens = int(batch.valid.sum())
+            if env.world_size > 1:  # the global batch's mean loss and token count, the same on every rank
+                loss_sum, n_tokens = dist.all_reduce(env, [loss_sum, n_tokens])
+                loss_sum, n_tokens = loss_sum / env.world_size, int(n_tokens)
             if not math.isfinite(loss_sum):
                 bad_steps += 1
                 optimizer.zero_grad(set_to_none=True)
                 metrics.log({"step": step + 1, "event": "non_finite_loss", "skipped": True, "consecutive": bad_steps})
-                tqdm.write(f"step {step + 1}: non-finite loss, update skipped ({bad_steps}/{tc.max_bad_steps})")
+                if main:
+                    tqdm.write(f"step {step + 1}: non-finite loss, update skipped ({bad_steps}/{tc.max_bad_steps})")
                 if bad_steps >= tc.max_bad_steps:
                     raise TrainingError(
                         f"{bad_steps} consecutive non-finite losses at step {step + 1}; stopping without a new "
@@ -273,7 +328,7 @@ def train(
                 step += 1  # the step is consumed: its batch is skipped, the trajectory stays deterministic
                 continue
             bad_steps = 0
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            grad_norm = dist.clip_grad_norm(model, tc.grad_clip)
             optimizer.step()
             step += 1
             steps_this_call += 1
@@ -300,17 +355,21 @@ def train(
                 metrics.log(row)
                 bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tps:,.0f}", L=stage.seq_len)
             timed_out = tc.max_time_minutes is not None and (time.time() - t_start) > 60 * tc.max_time_minutes
+            if tc.max_time_minutes is not None and env.world_size > 1:  # every rank stops at the same step
+                timed_out = dist.all_reduce(env, [float(timed_out)], op="max")[0] > 0
             if step % tc.eval_every == 0 or step == tc.steps or timed_out:
                 last_val = validate()
                 metrics.log({"step": step, "tokens": tokens, **last_val})
-                tqdm.write(
-                    f"step {step}: validation loss {last_val['val/loss']:.4f}, "
-                    f"{last_val['val/bits_per_base']:.4f} bits/base"
-                )
+                if main:
+                    tqdm.write(
+                        f"step {step}: validation loss {last_val['val/loss']:.4f}, "
+                        f"{last_val['val/bits_per_base']:.4f} bits/base"
+                    )
             if step % tc.ckpt_every == 0 or step == tc.steps or timed_out:
                 checkpoint()
             if timed_out:
-                tqdm.write(f"stopping after {tc.max_time_minutes} min (train.max_time_minutes) at step {step}")
+                if main:
+                    tqdm.write(f"stopping after {tc.max_time_minutes} min (train.max_time_minutes) at step {step}")
                 stopped_early = True
                 break
             if stop_after is not None and steps_this_call >= stop_after:
@@ -318,11 +377,11 @@ def train(
                 break
     finally:
         bar.close()
-        if metrics.rows:
+        if metrics.rows and main:
             plot_metrics(run_dir / METRICS_FILE, run_dir / "loss.png")
 
     if not stopped_early:
-        save_pretrained(model, run_dir / FINAL_MODEL_DIR, {"step": step, "tokens": tokens})
+        _save_final_model(config, model, run_dir / FINAL_MODEL_DIR, {"step": step, "tokens": tokens}, env)
     return TrainResult(
         run_dir=run_dir,
         steps=step,
@@ -332,6 +391,19 @@ def train(
         stopped_early=stopped_early,
         history=metrics.rows,
     )
+
+
+def _save_final_model(config: RunConfig, model: torch.nn.Module, path: Path, extra: dict, env: dist.DistEnv) -> None:
+    """RUN/model as config.json + model.safetensors, written by rank 0 (FSDP shards are gathered first)."""
+    inner = dist.unwrap(model)
+    if config.train.parallel == "fsdp":
+        state = dist.full_model_state(model)  # collective; the tensors arrive on rank 0
+        if env.is_main:
+            inner = DNALM(config.model, tokenizer=inner.tokenizer)
+            inner.load_state_dict(state)
+    if env.is_main:
+        save_pretrained(inner, path, extra)
+    dist.barrier(env)
 
 
 def _load_init_weights(model: DNALM, source: str | Path) -> None:
