@@ -81,6 +81,18 @@ def test_modal_filter_matches_power_series(kind):
     torch.testing.assert_close(h.double(), ref, rtol=0, atol=2e-5 * ref.abs().max().item())
 
 
+def test_modal_filter_stays_accurate_at_long_length():
+    """At t ~ 1e5 a float32 phase log(p) * t is off by ~1e-2 rad (SPEC pitfall 3); the filter must not be."""
+    g = torch.Generator().manual_seed(9)
+    log_p = torch.complex(-1e-5 * torch.rand(4, 4, generator=g), 3 * torch.rand(4, 4, generator=g))
+    r = torch.randn(4, 4, dtype=torch.complex64, generator=g)
+    L = 100_000
+    t = torch.arange(L, dtype=torch.float64)
+    ref = (r.to(torch.complex128)[..., None] * torch.exp(log_p.to(torch.complex128)[..., None] * t)).real.sum(1)
+    h = modal_filter(log_p, r, L)
+    assert (h.double() - ref).abs().max() < 1e-5 * ref.abs().max()
+
+
 @pytest.mark.parametrize("kind", ["hyena", "li"])
 def test_modal_convolution_equals_explicit_fir_and_recurrence(kind):
     """The FFT path with the modal filter == the same filter as an explicit FIR == the modal recurrence."""

@@ -96,21 +96,39 @@ def fir_step(
     return y, window[..., 1:]
 
 
+def _power_table(log_p: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """p^e = exp(log_p * e) for log_p (C, S) and exponents (n,): (C, S, n) in complex64 / float32.
+
+    Computed in float64 and rounded once: at t ~ 1e5 a float32 product log_p * t is already off by
+    ~1e-3 rad in phase (SPEC pitfall 3); the tables are small (n ~ sqrt(L)), so this costs nothing.
+    """
+    wide = torch.complex128 if log_p.is_complex() else torch.float64
+    out = torch.exp(log_p.to(wide)[..., None] * exponents.to(torch.float64))
+    return out.to(torch.complex64 if log_p.is_complex() else torch.float32)
+
+
 def modal_filter(log_p: torch.Tensor, residues: torch.Tensor, L: int) -> torch.Tensor:
-    """h[c, t] = Re sum_n R[c, n] exp(log_p[c, n] t) for t < L: (C, L) float32.
+    """h[c, t] = Re sum_n R[c, n] exp(log_p[c, n] t) for t < L: (C, L) float32, also under autocast.
 
     ``log_p`` (C, S) is complex (log of the poles, version 1) or real (lambda, Hyena-LI); ``residues`` has
-    the same shape and kind. Modes are summed in chunks so that no (C, S, L) tensor is built at long L.
+    the same shape and kind. Why not ``exp(log_p * t)`` for every t: that is C*S*L transcendental calls
+    (complex exp is slow on CPU). Writing t = j*c + i with c ~ sqrt(L) gives
+    h[c, j*c + i] = Re sum_n (R p^(j*c))[n] * (p^i)[n], one batched (m, S) @ (S, c) matrix product per
+    channel on two small power tables.
     """
     C, S = log_p.shape
-    t = torch.arange(L, device=log_p.device, dtype=torch.float32)  # (L,)
-    h = torch.zeros(C, L, device=log_p.device, dtype=torch.float32)  # (C, L)
-    per_chunk = max(1, (1 << 24) // max(1, C * L))  # modes per chunk: <= 16M elements at once
-    for n0 in range(0, S, per_chunk):
-        powers = torch.exp(log_p[:, n0 : n0 + per_chunk, None] * t)  # (C, s, L) = p^t
-        term = residues[:, n0 : n0 + per_chunk, None] * powers  # (C, s, L)
-        h = h + (term.real if term.is_complex() else term).sum(1)
-    return h
+    c = max(1, math.isqrt(max(L - 1, 0)) + 1)  # ceil(sqrt(L))
+    m = -(-L // c)
+    dev = log_p.device
+    with torch.autocast(device_type=dev.type, enabled=False):
+        p_in = _power_table(log_p, torch.arange(c, device=dev))  # (C, S, c): p^i
+        p_out = _power_table(log_p, c * torch.arange(m, device=dev))  # (C, S, m): p^(j c)
+        a = (residues[..., None] * p_out).transpose(1, 2)  # (C, m, S): R p^(j c)
+        if a.is_complex():
+            h = torch.bmm(a.real, p_in.real) - torch.bmm(a.imag, p_in.imag)  # (C, m, c): Re(a @ p_in)
+        else:
+            h = torch.bmm(a, p_in)  # (C, m, c)
+    return h.reshape(C, m * c)[:, :L]
 
 
 def modal_state(u: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
@@ -126,17 +144,16 @@ def modal_state(u: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     m = -(-L // c)
     u = F.pad(u.float(), (m * c - L, 0)).reshape(B, C, m, c)  # left zeros add nothing to s
     dev = u.device
-    lag_in = torch.arange(c - 1, -1, -1, device=dev, dtype=torch.float32)  # (c,) power of p within a chunk
-    lag_out = torch.arange(m - 1, -1, -1, device=dev, dtype=torch.float32) * c  # (m,) power at each chunk end
-    p_in = torch.exp(log_p[..., None] * lag_in)  # (C, S, c)
-    p_out = torch.exp(log_p[..., None] * lag_out)  # (C, S, m)
-    if p_in.is_complex():
-        local = torch.complex(
-            torch.einsum("bcmi,csi->bcms", u, p_in.real), torch.einsum("bcmi,csi->bcms", u, p_in.imag)
-        )  # (B, C, m, S)
-    else:
-        local = torch.einsum("bcmi,csi->bcms", u, p_in)  # (B, C, m, S)
-    return torch.einsum("bcms,csm->bcs", local, p_out)  # (B, C, S)
+    with torch.autocast(device_type=dev.type, enabled=False):
+        p_in = _power_table(log_p, torch.arange(c - 1, -1, -1, device=dev))  # (C, S, c): p^(c-1-i)
+        p_out = _power_table(log_p, c * torch.arange(m - 1, -1, -1, device=dev))  # (C, S, m): p^((m-1-j) c)
+        if p_in.is_complex():
+            local = torch.complex(
+                torch.einsum("bcmi,csi->bcms", u, p_in.real), torch.einsum("bcmi,csi->bcms", u, p_in.imag)
+            )  # (B, C, m, S)
+        else:
+            local = torch.einsum("bcmi,csi->bcms", u, p_in)  # (B, C, m, S)
+        return torch.einsum("bcms,csm->bcs", local, p_out)  # (B, C, S)
 
 
 def _log_uniform(shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
