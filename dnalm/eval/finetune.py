@@ -1,0 +1,557 @@
+"""Supervised sequence classification on top of a DNA language model, and the k-mer baseline it must beat.
+
+Three ways to train (``mode``):
+
+- ``probe``: linear probe. The backbone is frozen; pooled features of every sequence are computed once,
+  standardised with the training set's mean/std, and a linear head is trained on them (full-batch AdamW).
+  The standardisation is folded into the saved head, so the saved model takes raw token ids.
+- ``full``: full fine-tuning of backbone + head (AdamW, linear warm-up and decay).
+- ``soft_prompt=N``: HyenaDNA-style in-context learning by soft-prompt tuning. ``N`` learned prompt
+  embeddings are prepended to a **frozen** model; only the prompt and the linear head are trained.
+
+Common to all: class imbalance is handled by class-weighted cross-entropy (weight ``N / (C * n_c)`` from
+the training set); the checkpoint kept is the one with the best dev score (AUROC for two classes,
+otherwise MCC), evaluated after every epoch (every 25 steps for the probe); test metrics are accuracy,
+MCC and AUROC. Pooling (mean over bases or last base) and right padding follow ``dnalm.models.heads``.
+
+Beside the model, in the same run: logistic regression on k-mer frequencies (k and the regularisation C
+chosen on dev, class-balanced), the baseline a language model's features should beat.
+
+A dataset with no given split (``--dev``/``--test`` omitted) gets a stratified, seeded 80/10/10 split,
+which is written to ``split.json`` in the output directory.
+
+The fine-tuned model is a directory (``config.json`` with ``format: dnalm-classifier`` + a
+``model.safetensors`` holding backbone, prompt and head), written atomically; ``load_classifier`` reads it
+and ``predict`` applies it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dnalm.data.errors import DataError
+from dnalm.tokenizer import UNK, encode_bytes
+
+CLASSIFIER_FORMAT = "dnalm-classifier"
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class LabeledData:
+    """Token-id sequences with integer class labels (``classes[label]`` is the original label text)."""
+
+    seqs: list[np.ndarray]
+    lower: list[np.ndarray]
+    labels: np.ndarray
+    names: list[str]
+    source: str
+
+
+def read_labeled(path: str | Path, seq_column: str | None = None, label_column: str | None = None) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[str]]:
+    """CSV/TSV -> (raw label strings, token ids, lower masks, row names). Needs sequence and label columns."""
+    from dnalm.eval.embed import read_table
+
+    rows, _, sc, lc = read_table(path, seq_column, label_column, need_label=True)
+    labels, seqs, lows, names = [], [], [], []
+    for i, r in enumerate(rows):
+        ids, low = encode_bytes(r[sc].strip().encode(), f"{path} row {i + 2}")
+        seqs.append(ids)
+        lows.append(low)
+        labels.append(r[lc].strip())
+        names.append(f"{Path(path).name}:{i + 2}")
+    return labels, seqs, lows, names
+
+
+def class_names(*label_lists: Sequence[str]) -> list[str]:
+    """Sorted distinct labels (numerically when they are all integers)."""
+    values = sorted({v for labels in label_lists for v in labels})
+    try:
+        return sorted(values, key=lambda v: float(v))
+    except ValueError:
+        return values
+
+
+def to_data(labels: Sequence[str], seqs, lows, names, classes: list[str], source: str) -> LabeledData:
+    idx = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({v for v in labels if v not in idx})
+    if unknown:
+        raise DataError(f"{source}: label(s) {unknown[:5]} do not occur in the training set (classes: {classes})")
+    return LabeledData(list(seqs), list(lows), np.array([idx[v] for v in labels], dtype=np.int64), list(names), source)
+
+
+def seeded_split(labels: np.ndarray, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified train/dev/test indices: each class is shuffled with ``seed`` and cut by ``fractions``."""
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(f"split fractions must be three positive numbers summing to 1 (got {fractions})")
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_train = int(round(fractions[0] * len(idx)))
+        n_dev = int(round(fractions[1] * len(idx)))
+        parts[0] += idx[:n_train].tolist()
+        parts[1] += idx[n_train : n_train + n_dev].tolist()
+        parts[2] += idx[n_train + n_dev :].tolist()
+    return tuple(np.sort(np.array(p, dtype=np.int64)) for p in parts)  # type: ignore[return-value]
+
+
+def subset(d: LabeledData, idx: np.ndarray, source: str) -> LabeledData:
+    return LabeledData([d.seqs[i] for i in idx], [d.lower[i] for i in idx], d.labels[idx], [d.names[i] for i in idx], source)
+
+
+# ------------------------------------------------------------------------------------------ k-mer baseline
+
+
+def kmer_frequencies(seqs: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """(N, 4**k) k-mer frequencies of token-id sequences; k-mers containing N are skipped."""
+    from dnalm.tokenizer import A, T
+
+    out = np.zeros((len(seqs), 4**k), dtype=np.float32)
+    for i, s in enumerate(seqs):
+        s = np.asarray(s, dtype=np.int64)
+        if len(s) < k:
+            continue
+        base = s - A  # A C G T -> 0..3; N -> 4
+        ok = (base >= 0) & (base <= T - A)
+        code = np.zeros(len(s) - k + 1, dtype=np.int64)
+        good = np.ones(len(s) - k + 1, dtype=bool)
+        for j in range(k):
+            code = code * 4 + np.where(ok[j : len(s) - k + 1 + j], base[j : len(s) - k + 1 + j], 0)
+            good &= ok[j : len(s) - k + 1 + j]
+        counts = np.bincount(code[good], minlength=4**k)
+        out[i] = counts / max(counts.sum(), 1)
+    return out
+
+
+def kmer_baseline(
+    train: LabeledData, dev: LabeledData, test: LabeledData,
+    ks: Sequence[int] = (3, 4, 5, 6), cs: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0,
+) -> dict[str, Any]:
+    """Class-balanced logistic regression on standardised k-mer frequencies; k and C chosen on dev."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from dnalm.eval.metrics import classification_metrics
+
+    best: dict[str, Any] | None = None
+    for k in ks:
+        xs = [kmer_frequencies(d.seqs, k) for d in (train, dev, test)]
+        scaler = StandardScaler().fit(xs[0])
+        xs = [scaler.transform(x) for x in xs]
+        for c in cs:
+            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
+            clf.fit(xs[0], train.labels)
+            dev_m = classification_metrics(dev.labels, _full_proba(clf, xs[1]))
+            score = _selection_score(dev_m)
+            if best is None or score > best["score"]:
+                best = {"score": score, "k": k, "C": c, "dev": dev_m,
+                        "test": classification_metrics(test.labels, _full_proba(clf, xs[2]))}
+    assert best is not None
+    return {"k": best["k"], "C": best["C"], "dev": best["dev"], "test": best["test"]}
+
+
+def _full_proba(clf: Any, x: np.ndarray) -> np.ndarray:
+    return clf.predict_proba(x)
+
+
+def _selection_score(m: dict[str, float]) -> float:
+    """Dev score used to pick checkpoints and baselines: AUROC if defined, else MCC."""
+    return m["auroc"] if not math.isnan(m.get("auroc", float("nan"))) else m["mcc"]
+
+
+# ------------------------------------------------------------------------------------------ model training
+
+
+def _model_inputs(model: Any, seqs: Sequence[np.ndarray], lows: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Apply the tokenizer's case rule (imported HyenaDNA checkpoints map lower case to [UNK])."""
+    if model.tokenizer.lowercase == "unk":
+        return [np.where(lo, UNK, s).astype(np.uint8) for s, lo in zip(seqs, lows)]
+    return list(seqs)
+
+
+def _check_lengths(model: Any, data: LabeledData, n_prompt: int) -> None:
+    from dnalm.eval.embed import window_bases
+
+    limit = window_bases(model) - n_prompt
+    too_long = [f"{n} ({len(s)} bp)" for n, s in zip(data.names, data.seqs) if len(s) > limit]
+    if too_long:
+        from dnalm.eval.variants import _listing
+
+        raise DataError(
+            f"{data.source}: " + _listing(too_long, f"sequences longer than the model's {limit} bases"
+                                          + (f" (after {n_prompt} prompt tokens)" if n_prompt else ""))
+        )
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def predict_proba(clf: Any, seqs: Sequence[np.ndarray], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    """Class probabilities (N, C) of a ``SequenceClassifier`` for token-id sequences."""
+    from dnalm.eval.embed import batch_ids
+    from dnalm.eval.metrics import progress as bar
+
+    was = clf.training
+    clf.eval()
+    out = []
+    order = np.argsort([-len(s) for s in seqs], kind="stable")
+    try:
+        for idx in bar(_batches(len(seqs), batch_size, None), desc="predict", enabled=progress):
+            sel = order[idx]
+            x, m = batch_ids(clf.lm, [seqs[i] for i in sel])
+            logits = clf(x.to(clf.lm.device), m.to(clf.lm.device))
+            out.append((sel, torch.softmax(logits.float(), -1).cpu().numpy()))
+    finally:
+        clf.train(was)
+    probs = np.zeros((len(seqs), clf.head.proj.out_features), dtype=np.float64)
+    for sel, p in out:
+        probs[sel] = p
+    return probs
+
+
+@torch.no_grad()
+def _features(clf: Any, seqs: Sequence[np.ndarray], batch_size: int, progress: bool, desc: str) -> torch.Tensor:
+    from dnalm.eval.embed import batch_ids
+    from dnalm.eval.metrics import progress as bar
+
+    feats = torch.zeros(len(seqs), clf.lm.config.d_model)
+    for idx in bar(_batches(len(seqs), batch_size, None), desc=desc, enabled=progress):
+        x, m = batch_ids(clf.lm, [seqs[i] for i in idx])
+        feats[torch.from_numpy(idx)] = clf.features(x.to(clf.lm.device), m.to(clf.lm.device)).float().cpu()
+    return feats
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    if np.any(counts == 0):
+        raise DataError(f"the training set lacks class(es) {np.flatnonzero(counts == 0).tolist()}")
+    return torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32)
+
+
+def finetune(
+    model: Any,
+    train: LabeledData,
+    dev: LabeledData,
+    test: LabeledData,
+    classes: list[str],
+    *,
+    mode: str = "probe",
+    soft_prompt: int = 0,
+    pool: str = "mean",
+    layer: int = -1,
+    epochs: int = 3,
+    lr: float | None = None,
+    batch_size: int = 32,
+    weight_decay: float = 0.01,
+    probe_steps: int = 500,
+    seed: int = 0,
+    kmer_ks: Sequence[int] = (3, 4, 5, 6),
+    progress: bool = True,
+) -> tuple[Any, dict[str, Any]]:
+    """Train a classifier (see the module docstring); returns (SequenceClassifier, report dict).
+
+    ``lr`` defaults: probe 1e-2, soft prompt 1e-2, full fine-tuning 3e-4.
+    """
+    from dnalm.eval.metrics import classification_metrics
+    from dnalm.eval.metrics import progress as bar
+    from dnalm.models.heads import SequenceClassifier
+
+    if mode not in ("probe", "full"):
+        raise DataError(f"--mode must be probe or full (got {mode!r})")
+    if soft_prompt and mode == "full":
+        raise DataError("--soft-prompt trains a prompt for a frozen model; use it with --mode probe (the default)")
+    if soft_prompt < 0:
+        raise DataError(f"--soft-prompt must be >= 0 (got {soft_prompt})")
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n_classes = len(classes)
+    if n_classes < 2:
+        raise DataError(f"{train.source}: needs at least two classes (found {classes})")
+    for d in (train, dev, test):
+        _check_lengths(model, d, soft_prompt)
+    lm = copy.deepcopy(model).float()
+    clf = SequenceClassifier(lm, n_classes, pool=pool, layer=layer, soft_prompt=soft_prompt, seed=seed)
+    X = {name: _model_inputs(lm, d.seqs, d.lower) for name, d in (("train", train), ("dev", dev), ("test", test))}
+    cw = class_weights(train.labels, n_classes)
+    kind = "full" if mode == "full" else ("soft_prompt" if soft_prompt else "probe")
+    history: list[dict[str, Any]] = []
+
+    if kind == "probe":
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        lm.eval()
+        feats = {k: _features(clf, v, batch_size, progress, f"features {k}") for k, v in X.items()}
+        mu, sd = feats["train"].mean(0), feats["train"].std(0).clamp_min(1e-6)
+        z = {k: (v - mu) / sd for k, v in feats.items()}
+        head = torch.nn.Linear(z["train"].shape[1], n_classes)
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        opt = torch.optim.AdamW(head.parameters(), lr=lr or 1e-2, weight_decay=weight_decay)
+        y = torch.from_numpy(train.labels)
+        best = (-math.inf, None, 0)
+        for step in bar(range(1, probe_steps + 1), desc="probe", enabled=progress):
+            loss = F.cross_entropy(head(z["train"]), y, weight=cw)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 25 == 0 or step == probe_steps:
+                with torch.no_grad():
+                    m = classification_metrics(dev.labels, torch.softmax(head(z["dev"]), -1).numpy())
+                history.append({"step": step, "train_loss": float(loss.detach()), **{f"dev_{k}": v for k, v in m.items()}})
+                if _selection_score(m) > best[0]:
+                    best = (_selection_score(m), copy.deepcopy(head.state_dict()), step)
+        head.load_state_dict(best[1])
+        with torch.no_grad():  # fold the standardisation into the saved head: W' = W / sd, b' = b - W' mu
+            w = head.weight / sd
+            clf.head.proj.weight.copy_(w)
+            clf.head.proj.bias.copy_(head.bias - w @ mu)
+        best_at = f"step {best[2]}"
+    else:
+        if kind == "soft_prompt":
+            for p in lm.parameters():
+                p.requires_grad_(False)
+            params = list(clf.prompt.parameters()) + list(clf.head.parameters())
+        else:
+            params = [p for p in clf.parameters() if p.requires_grad]
+        base_lr = lr or (1e-2 if kind == "soft_prompt" else 3e-4)
+        opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=weight_decay)
+        n_steps = epochs * math.ceil(len(X["train"]) / batch_size)
+        warm = max(1, n_steps // 20)
+        # linear warm-up over 5% of the steps, then linear decay to 0
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (n_steps - s) / max(n_steps - warm, 1)))
+        )
+        from dnalm.eval.embed import batch_ids
+
+        best = (-math.inf, None, 0)
+        trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
+        step = 0
+        for epoch in range(1, epochs + 1):
+            clf.train()
+            if kind == "soft_prompt":
+                lm.eval()  # frozen model: no dropout
+            losses = []
+            for idx in bar(_batches(len(X["train"]), batch_size, rng), desc=f"epoch {epoch}/{epochs}", enabled=progress):
+                x, m = batch_ids(lm, [X["train"][i] for i in idx])
+                logits = clf(x.to(lm.device), m.to(lm.device))
+                loss = F.cross_entropy(logits, torch.from_numpy(train.labels[idx]).to(lm.device), weight=cw.to(lm.device))
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                losses.append(float(loss))
+            m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
+            history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
+                            **{f"dev_{k}": v for k, v in m.items()}})
+            if _selection_score(m) > best[0]:
+                state = {k: v.detach().clone() for k, v in clf.state_dict().items() if k in trainable or kind == "full"}
+                best = (_selection_score(m), state, epoch)
+        clf.load_state_dict(best[1], strict=False)
+        best_at = f"epoch {best[2]}"
+
+    clf.eval()
+    test_m = classification_metrics(test.labels, predict_proba(clf, X["test"], batch_size))
+    dev_m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
+    t_model = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    base = kmer_baseline(train, dev, test, ks=kmer_ks, seed=seed)
+    report = {
+        "mode": kind,
+        "pool": pool,
+        "layer": layer,
+        "soft_prompt": soft_prompt,
+        "classes": classes,
+        "sizes": {"train": len(train.labels), "dev": len(dev.labels), "test": len(test.labels)},
+        "train_class_counts": np.bincount(train.labels, minlength=n_classes).tolist(),
+        "class_weights": [round(float(w), 4) for w in cw],
+        "trainable_parameters": int(sum(p.numel() for p in clf.parameters() if p.requires_grad))
+        if kind != "probe" else int(clf.head.proj.weight.numel() + clf.head.proj.bias.numel()),
+        "best_checkpoint": best_at,
+        "dev": dev_m,
+        "test": test_m,
+        "kmer_baseline": base,
+        "history": history,
+        "seconds_model": round(t_model, 1),
+        "seconds_baseline": round(time.perf_counter() - t1, 1),
+        "seed": seed,
+        "sources": {"train": train.source, "dev": dev.source, "test": test.source},
+    }
+    for p in clf.parameters():
+        p.requires_grad_(True)
+    return clf, report
+
+
+# ------------------------------------------------------------------------------------------ save / load
+
+
+def save_classifier(clf: Any, path: str | Path, classes: list[str], extra_files: dict[str, str] | None = None, info: dict | None = None) -> Path:
+    """Write ``path/config.json`` + ``path/model.safetensors`` (+ ``extra_files`` name -> text), atomically."""
+    from safetensors.torch import save_model
+
+    from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_dir
+    from dnalm.config import to_dict
+
+    meta = {
+        "format": CLASSIFIER_FORMAT,
+        "model": to_dict(clf.lm.config),
+        "tokenizer": clf.lm.tokenizer.to_dict(),
+        "classifier": clf.spec(),
+        "classes": classes,
+        **({"info": info} if info else {}),
+    }
+    with atomic_dir(path) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        save_model(clf, str(tmp / WEIGHTS_FILE))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(path)
+
+
+def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, list[str]]:
+    """Load a directory written by ``save_classifier`` -> (SequenceClassifier in eval mode, class names)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, check_state_dict
+    from dnalm.config import ConfigError, model_config_from_dict
+    from dnalm.models.heads import SequenceClassifier
+    from dnalm.models.lm import DNALM
+    from dnalm.tokenizer import Tokenizer
+
+    path = Path(path)
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file():
+        raise CheckpointError(f"{path}: no {CONFIG_FILE}; not a fine-tuned classifier (make one with `dnalm finetune`)")
+    try:
+        meta = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
+    if meta.get("format") != CLASSIFIER_FORMAT:
+        raise CheckpointError(
+            f"{path}: a {meta.get('format', 'unknown')!r} checkpoint, not a fine-tuned classifier; "
+            "`dnalm predict` needs the output directory of `dnalm finetune`"
+        )
+    try:
+        config = model_config_from_dict(meta["model"], where=f"{cfg}:model")
+        lm = DNALM(config, tokenizer=Tokenizer(**meta.get("tokenizer", {})))
+        clf = SequenceClassifier(lm, **meta["classifier"])
+    except (ConfigError, TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{cfg}: {e}") from None
+    try:
+        state = load_file(str(path / WEIGHTS_FILE), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read safetensors ({e})") from None
+    check_state_dict(clf, state, str(path / WEIGHTS_FILE))
+    clf.load_state_dict(state)
+    return clf.to(device).eval(), list(meta["classes"])
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def finetune_command(
+    model_path: str, *, train: str, dev: str | None = None, test: str | None = None, out: str = "finetuned",
+    seq_column: str | None = None, label_column: str | None = None, mode: str = "probe", soft_prompt: int = 0,
+    pool: str = "mean", layer: int = -1, epochs: int = 3, lr: float | None = None, batch_size: int = 32,
+    probe_steps: int = 500, seed: int = 0, split_seed: int = 0, max_train: int | None = None,
+    device: str = "cpu", progress: bool = True,
+) -> str:
+    """``dnalm finetune``: read the sets (or split one seeded), train, compare with k-mers, save; summary."""
+    import dnalm
+
+    if (dev is None) != (test is None):
+        raise DataError("give both --dev and --test, or neither (then --train is split 80/10/10 with --split-seed)")
+    raw = {"train": read_labeled(train, seq_column, label_column)}
+    split_info = None
+    if dev is not None:
+        raw["dev"] = read_labeled(dev, seq_column, label_column)
+        raw["test"] = read_labeled(test, seq_column, label_column)
+        classes = class_names(raw["train"][0])
+        data = {k: to_data(*v, classes, str(p)) for (k, v), p in zip(raw.items(), (train, dev, test))}
+    else:
+        classes = class_names(raw["train"][0])
+        full = to_data(*raw["train"], classes, str(train))
+        tr, dv, te = seeded_split(full.labels, seed=split_seed)
+        data = {"train": subset(full, tr, f"{train} (seeded split, train)"),
+                "dev": subset(full, dv, f"{train} (seeded split, dev)"),
+                "test": subset(full, te, f"{train} (seeded split, test)")}
+        split_info = {"source": str(train), "fractions": [0.8, 0.1, 0.1], "stratified": True, "seed": split_seed,
+                      "train_rows": [int(i) + 2 for i in tr], "dev_rows": [int(i) + 2 for i in dv],
+                      "test_rows": [int(i) + 2 for i in te],
+                      "note": "row numbers are 1-based file lines (line 1 is the header)"}
+    if max_train is not None and max_train < len(data["train"].labels):
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(data["train"].labels), max_train, replace=False))
+        data["train"] = subset(data["train"], keep, data["train"].source + f" (random {max_train})")
+    model = dnalm.load(model_path, device=device)
+    clf, report = finetune(model, data["train"], data["dev"], data["test"], classes, mode=mode,
+                           soft_prompt=soft_prompt, pool=pool, layer=layer, epochs=epochs, lr=lr,
+                           batch_size=batch_size, probe_steps=probe_steps, seed=seed, progress=progress)
+    report["base_model"] = str(model_path)
+    files = {"report.json": json.dumps(report, indent=1) + "\n"}
+    if split_info:
+        files["split.json"] = json.dumps(split_info) + "\n"
+    save_classifier(clf, out, classes, files, info={"base_model": str(model_path), "mode": report["mode"]})
+    t, b = report["test"], report["kmer_baseline"]["test"]
+    s = report["sizes"]
+    lines = [
+        f"{report['mode']} ({pool} pooling, layer {layer}"
+        + (f", {soft_prompt} prompt tokens" if soft_prompt else "") + f"): train {s['train']}, dev {s['dev']}, "
+        f"test {s['test']}; classes {classes} with train counts {report['train_class_counts']}"
+        + (f"; seeded stratified 80/10/10 split (seed {split_seed}) saved to {out}/split.json" if split_info else ""),
+        f"{'':<22}{'accuracy':>9}{'MCC':>9}{'AUROC':>9}",
+        f"{'model (test)':<22}{t['accuracy']:>9.4f}{t['mcc']:>9.4f}{t['auroc']:>9.4f}",
+        f"{'k-mer LR (test)':<22}{b['accuracy']:>9.4f}{b['mcc']:>9.4f}{b['auroc']:>9.4f}"
+        f"   (k={report['kmer_baseline']['k']}, C={report['kmer_baseline']['C']})",
+        f"best dev checkpoint at {report['best_checkpoint']}; {report['seconds_model']} s model, "
+        f"{report['seconds_baseline']} s baseline; saved -> {out}",
+    ]
+    return "\n".join(lines)
+
+
+def predict_command(
+    classifier: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
+    out: str | None = None, batch_size: int = 32, device: str = "cpu", progress: bool = True,
+) -> str:
+    """``dnalm predict``: class probabilities of new sequences with a fine-tuned classifier -> TSV."""
+    from dnalm.eval.embed import read_sequence_file, window_bases
+    from dnalm.eval.metrics import write_tsv
+
+    if (fasta is None) == (csv_path is None):
+        raise DataError("give exactly one of --fasta or --csv")
+    clf, classes = load_classifier(classifier, device)
+    src = fasta or csv_path
+    ids, toks, lows = read_sequence_file(src, column=column)
+    toks = _model_inputs(clf.lm, toks, lows)
+    limit = window_bases(clf.lm) - clf.n_prompt
+    long = [f"{i} ({len(t)} bp)" for i, t in zip(ids, toks) if len(t) > limit]
+    if long:
+        from dnalm.eval.variants import _listing
+
+        raise DataError(f"{src}: " + _listing(long, f"sequences longer than the classifier's {limit} bases"))
+    probs = predict_proba(clf, toks, batch_size, progress)
+    out_path = Path(out) if out else Path(Path(src).name.split(".")[0] + ".predictions.tsv")
+    header = ["id", "predicted", *[f"prob_{c}" for c in classes]]
+    rows = ([i, classes[int(p.argmax())], *p.tolist()] for i, p in zip(ids, probs))
+    write_tsv(out_path, header, rows, [f"classifier {classifier}"])
+    counts = np.bincount(probs.argmax(1), minlength=len(classes))
+    return f"predicted {len(ids)} sequences -> {out_path} ({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))})"

@@ -1,0 +1,689 @@
+"""Zero-shot variant-effect scoring: delta log-likelihood (alt - ref) of a window centred on each variant.
+
+Protocol (Evo 2's BRCA1 protocol, SPEC section 6):
+
+- For each variant take a window of ``W`` bases centred on it (clipped to the chromosome: near an end the
+  window is shifted inwards, never shortened, unless the record itself is shorter than ``W``).
+- Score the reference window and the same window with the allele swapped, **same length for both**
+  (for an indel the alternative window is cut or extended at its right end to ``W`` bases, so there is
+  no length bias). The score of a window is the natural-log likelihood of all its bases under the
+  model (the model's [BOS] makes the first base scored too).
+- Report ``delta_sum`` = LL(alt) - LL(ref) summed over the window, and ``delta_mean`` = the same per
+  base (``delta_sum / W``): tiny numbers, same ranking within one window size.
+- Each distinct reference window is scored once and reused (several variants at one position share it).
+- Optionally (``rc_average``) the reverse complements of both windows are scored too and the two strand
+  deltas averaged.
+- With labels, the AUROC of the positive class (e.g. LOF) against the rest uses ``-delta_sum``: a
+  damaging variant should make the window less likely.
+
+Coordinates (stated once, here): variant files are 1-based as in VCF. A FASTA record normally starts at
+chromosome position 1. A record that is a *region* is mapped in one of two ways, and the output says which:
+
+1. its name has the form ``chrom:start-end`` (1-based inclusive; e.g. ``chr17:42425000-43600000``, as in
+   the shared BRCA1 file) and its length equals ``end - start + 1``: base ``i`` (0-based) of the record is
+   position ``start + i`` of ``chrom``;
+2. ``fasta_offset=P`` (``--fasta-offset P``): base 0 of every record is position ``P`` (1-based).
+
+Chromosome names match exactly, or else after dropping a leading ``chr`` (so ``17`` matches ``chr17``,
+and ``M``/``MT`` match each other).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from dnalm.data.errors import DataError
+from dnalm.tokenizer import BOS, UNK, encode_bytes, reverse_complement_ids
+
+MAX_LISTED = 12  # offending rows listed in one error message
+
+
+# ------------------------------------------------------------------------------------------ scoring core
+
+
+def _model_window_limit(model: Any) -> int:
+    """Most bases one window can hold for ``model`` (its max length minus the [BOS]/[SEP] it adds)."""
+    tok = model.tokenizer
+    return int(model.config.max_len) - int(tok.prepend_bos) - int(tok.append_sep)
+
+
+def resolve_window(model: Any, window: int | None, default: int = 8192) -> tuple[int, str]:
+    """The window to use and a note: ``None`` means ``default`` clipped to the model's context;
+    an explicit window longer than the model accepts is an error."""
+    limit = _model_window_limit(model)
+    if window is None:
+        w = min(default, limit)
+        note = f"window {w} bases" + (f" (the model's context; {default} requested by default)" if w < default else "")
+        return w, note
+    if window < 1:
+        raise DataError(f"--window must be >= 1 (got {window})")
+    if window > limit:
+        raise DataError(
+            f"--window {window} is longer than the model accepts ({limit} bases plus special tokens); "
+            f"use --window {limit} or less"
+        )
+    return window, f"window {window} bases"
+
+
+@torch.inference_mode()
+def window_logliks(
+    model: Any,
+    windows: Sequence[np.ndarray] | np.ndarray,
+    batch_size: int = 8,
+    reduce: str = "sum",
+    lower: Sequence[np.ndarray] | None = None,
+) -> np.ndarray | list[np.ndarray]:
+    """Log-likelihood (natural log) of token-id windows of bases, batched.
+
+    ``windows``: equal- or mixed-length uint8 arrays of base ids (A..N). Windows of one length are
+    batched together without padding. ``reduce="sum"`` returns one float per window, ``"none"`` a
+    float64 per-base array each. Models whose tokenizer prepends [BOS] score every base; otherwise the
+    first base gets log-likelihood 0 (it has no context). ``lower`` (optional case masks) matters only
+    for tokenizers that map lower case to [UNK] (imported HyenaDNA checkpoints).
+    """
+    was_training = model.training
+    model.eval()
+    bos = bool(model.tokenizer.prepend_bos)
+    unk_lower = model.tokenizer.lowercase == "unk"
+    n = len(windows)
+    sums = np.zeros(n, dtype=np.float64)
+    per_base: list[np.ndarray | None] = [None] * n
+    by_len: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        by_len.setdefault(len(w), []).append(i)
+    try:
+        for length, idxs in by_len.items():
+            for s in range(0, len(idxs), batch_size):
+                chunk = idxs[s : s + batch_size]
+                ids = np.stack([np.asarray(windows[i], dtype=np.int64) for i in chunk])  # (B, W)
+                if unk_lower and lower is not None:
+                    low = np.stack([np.asarray(lower[i], dtype=bool) for i in chunk])
+                    ids = np.where(low, UNK, ids)
+                x = torch.from_numpy(ids).to(model.device)  # (B, W)
+                if bos:
+                    x = torch.cat([torch.full_like(x[:, :1], BOS), x], dim=1)  # (B, W+1)
+                logits = model(x).logits[:, :-1]  # (B, W or W-1, V): position t predicts token t+1
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                tgt = x[:, 1:]  # (B, W or W-1)
+                ll = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).double()  # (B, W or W-1)
+                if not bos:
+                    ll = torch.cat([torch.zeros_like(ll[:, :1]), ll], dim=1)  # first base unscored
+                ll = ll.cpu().numpy()
+                for row, i in enumerate(chunk):
+                    sums[i] = ll[row].sum()
+                    if reduce == "none":
+                        per_base[i] = ll[row]
+    finally:
+        model.train(was_training)
+    return per_base if reduce == "none" else sums  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------ variant files
+
+
+@dataclass
+class Variant:
+    """One variant as read from a file (``pos`` is 1-based; ``row`` is the 1-based line number)."""
+
+    row: int
+    chrom: str
+    pos: int
+    ref: str
+    alt: str
+    id: str = "."
+    fields: dict[str, str] = field(default_factory=dict)  # other columns (TSV) or INFO keys (VCF)
+
+    @property
+    def is_snv(self) -> bool:
+        return len(self.ref) == 1 and len(self.alt) == 1
+
+
+_ALLELE = re.compile(r"^[ACGTNacgtn]+$")
+CHROM_COLUMNS = ("chrom", "#chrom", "chromosome", "chr", "seqid", "contig")
+POS_COLUMNS = ("pos", "position", "pos_hg38", "start")
+REF_COLUMNS = ("ref", "reference", "ref_allele")
+ALT_COLUMNS = ("alt", "alternate", "alt_allele")
+
+
+def _open_text(path: Path):
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", newline="")
+    return open(path, newline="")
+
+
+def _listing(items: list[str], what: str) -> str:
+    shown = "; ".join(items[:MAX_LISTED])
+    more = f"; ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"{len(items)} {what}: {shown}{more}"
+
+
+def read_variants(
+    path: str | Path,
+    *,
+    allow_indels: bool = False,
+    pos_column: str | None = None,
+) -> tuple[list[Variant], dict[str, str]]:
+    """Read a VCF (``##fileformat=VCF`` / ``#CHROM`` header, .vcf or .vcf.gz) or a delimited table.
+
+    A table needs a header naming chromosome / position / ref / alt columns (case-insensitive; first of
+    ``chrom, chromosome, chr, seqid``; ``pos, position, pos_hg38, start`` or ``pos_column``; ``ref,
+    reference``; ``alt, alternate``). Multi-allelic VCF rows become one variant per ALT allele.
+    Returns the variants and a dict describing the columns used.
+
+    Raises DataError listing the offending rows for: malformed lines, non-integer or < 1 positions,
+    alleles that are not A/C/G/T/N (symbolic ``<DEL>``, ``*``, ``.``), and non-SNV rows unless
+    ``allow_indels`` (then simple indels with explicit alleles are accepted).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: variant file not found")
+    with _open_text(path) as fh:
+        lines = fh.read().splitlines()
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{path}: the variant file is empty")
+    is_vcf = path.name.lower().endswith((".vcf", ".vcf.gz")) or lines[0].startswith("##fileformat=VCF") or any(
+        line.startswith("#CHROM") for line in lines[:5000]
+    )
+    variants, info, bad = (_parse_vcf if is_vcf else _parse_table)(path, lines, pos_column)
+    if bad:
+        raise DataError(f"{path}: " + _listing(bad, "malformed rows"))
+    if not variants:
+        raise DataError(f"{path}: no variants found")
+    check_variants(variants, path, allow_indels)
+    info["format"] = "vcf" if is_vcf else "table"
+    return variants, info
+
+
+def check_variants(variants: list[Variant], path: str | Path, allow_indels: bool = False) -> None:
+    """Upper-case the alleles in place; DataError (listing rows) for alleles that are not A/C/G/T/N,
+    alt == ref, and non-SNVs unless ``allow_indels``."""
+    symbolic = [f"line {v.row}: {v.ref}>{v.alt}" for v in variants if not (_ALLELE.match(v.ref) and _ALLELE.match(v.alt))]
+    if symbolic:
+        raise DataError(
+            f"{path}: " + _listing(symbolic, "rows with alleles that are not plain A/C/G/T/N")
+            + " (symbolic or missing alleles cannot be scored)"
+        )
+    for v in variants:
+        v.ref, v.alt = v.ref.upper(), v.alt.upper()
+    same = [f"line {v.row}: {v.ref}>{v.alt}" for v in variants if v.ref == v.alt]
+    if same:
+        raise DataError(f"{path}: " + _listing(same, "rows whose alt allele equals the ref allele"))
+    if not allow_indels:
+        non_snv = [f"line {v.row}: {v.chrom}:{v.pos} {v.ref}>{v.alt}" for v in variants if not v.is_snv]
+        if non_snv:
+            raise DataError(
+                f"{path}: " + _listing(non_snv, "non-SNV rows")
+                + " (only single-nucleotide variants by default; pass --indels to score simple indels)"
+            )
+
+
+def _parse_vcf(path: Path, lines: list[str], pos_column: str | None):
+    variants: list[Variant] = []
+    bad: list[str] = []
+    seen_header = False
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("##"):
+            continue
+        if line.startswith("#"):
+            seen_header = True
+            continue
+        cols = line.rstrip("\r").split("\t")
+        if len(cols) < 5:
+            bad.append(f"line {lineno}: {len(cols)} tab-separated columns, a VCF row needs at least 5")
+            continue
+        chrom, pos_s, vid, ref, alts = cols[:5]
+        try:
+            pos = int(pos_s)
+        except ValueError:
+            bad.append(f"line {lineno}: POS {pos_s!r} is not an integer")
+            continue
+        if pos < 1:
+            bad.append(f"line {lineno}: POS {pos} < 1 (VCF positions are 1-based)")
+            continue
+        info: dict[str, str] = {}
+        if len(cols) > 7 and cols[7] not in (".", ""):
+            for item in cols[7].split(";"):
+                k, _, v = item.partition("=")
+                info[k] = v if _ else "1"
+        for alt in alts.split(","):
+            variants.append(Variant(lineno, chrom, pos, ref, alt, vid, info))
+    if not seen_header and variants:
+        bad.append("no '#CHROM' header line before the data lines")
+    return variants, {"chrom": "CHROM", "pos": "POS", "ref": "REF", "alt": "ALT"}, bad
+
+
+def _parse_table(path: Path, lines: list[str], pos_column: str | None):
+    body = [(i, line) for i, line in enumerate(lines, 1) if line.strip() and not line.startswith("##")]
+    head_no, header_line = body[0]
+    delim = "\t" if "\t" in header_line else ("," if "," in header_line else None)
+    if delim is None:
+        raise DataError(f"{path}: line {head_no}: cannot find a tab- or comma-separated header")
+    header = [h.strip() for h in header_line.lstrip("#").split(delim)]
+    lower = [h.lower() for h in header]
+
+    def pick(candidates: Iterable[str], what: str, explicit: str | None = None) -> int:
+        if explicit is not None:
+            if explicit.lower() not in lower:
+                raise DataError(f"{path}: no column {explicit!r} (columns: {', '.join(header)})")
+            return lower.index(explicit.lower())
+        for c in candidates:
+            if c.lstrip("#") in lower:
+                return lower.index(c.lstrip("#"))
+        raise DataError(
+            f"{path}: no {what} column (looked for {', '.join(candidates)}; columns: {', '.join(header)})"
+        )
+
+    ic = pick(CHROM_COLUMNS, "chromosome")
+    ip = pick(POS_COLUMNS, "position", pos_column)
+    ir = pick(REF_COLUMNS, "reference allele")
+    ia = pick(ALT_COLUMNS, "alternative allele")
+    variants: list[Variant] = []
+    bad: list[str] = []
+    for lineno, line in body[1:]:
+        if line.startswith("#"):
+            continue
+        cols = [c.strip() for c in line.rstrip("\r").split(delim)]
+        if len(cols) != len(header):
+            bad.append(f"line {lineno}: {len(cols)} columns, the header has {len(header)}")
+            continue
+        try:
+            pos = int(cols[ip])
+        except ValueError:
+            bad.append(f"line {lineno}: {header[ip]} {cols[ip]!r} is not an integer")
+            continue
+        if pos < 1:
+            bad.append(f"line {lineno}: {header[ip]} {pos} < 1 (positions are 1-based)")
+            continue
+        vid = next((cols[lower.index(k)] for k in ("id", "variant_id", "name") if k in lower), ".")
+        variants.append(Variant(lineno, cols[ic], pos, cols[ir], cols[ia], vid, dict(zip(header, cols))))
+    return variants, {"chrom": header[ic], "pos": header[ip], "ref": header[ir], "alt": header[ia]}, bad
+
+
+# ------------------------------------------------------------------------------------------ reference
+
+
+@dataclass
+class RefRecord:
+    """A FASTA record placed on a chromosome: base i (0-based) is position ``offset + i`` (1-based)."""
+
+    name: str
+    chrom: str
+    offset: int
+    ids: np.ndarray  # uint8 token ids
+    lower: np.ndarray  # bool case mask
+    mapping: str  # how the offset was decided, for the output header
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+_REGION = re.compile(r"^(?P<chrom>[^:\s]+):(?P<start>[\d,]+)-(?P<end>[\d,]+)$")
+
+
+def _norm_chrom(name: str) -> str:
+    n = name.lower()
+    n = n[3:] if n.startswith("chr") else n
+    return "mt" if n == "m" else n
+
+
+def load_reference(path: str | Path, fasta_offset: int | None = None) -> list[RefRecord]:
+    """Read a FASTA (any compression) and place its records on chromosomes (see the module docstring)."""
+    from dnalm.data.fasta import read_sequences
+
+    path = Path(path)
+    if fasta_offset is not None and fasta_offset < 1:
+        raise DataError(f"--fasta-offset must be a 1-based position >= 1 (got {fasta_offset})")
+    out = []
+    for rec in read_sequences(path):
+        m = _REGION.match(rec.name)
+        if fasta_offset is not None:
+            out.append(RefRecord(rec.name, rec.name, fasta_offset, rec.ids, rec.lower,
+                                 f"{rec.name}: base 0 = position {fasta_offset} (--fasta-offset)"))
+        elif m:
+            start, end = int(m["start"].replace(",", "")), int(m["end"].replace(",", ""))
+            if end - start + 1 != len(rec.ids):
+                raise DataError(
+                    f"{path}: record {rec.name!r} names a region of {end - start + 1:,} bp but holds "
+                    f"{len(rec.ids):,} bases; pass --fasta-offset to place it explicitly"
+                )
+            out.append(RefRecord(rec.name, m["chrom"], start, rec.ids, rec.lower,
+                                 f"{rec.name}: base 0 = {m['chrom']}:{start} (region in the FASTA header)"))
+        else:
+            out.append(RefRecord(rec.name, rec.name, 1, rec.ids, rec.lower, f"{rec.name}: whole chromosome"))
+    if not out:
+        raise DataError(f"{path}: no FASTA records")
+    return out
+
+
+def _match_records(variants: list[Variant], records: list[RefRecord], path: Path) -> list[tuple[Variant, RefRecord]]:
+    exact = {}
+    for r in records:
+        exact.setdefault(r.chrom, []).append(r)
+    norm = {}
+    for r in records:
+        norm.setdefault(_norm_chrom(r.chrom), []).append(r)
+    pairs, unknown, outside = [], [], []
+    for v in variants:
+        cands = exact.get(v.chrom) or norm.get(_norm_chrom(v.chrom))
+        if not cands:
+            unknown.append(f"line {v.row}: {v.chrom!r}")
+            continue
+        rec = next((r for r in cands if r.offset <= v.pos and v.pos + len(v.ref) - 1 < r.offset + len(r)), None)
+        if rec is None:
+            spans = ", ".join(f"{r.chrom}:{r.offset}-{r.offset + len(r) - 1}" for r in cands)
+            outside.append(f"line {v.row}: {v.chrom}:{v.pos} (the FASTA covers {spans})")
+            continue
+        pairs.append((v, rec))
+    if unknown:
+        names = ", ".join(sorted({r.chrom for r in records}))
+        raise DataError(f"{path}: " + _listing(unknown, "rows on chromosomes not in the FASTA") + f" (FASTA has: {names})")
+    if outside:
+        raise DataError(f"{path}: " + _listing(outside, "rows with positions outside the FASTA"))
+    return pairs
+
+
+def _check_ref_alleles(pairs: list[tuple[Variant, RefRecord]], path: Path) -> None:
+    bad = []
+    for v, rec in pairs:
+        i = v.pos - rec.offset
+        ids, _ = encode_bytes(v.ref.encode())
+        if not np.array_equal(rec.ids[i : i + len(ids)], ids):
+            from dnalm.tokenizer import decode
+
+            fa = decode(rec.ids[i : i + len(ids)])
+            bad.append(f"line {v.row}: {v.chrom}:{v.pos} ref {v.ref} but the FASTA has {fa}")
+    if bad:
+        raise DataError(
+            f"{path}: " + _listing(bad, "reference alleles that do not match the FASTA")
+            + " (wrong genome build, or wrong --fasta-offset / --pos-column?)"
+        )
+
+
+# ------------------------------------------------------------------------------------------ the protocol
+
+
+@dataclass
+class VariantResults:
+    """Per-variant scores and what produced them. ``rows`` is a list of dicts (one per variant)."""
+
+    rows: list[dict[str, Any]]
+    window: int
+    rc_average: bool
+    notes: list[str]
+    columns: dict[str, str]
+    n_windows_scored: int = 0
+    seconds: float = 0.0
+
+    HEADER = ("row", "id", "chrom", "pos", "ref", "alt", "window_start", "window_end", "window_len",
+              "delta_sum", "delta_mean")
+
+    def header(self, extra: Sequence[str] = ()) -> list[str]:
+        cols = list(self.HEADER)
+        if self.rc_average:
+            cols += ["delta_sum_fwd", "delta_sum_rc"]
+        return cols + list(extra)
+
+    def write_tsv(self, path: str | Path, extra_columns: Sequence[str] = ()) -> Path:
+        """Write the TSV atomically (``# `` comment lines say how the scores were made)."""
+        from dnalm.eval.metrics import write_tsv
+
+        cols = self.header(extra_columns)
+        comments = [
+            "delta = log-likelihood(alt window) - log-likelihood(ref window), natural log; "
+            "delta_sum over the window, delta_mean = delta_sum / window_len",
+            f"window centred on the variant, {self.window} bases; window_start/end are 1-based inclusive",
+            "strands: " + ("mean of forward and reverse-complement deltas" if self.rc_average else "forward only"),
+            *self.notes,
+        ]
+        return write_tsv(path, cols, ([r.get(c, "") for c in cols] for r in self.rows), comments)
+
+    def labels(self, column: str, positive: Sequence[str] | None = None) -> np.ndarray:
+        """Binary labels (1 = positive) from a column of the input (TSV column or VCF INFO key)."""
+        return binary_labels([(r["row"], r["_fields"].get(column)) for r in self.rows], column, positive)
+
+
+def binary_labels(
+    values: Sequence[tuple[int, str | None]], column: str, positive: Sequence[str] | None
+) -> np.ndarray:
+    """(row, raw value) pairs -> 0/1 labels. Raises DataError on missing/empty values or ambiguity."""
+    missing = [f"line {row}" for row, v in values if v is None or str(v).strip() in ("", ".", "NA", "nan")]
+    if missing:
+        raise DataError(f"label column {column!r}: " + _listing(missing, "rows with an empty or missing label"))
+    raw = [str(v).strip() for _, v in values]
+    distinct = sorted(set(raw))
+    if positive:
+        pos = {p.strip() for p in positive}
+        unknown = pos - set(distinct)
+        if unknown:
+            raise DataError(
+                f"label column {column!r}: positive value(s) {sorted(unknown)} never occur (values: {distinct[:20]})"
+            )
+        return np.array([1 if v in pos else 0 for v in raw], dtype=np.int64)
+    truthy, falsy = {"1", "true", "yes", "1.0"}, {"0", "false", "no", "0.0"}
+    if set(v.lower() for v in distinct) <= truthy | falsy:
+        return np.array([1 if v.lower() in truthy else 0 for v in raw], dtype=np.int64)
+    raise DataError(
+        f"label column {column!r} holds {len(distinct)} distinct values ({', '.join(distinct[:10])}); "
+        "name the positive class(es) with --positive (e.g. --positive LOF)"
+    )
+
+
+def score_variants(
+    model: Any,
+    fasta: str | Path,
+    variants: str | Path | list[Variant],
+    *,
+    window: int | None = None,
+    rc_average: bool = False,
+    fasta_offset: int | None = None,
+    pos_column: str | None = None,
+    allow_indels: bool = False,
+    batch_size: int = 8,
+    chunk_size: int = 256,
+    progress: bool = True,
+    source: str | None = None,
+) -> VariantResults:
+    """Score every variant (see the module docstring for the protocol).
+
+    Args:
+        model: a DNALM (any family).
+        fasta: reference FASTA (plain or gzip); region records are placed as described above.
+        variants: a VCF/TSV path, or already-read ``Variant`` objects.
+        window: bases per window; ``None`` = 8,192 or the model's context if shorter.
+        rc_average: also score reverse complements and average the two strand deltas.
+        fasta_offset: 1-based chromosome position of base 0 of each record (overrides header regions).
+        pos_column: position column of a table (default: the first of pos, position, pos_hg38, start).
+        allow_indels: accept simple indels (scored with same-length windows).
+        batch_size: windows per forward pass.
+        chunk_size: variants built into windows at a time (bounds memory on large files).
+        progress: show a tqdm bar on stderr.
+        source: the file name to use in messages when ``variants`` are already read.
+
+    Returns a :class:`VariantResults`. Raises DataError (listing rows) on unknown chromosomes, positions
+    outside the FASTA, reference alleles that do not match, and malformed input.
+    """
+    import time
+
+    from dnalm.eval.metrics import progress as bar
+
+    t0 = time.perf_counter()
+    fasta = Path(fasta)
+    if isinstance(variants, (str, Path)):
+        vlist, columns = read_variants(variants, allow_indels=allow_indels, pos_column=pos_column)
+        vpath = Path(variants)
+    else:
+        vlist, columns, vpath = list(variants), {}, Path(source or "<variants>")
+        check_variants(vlist, vpath, allow_indels)
+    w, wnote = resolve_window(model, window)
+    records = load_reference(fasta, fasta_offset)
+    pairs = _match_records(vlist, records, vpath)
+    _check_ref_alleles(pairs, vpath)
+    notes = [wnote, "reference placement: " + "; ".join(sorted({r.mapping for r in records})[:4])]
+    if columns:
+        notes.append("columns used: " + ", ".join(f"{k}={v}" for k, v in columns.items()))
+
+    cache: dict[tuple, float] = {}  # window key -> log-likelihood sum (fwd, and rc under key + ("rc",))
+    rows: list[dict[str, Any]] = []
+    n_scored = 0
+    pbar = bar(total=len(pairs), desc="variants", enabled=progress)
+    try:
+        for c0 in range(0, len(pairs), chunk_size):
+            chunk = pairs[c0 : c0 + chunk_size]
+            plans = [_plan(v, rec, w) for v, rec in chunk]
+            todo: dict[tuple, np.ndarray] = {}
+            for plan in plans:
+                for key, build in ((plan["ref_key"], plan["ref"]), (plan["alt_key"], plan["alt"])):
+                    if key not in cache and key not in todo:
+                        todo[key] = build()
+                        if rc_average:
+                            todo[key + ("rc",)] = reverse_complement_ids(todo[key])
+            keys = list(todo)
+            if keys:
+                sums = window_logliks(model, [todo[k] for k in keys], batch_size=batch_size)
+                cache.update(zip(keys, sums.tolist()))
+                n_scored += len(keys)
+            for (v, rec), plan in zip(chunk, plans):
+                fwd = cache[plan["alt_key"]] - cache[plan["ref_key"]]
+                row: dict[str, Any] = {
+                    "row": v.row, "id": v.id, "chrom": v.chrom, "pos": v.pos, "ref": v.ref, "alt": v.alt,
+                    "window_start": rec.offset + plan["start"], "window_end": rec.offset + plan["start"] + plan["len"] - 1,
+                    "window_len": plan["len"], "_fields": v.fields,
+                }
+                if rc_average:
+                    rc = cache[plan["alt_key"] + ("rc",)] - cache[plan["ref_key"] + ("rc",)]
+                    row.update(delta_sum_fwd=fwd, delta_sum_rc=rc)
+                    delta = 0.5 * (fwd + rc)
+                else:
+                    delta = fwd
+                row.update(delta_sum=delta, delta_mean=delta / plan["len"])
+                rows.append(row)
+            pbar.update(len(chunk))
+    finally:
+        pbar.close()
+    return VariantResults(rows, w, rc_average, notes, columns, n_scored, time.perf_counter() - t0)
+
+
+def _plan(v: Variant, rec: RefRecord, w: int) -> dict[str, Any]:
+    """Window placement for one variant: same start and length for the ref and alt windows."""
+    n = len(rec)
+    p = v.pos - rec.offset  # 0-based position of the first ref base in the record
+    wl = min(w, n)
+    shrink = max(0, len(v.ref) - len(v.alt))  # a deletion needs this many extra bases on the right
+    if n < wl + shrink:
+        wl = n - shrink
+    start = min(max(p - wl // 2, 0), n - wl - shrink)
+    ref_ids = rec.ids
+    alt_ids, _ = encode_bytes(v.alt.encode())
+
+    def ref() -> np.ndarray:
+        return ref_ids[start : start + wl].copy()
+
+    def alt() -> np.ndarray:
+        right = ref_ids[p + len(v.ref) : start + wl + shrink]
+        seq = np.concatenate([ref_ids[start:p], alt_ids, right])
+        return seq[:wl].copy()  # an insertion pushes bases out on the right
+
+    return {
+        "start": start,
+        "len": wl,
+        "ref_key": (rec.name, start, wl),
+        "alt_key": (rec.name, start, wl, p, v.ref, v.alt),
+        "ref": ref,
+        "alt": alt,
+    }
+
+
+def direct_delta(model: Any, ref_seq: str, alt_seq: str) -> float:
+    """LL(alt) - LL(ref) by two independent passes of ``model.score`` (a check on the batched path)."""
+    return float(model.score(alt_seq, reduce="sum") - model.score(ref_seq, reduce="sum"))
+
+
+# ------------------------------------------------------------------------------------------ command
+
+
+def _default_out(path: str | Path, suffix: str) -> Path:
+    name = Path(path).name
+    for ext in (".gz", ".vcf", ".tsv", ".csv", ".txt"):
+        name = name.removesuffix(ext)
+    return Path(f"{name}{suffix}")
+
+
+def score_variants_command(
+    model_path: str, fasta: str, variants: str, *, out: str | None = None, window: int | None = None,
+    rc_average: bool = False, fasta_offset: int | None = None, pos_column: str | None = None,
+    indels: bool = False, label_column: str | None = None, positive: Sequence[str] | None = None,
+    baseline_columns: Sequence[str] = (), plot: str | None = None, batch_size: int = 8,
+    device: str = "cpu", progress: bool = True,
+) -> str:
+    """``dnalm score-variants``: score, write the TSV (and ROC plot with labels), return a summary."""
+    import dnalm
+    from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot
+
+    model = dnalm.load(model_path, device=device)
+    vlist, columns = read_variants(variants, allow_indels=indels, pos_column=pos_column)
+    if label_column is not None and not any(label_column in v.fields for v in vlist):
+        raise DataError(f"{variants}: no column {label_column!r} (columns: {', '.join(vlist[0].fields) or 'none'})")
+    y = None
+    if label_column is not None:  # check the labels before spending time on the model
+        y = binary_labels([(v.row, v.fields.get(label_column)) for v in vlist], label_column, positive)
+    res = score_variants(model, fasta, vlist, window=window, rc_average=rc_average, fasta_offset=fasta_offset,
+                         pos_column=pos_column, allow_indels=indels, batch_size=batch_size, progress=progress,
+                         source=str(variants))
+    res.columns = columns
+    res.notes.append("columns used: " + ", ".join(f"{k}={v}" for k, v in columns.items()))
+    out_path = Path(out) if out else _default_out(variants, ".scores.tsv")
+    extra = [label_column] if label_column else []
+    for r in res.rows:
+        if label_column:
+            r[label_column] = r["_fields"].get(label_column)
+        for b in baseline_columns:
+            r[b] = r["_fields"].get(b)
+    res.write_tsv(out_path, extra + [b for b in baseline_columns if b not in extra])
+    lines = [
+        f"scored {len(res.rows)} variants ({res.n_windows_scored} distinct windows, {res.notes[0]}) "
+        f"in {res.seconds:.1f} s = {len(res.rows) / max(res.seconds, 1e-9):.2f} variants/s -> {out_path}",
+    ]
+    if y is not None:
+        score = -np.array([r["delta_sum"] for r in res.rows])
+        try:
+            a = auroc(y, score)
+            lo, hi = auroc_ci(y, score)
+        except MetricError as e:
+            raise DataError(f"label column {label_column!r}: {e}") from None
+        pos_name = ",".join(positive) if positive else "1"
+        lines.append(f"AUROC ({label_column} = {pos_name} vs the rest, score -delta_sum): {a:.4f} "
+                     f"(95% bootstrap CI {lo:.3f}-{hi:.3f}; {int(y.sum())} positive, {int(len(y) - y.sum())} negative)")
+        curves = {"model (-delta)": (y, score)}
+        for b in baseline_columns:
+            vals = np.array([_float_or_nan(r["_fields"].get(b)) for r in res.rows])
+            ok = np.isfinite(vals)
+            if ok.sum() < len(vals):
+                lines.append(f"baseline {b}: {int((~ok).sum())} rows without a number are left out of its AUROC")
+            try:
+                ab = auroc(y[ok], vals[ok])
+            except MetricError as e:
+                lines.append(f"baseline {b}: {e}")
+                continue
+            lines.append(f"baseline AUROC of {b} (higher = more damaging): {ab:.4f}")
+            if ok.all():
+                curves[b] = (y, vals)
+        plot_path = Path(plot) if plot else out_path.with_suffix(".roc.png")
+        save_roc_plot(plot_path, curves, title=f"{Path(variants).name}: {label_column}")
+        lines.append(f"ROC plot -> {plot_path}")
+    return "\n".join(lines)
+
+
+def _float_or_nan(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
