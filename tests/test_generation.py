@@ -214,3 +214,22 @@ def test_cli_generate_help_shows_defaults(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "--n-tokens" in text and "(default: 100)" in text and "--top-p" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["striped_hyena_v1", "striped_hyena_v2"])
+def test_step_logits_match_full_forward_on_gpu(family):
+    torch.backends.cuda.matmul.allow_tf32 = False  # compare float32 with float32
+    torch.backends.cudnn.allow_tf32 = False
+    model = make_model(family).cuda()
+    ids = torch.cat([torch.tensor([BOS]), ecoli_ids(119, 3000)])[None].cuda()
+    with torch.no_grad():
+        full = model(ids).logits
+        logits, state = prefill_logits(model, ids[:, :50])
+        got = [logits]
+        for t in range(50, ids.shape[1]):
+            logits, state = step_logits(model, ids[:, t], state)
+            got.append(logits[:, None])
+    torch.testing.assert_close(torch.cat(got, dim=1), full, rtol=0, atol=1e-4)
+    a = model.generate(ecoli(40), 30, seed=2)
+    assert a == model.generate(ecoli(40), 30, seed=2) and set(a) <= set("ACGT")
