@@ -358,7 +358,7 @@ def finetune(
                 opt.step()
                 sched.step()
                 step += 1
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
             history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
                             **{f"dev_{k}": v for k, v in m.items()}})
@@ -465,19 +465,14 @@ def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, list[st
     return clf.to(device).eval(), list(meta["classes"])
 
 
-# ------------------------------------------------------------------------------------------ commands
-
-
-def finetune_command(
-    model_path: str, *, train: str, dev: str | None = None, test: str | None = None, out: str = "finetuned",
-    seq_column: str | None = None, label_column: str | None = None, mode: str = "probe", soft_prompt: int = 0,
-    pool: str = "mean", layer: int = -1, epochs: int = 3, lr: float | None = None, batch_size: int = 32,
-    probe_steps: int = 500, seed: int = 0, split_seed: int = 0, max_train: int | None = None,
-    device: str = "cpu", progress: bool = True,
-) -> str:
-    """``dnalm finetune``: read the sets (or split one seeded), train, compare with k-mers, save; summary."""
-    import dnalm
-
+def load_sets(
+    train: str | Path, dev: str | Path | None = None, test: str | Path | None = None, *,
+    seq_column: str | None = None, label_column: str | None = None, split_seed: int = 0,
+    max_train: int | None = None, seed: int = 0,
+) -> tuple[dict[str, LabeledData], list[str], dict[str, Any] | None]:
+    """Read train/dev/test CSVs, or split ``train`` 80/10/10 (stratified, ``split_seed``) when dev and test
+    are omitted. Returns ({"train", "dev", "test"} -> LabeledData, class names, split description or None).
+    ``max_train`` keeps a random subset (``seed``) of the training set."""
     if (dev is None) != (test is None):
         raise DataError("give both --dev and --test, or neither (then --train is split 80/10/10 with --split-seed)")
     raw = {"train": read_labeled(train, seq_column, label_column)}
@@ -502,6 +497,38 @@ def finetune_command(
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(data["train"].labels), max_train, replace=False))
         data["train"] = subset(data["train"], keep, data["train"].source + f" (random {max_train})")
+    return data, classes, split_info
+
+
+def finetune_files(
+    model: Any, train: str | Path, dev: str | Path | None = None, test: str | Path | None = None, *,
+    seq_column: str | None = None, label_column: str | None = None, split_seed: int = 0,
+    max_train: int | None = None, **kwargs: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """``finetune`` on CSV files (see ``load_sets``); returns (SequenceClassifier, report with the classes)."""
+    data, classes, split_info = load_sets(train, dev, test, seq_column=seq_column, label_column=label_column,
+                                          split_seed=split_seed, max_train=max_train, seed=kwargs.get("seed", 0))
+    clf, report = finetune(model, data["train"], data["dev"], data["test"], classes, **kwargs)
+    if split_info:
+        report["split"] = split_info
+    return clf, report
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def finetune_command(
+    model_path: str, *, train: str, dev: str | None = None, test: str | None = None, out: str = "finetuned",
+    seq_column: str | None = None, label_column: str | None = None, mode: str = "probe", soft_prompt: int = 0,
+    pool: str = "mean", layer: int = -1, epochs: int = 3, lr: float | None = None, batch_size: int = 32,
+    probe_steps: int = 500, seed: int = 0, split_seed: int = 0, max_train: int | None = None,
+    device: str = "cpu", progress: bool = True,
+) -> str:
+    """``dnalm finetune``: read the sets (or split one seeded), train, compare with k-mers, save; summary."""
+    import dnalm
+
+    data, classes, split_info = load_sets(train, dev, test, seq_column=seq_column, label_column=label_column,
+                                          split_seed=split_seed, max_train=max_train, seed=seed)
     model = dnalm.load(model_path, device=device)
     clf, report = finetune(model, data["train"], data["dev"], data["test"], classes, mode=mode,
                            soft_prompt=soft_prompt, pool=pool, layer=layer, epochs=epochs, lr=lr,

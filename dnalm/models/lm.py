@@ -192,3 +192,42 @@ class DNALM(nn.Module):
             return results[0] if single else results
         arr = np.asarray(results, dtype=np.float64)
         return arr[0] if single else arr
+
+    # ---- applications: thin delegates to dnalm/eval/ (the CLI calls the same functions) ----
+
+    def score_variants(self, fasta: Any, variants: Any, **kwargs: Any) -> Any:
+        """Zero-shot variant effects: delta log-likelihood (alt - ref) of a window centred on each variant;
+        returns a ``VariantResults``. See :func:`dnalm.eval.variants.score_variants` for the options."""
+        from dnalm.eval.variants import score_variants
+
+        return score_variants(self, fasta, variants, **kwargs)
+
+    def embed_sequences(
+        self, seqs: list[str] | list[np.ndarray], layer: int = -1, pool: str = "mean", **kwargs: Any
+    ) -> np.ndarray:
+        """Embeddings (N, D) (or (total bases, D) for ``pool="none"``) from the hidden state at ``layer``;
+        see :func:`dnalm.eval.embed.embed_sequences` (long sequences are embedded in windows). Not named
+        ``embed``: that attribute is the token-embedding layer."""
+        from dnalm.eval.embed import embed_sequences
+
+        return embed_sequences(self, seqs, layer=layer, pool=pool, **kwargs).array
+
+    def score_essentiality(self, fasta: Any, gff: Any, labels: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """Zero-shot gene essentiality (stop-cassette insertion); see
+        :func:`dnalm.eval.essentiality.score_essentiality`."""
+        from dnalm.eval.essentiality import score_essentiality
+
+        return score_essentiality(self, fasta, gff, labels, **kwargs)
+
+    def score_dms(self, cds: Any, variants: Any, **kwargs: Any) -> dict[str, Any]:
+        """Zero-shot protein fitness from DNA (closest codon change); see :func:`dnalm.eval.dms.score_dms`."""
+        from dnalm.eval.dms import score_dms
+
+        return score_dms(self, cds, variants, **kwargs)
+
+    def finetune(self, train: Any, dev: Any = None, test: Any = None, **kwargs: Any) -> tuple[nn.Module, dict]:
+        """Train a classifier on CSV files (linear probe, ``mode="full"`` or ``soft_prompt=N``) beside a
+        k-mer baseline; returns (SequenceClassifier, report). See :func:`dnalm.eval.finetune.finetune_files`."""
+        from dnalm.eval.finetune import finetune_files
+
+        return finetune_files(self, train, dev, test, **kwargs)
