@@ -22,9 +22,10 @@ def demo_config(out_dir: str = "runs/demo") -> RunConfig:
         model=HyenaConfig(n_layer=2, d_model=128, l_max=1026),
         data=DataConfig(seq_len=1024, holdout_fraction=0.1, rc_augment=True),
         train=TrainConfig(
-            steps=1200,
+            steps=1000,
             batch_size=16,
             lr=2e-3,
+            bf16=True,  # bf16 autocast: 1.5x faster matmuls on CPUs with AVX512-BF16; FFTs and loss stay float32
             warmup_steps=50,
             weight_decay=0.1,
             eval_every=400,
