@@ -286,6 +286,25 @@ def scaling_cmd(args: argparse.Namespace) -> int:
 
 
 @command(
+    "sweep",
+    "Train a grid of model sizes x compute budgets (x families), resumable; results in one CSV.",
+    arg("--grid", required=True, help="grid YAML (see configs/sweep_ecoli.yaml)"),
+    arg("--out", default=None, help="output directory (overrides out_dir in the grid)"),
+    arg("--dry-run", action="store_true", help="list the points (parameters, tokens, steps, FLOPs) and stop"),
+)
+def sweep_cmd(args: argparse.Namespace) -> int:
+    """Train every point of a scaling grid at matched training FLOPs (or tokens). Finished points are
+    never rerun and an interrupted point resumes from its checkpoint, so rerunning the command continues
+    the sweep. Then fit the results with 'dnalm scaling fit OUT/results.csv'."""
+    from dnalm.scaling.sweep import run_sweep
+
+    results = run_sweep(args.grid, args.out, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"results: {results}\nnext: dnalm scaling fit {results}")
+    return 0
+
+
+@command(
     "boundaries",
     "dnaHNet: where the learned chunk boundaries fall (codon positions in CDS, CDS / upstream / intergenic).",
     arg("model", metavar="MODEL", help="dnaHNet run directory, checkpoint directory or preset"),
@@ -317,77 +336,198 @@ def boundaries_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- long sequences and distributed checkpoints (dnalm/eval/longcontext.py, dnalm/train/checkpoint.py) ---
+# --- applications: variant effects, essentiality, DMS, embeddings, fine-tuning (dnalm/eval/) ---
 
 
 @command(
-    "score",
-    "Log-likelihood of each record of a FASTA file; long records (up to 1M bases) in one pass, not windows.",
+    "score-variants",
+    "Zero-shot variant effects: delta log-likelihood (alt - ref) of a window centred on each variant.",
     arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
-    arg("--fasta", required=True, help="FASTA/GenBank file (plain or gzip); every record is scored whole"),
-    arg("--reduce", choices=["sum", "mean"], default="sum", help="sum or per-base mean of the log-likelihood"),
-    arg("-o", "--out", default=None, help="output TSV, written atomically; without it the table is printed"),
-    arg("--long-from", type=int, default=32768,
-        help="records of this many tokens or more go through the one-pass long-context path"),
-    arg("--max-memory", type=float, default=None, metavar="GIB",
-        help="GiB the one-pass path may use; unset = what the system reports as available"),
-    arg("--batch-size", type=int, default=8, help="short records per forward pass"),
+    arg("--fasta", required=True, help="reference FASTA; a record named chrom:start-end is placed on chrom at start"),
+    arg("--variants", required=True, help="VCF, or TSV/CSV with chromosome/position/ref/alt columns (1-based)"),
+    arg("--window", type=int, default=None, help="bases per window (default: 8192, or the model's context if shorter)"),
+    arg("--rc-average", action="store_true", help="also score reverse complements and average the strand deltas"),
+    arg("--fasta-offset", type=int, default=None, help="1-based chromosome position of the first base of each record"),
+    arg("--pos-column", default=None, help="position column of a table (default: pos, position, pos_hg38 or start)"),
+    arg("--indels", action="store_true", help="also score simple indels (same-length windows)"),
+    arg("--label-column", default=None, help="column with class labels: report AUROC of -delta and plot the ROC"),
+    arg("--positive", action="append", default=None, help="label value(s) of the positive class, e.g. LOF (repeatable)"),
+    arg("--baseline-column", action="append", default=[], help="numeric column to report as a baseline AUROC"),
+    arg("-o", "--out", default=None, help="output TSV (default: <variants>.scores.tsv in the current directory)"),
+    arg("--plot", default=None, help="ROC plot PNG (default: next to the TSV)"),
+    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
-def score_cmd(args: argparse.Namespace) -> int:
-    """Score whole records: natural-log likelihood of every base (the first one too when the tokenizer
-    prepends [BOS]), as a sum or a per-base mean, plus bits per base. A HyenaDNA record of --long-from
-    tokens or more runs in one memory-lean pass (1,000,000 bases with hyenadna-large-1m fit in about
-    5 GiB); if the estimate exceeds the available memory it stops before allocating. Records longer
-    than the model's context are an error (use dnalm eval for windows)."""
-    from dnalm.eval.longcontext import score_command
+def score_variants_cmd(args: argparse.Namespace) -> int:
+    """Score SNVs (and optionally indels) by the change in log-likelihood of a window centred on each,
+    ref and alt windows of the same length, each distinct window scored once. Writes a TSV (atomically)
+    with delta_sum and delta_mean per variant and the window used."""
+    from dnalm.eval.variants import score_variants_command
 
-    print(score_command(
-        args.model, args.fasta, reduce=args.reduce, out=args.out, long_from=args.long_from,
-        batch_size=args.batch_size, device=args.device, max_memory_gib=args.max_memory, progress=not args.quiet,
+    print(score_variants_command(
+        args.model, args.fasta, args.variants, out=args.out, window=args.window, rc_average=args.rc_average,
+        fasta_offset=args.fasta_offset, pos_column=args.pos_column, indels=args.indels,
+        label_column=args.label_column, positive=args.positive, baseline_columns=args.baseline_column,
+        plot=args.plot, batch_size=args.batch_size, device=args.device, progress=not args.quiet,
     ))  # fmt: skip
     return 0
 
 
 @command(
-    "export",
-    "Make config.json + model.safetensors from a (sharded) training checkpoint or a run directory.",
-    arg("src", metavar="CHECKPOINT_OR_RUN", help="checkpoint directory (sharded or not) or run directory (newest checkpoint)"),
-    arg("--out", required=True, metavar="DIR", help="model directory to write (atomically)"),
-    arg("--force", action="store_true", help="replace DIR if it exists"),
+    "essentiality",
+    "Zero-shot gene essentiality: likelihood change after inserting stop codons early in each gene.",
+    arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
+    arg("--fasta", required=True, help="genome FASTA"),
+    arg("--gff", required=True, help="GFF3/GTF annotation (CDS features define the genes)"),
+    arg("--labels", default=None, help="TSV with locus_tag and 0/1 essentiality columns: report AUROC + plot"),
+    arg("--label-column", action="append", default=None, help="label column(s) (default: all essential* columns)"),
+    arg("--window", type=int, default=None, help="bases per window (default: 8192, or the model's context if shorter)"),
+    arg("--cassette", default="TAATAATAATAGTGA", help="sequence inserted in frame (default: 5 stop codons, 15 bp)"),
+    arg("--insert-offset", type=int, default=12, help="bases after the first base of the start codon"),
+    arg("--zero-based-gff", action="store_true", help="the GFF's start column is 0-based (e.g. the phiX174 file)"),
+    arg("--max-genes", type=int, default=None, help="score only the first N genes (for a quick look)"),
+    arg("-o", "--out", default=None, help="per-gene TSV (default: essentiality.tsv)"),
+    arg("--plot", default=None, help="ROC plot PNG (default: next to the TSV)"),
+    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--device", default="cpu", help="torch device"),
+    arg("--quiet", action="store_true", help="no progress bar"),
 )
-def export_cmd(args: argparse.Namespace) -> int:
-    """Runs in one process: the shards written by any number of ranks (torch.distributed.checkpoint) are
-    read whole and saved as a single model.safetensors that dnalm.load, eval, score and the other
-    commands open."""
-    from pathlib import Path
+def essentiality_cmd(args: argparse.Namespace) -> int:
+    """Evo's zero-shot essentiality protocol: for each protein-coding gene insert a stop cassette in
+    frame near the start codon, score the change in log-likelihood of a window around the gene (read in
+    the gene's orientation), and with labels report AUROC beside a gene-length baseline."""
+    from dnalm.eval.essentiality import essentiality_command
 
-    from dnalm.train.checkpoint import export_checkpoint
-
-    if Path(args.out).exists() and not args.force:
-        raise UserError(f"{args.out} exists; choose another --out or pass --force to replace it")
-    src, out = export_checkpoint(args.src, args.out)
-    print(f"exported {src} -> {out}/model.safetensors")
+    print(essentiality_command(
+        args.model, args.fasta, args.gff, labels=args.labels, label_columns=args.label_column, out=args.out,
+        plot=args.plot, window=args.window, cassette=args.cassette, insert_offset=args.insert_offset,
+        zero_based_gff=args.zero_based_gff, max_genes=args.max_genes, batch_size=args.batch_size,
+        device=args.device, progress=not args.quiet,
+    ))  # fmt: skip
     return 0
 
 
 @command(
-    "sweep",
-    "Train a grid of model sizes x compute budgets (x families), resumable; results in one CSV.",
-    arg("--grid", required=True, help="grid YAML (see configs/sweep_ecoli.yaml)"),
-    arg("--out", default=None, help="output directory (overrides out_dir in the grid)"),
-    arg("--dry-run", action="store_true", help="list the points (parameters, tokens, steps, FLOPs) and stop"),
+    "dms",
+    "Zero-shot protein fitness from DNA: score protein mutants via their closest codon change.",
+    arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
+    arg("--cds", required=True, help="FASTA with the wild-type coding sequence"),
+    arg("--variants", required=True, help="mutant table (';', tab or ',' separated; '#' comments), e.g. G21A"),
+    arg("--ties", choices=["first", "mean"], default="first",
+        help="equally close codons: first in A<C<G<T order, or the mean delta over all of them"),
+    arg("--record", default=None, help="CDS record name (default: the first record)"),
+    arg("--variant-column", default=None, help="mutant column (default: variant/mutant/mutation)"),
+    arg("--fitness-column", default=None, help="measured fitness column (default: y/fitness/score/DMS_score)"),
+    arg("--baseline-column", action="append", default=None,
+        help="baseline score column(s) (default: every other numeric column, e.g. dE)"),
+    arg("-o", "--out", default=None, help="output TSV (default: <variants>.dms.tsv)"),
+    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--device", default="cpu", help="torch device"),
+    arg("--quiet", action="store_true", help="no progress bar"),
 )
-def sweep_cmd(args: argparse.Namespace) -> int:
-    """Train every point of a scaling grid at matched training FLOPs (or tokens). Finished points are
-    never rerun and an interrupted point resumes from its checkpoint, so rerunning the command continues
-    the sweep. Then fit the results with 'dnalm scaling fit OUT/results.csv'."""
-    from dnalm.scaling.sweep import run_sweep
+def dms_cmd(args: argparse.Namespace) -> int:
+    """Map each protein mutant to the codon with the fewest nucleotide changes, score the delta
+    log-likelihood of the gene, and report Spearman with measured fitness beside BLOSUM62 and any
+    baseline columns."""
+    from dnalm.eval.dms import dms_command
 
-    results = run_sweep(args.grid, args.out, dry_run=args.dry_run)
-    if not args.dry_run:
-        print(f"results: {results}\nnext: dnalm scaling fit {results}")
+    print(dms_command(
+        args.model, args.cds, args.variants, out=args.out, ties=args.ties, record=args.record,
+        variant_column=args.variant_column, fitness_column=args.fitness_column,
+        baseline_columns=args.baseline_column, batch_size=args.batch_size, device=args.device,
+        progress=not args.quiet,
+    ))  # fmt: skip
+    return 0
+
+
+@command(
+    "embed",
+    "Sequence embeddings from a model's hidden states -> .npy + .json metadata.",
+    arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
+    arg("--fasta", default=None, help="FASTA/GenBank file of sequences"),
+    arg("--csv", dest="csv_path", default=None, help="CSV/TSV with a sequence column"),
+    arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
+    arg("--layer", type=int, default=-1, help="hidden state: 0 = embeddings, i = after block i, -1 = final norm"),
+    arg("--pool", choices=["mean", "last", "none"], default="mean", help="pooling over the bases"),
+    arg("-o", "--out", default=None, help="output .npy (default: <input>.emb.npy; metadata next to it)"),
+    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--device", default="cpu", help="torch device"),
+    arg("--quiet", action="store_true", help="no progress bar"),
+)
+def embed_cmd(args: argparse.Namespace) -> int:
+    """Embed sequences; those longer than the model's context are embedded in consecutive windows
+    (stated in the metadata)."""
+    from dnalm.eval.embed import embed_command
+
+    print(embed_command(
+        args.model, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
+        layer=args.layer, pool=args.pool, batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+    ))  # fmt: skip
+    return 0
+
+
+@command(
+    "finetune",
+    "Train a classifier on a model (linear probe, full fine-tuning or soft prompt) beside a k-mer baseline.",
+    arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
+    arg("--train", required=True, help="CSV/TSV with sequence and label columns"),
+    arg("--dev", default=None, help="dev set (omit --dev and --test to split --train 80/10/10, seeded)"),
+    arg("--test", default=None, help="test set"),
+    arg("--seq-column", default=None, help="sequence column (default: sequence/seq/seqs)"),
+    arg("--label-column", default=None, help="label column (default: label/labels/class/y)"),
+    arg("--mode", choices=["probe", "full"], default="probe", help="frozen backbone + linear head, or train all"),
+    arg("--soft-prompt", type=int, default=0, metavar="N", help="learn N prompt embeddings for the frozen model"),
+    arg("--pool", choices=["mean", "last"], default="mean", help="pooling of the hidden states over the bases"),
+    arg("--layer", type=int, default=-1, help="hidden state to pool (-1 = after the final norm)"),
+    arg("--epochs", type=int, default=3, help="epochs (full fine-tuning and soft prompts)"),
+    arg("--lr", type=float, default=None, help="learning rate (default: 1e-2 probe/prompt, 3e-4 full)"),
+    arg("--batch-size", type=int, default=32, help="sequences per step"),
+    arg("--probe-steps", type=int, default=500, help="full-batch steps of the linear probe"),
+    arg("--max-train", type=int, default=None, help="use a random subset of this many training sequences"),
+    arg("--seed", type=int, default=0, help="seed of the head/prompt init and the data order"),
+    arg("--split-seed", type=int, default=0, help="seed of the 80/10/10 split when no --dev/--test is given"),
+    arg("-o", "--out", default="finetuned", help="output directory (classifier, report.json, split.json)"),
+    arg("--device", default="cpu", help="torch device"),
+    arg("--quiet", action="store_true", help="no progress bar"),
+)
+def finetune_cmd(args: argparse.Namespace) -> int:
+    """Add a classification head on pooled hidden states and train it (class-weighted loss, best dev
+    checkpoint kept). Reports test accuracy, MCC and AUROC beside a k-mer logistic regression trained in
+    the same run, and saves the classifier for `dnalm predict`."""
+    from dnalm.eval.finetune import finetune_command
+
+    print(finetune_command(
+        args.model, train=args.train, dev=args.dev, test=args.test, out=args.out, seq_column=args.seq_column,
+        label_column=args.label_column, mode=args.mode, soft_prompt=args.soft_prompt, pool=args.pool,
+        layer=args.layer, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        probe_steps=args.probe_steps, seed=args.seed, split_seed=args.split_seed, max_train=args.max_train,
+        device=args.device, progress=not args.quiet,
+    ))  # fmt: skip
+    return 0
+
+
+@command(
+    "predict",
+    "Classify new sequences with a model made by `dnalm finetune` -> TSV of class probabilities.",
+    arg("classifier", metavar="CLASSIFIER", help="output directory of dnalm finetune"),
+    arg("--fasta", default=None, help="FASTA/GenBank file of sequences"),
+    arg("--csv", dest="csv_path", default=None, help="CSV/TSV with a sequence column"),
+    arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
+    arg("-o", "--out", default=None, help="output TSV (default: <input>.predictions.tsv)"),
+    arg("--batch-size", type=int, default=32, help="sequences per forward pass"),
+    arg("--device", default="cpu", help="torch device"),
+    arg("--quiet", action="store_true", help="no progress bar"),
+)
+def predict_cmd(args: argparse.Namespace) -> int:
+    """Apply a fine-tuned classifier: one row per sequence with the predicted class and the probability
+    of each class."""
+    from dnalm.eval.finetune import predict_command
+
+    print(predict_command(
+        args.classifier, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
+        batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+    ))  # fmt: skip
     return 0
 
 
