@@ -380,6 +380,7 @@ def dms_command(
     lines = [f"scored {len(res['rows'])} mutants ({res['n_windows']} distinct windows) in {secs:.1f} s -> {out_path}",
              *res["notes"]]
     if res["spearman"]:
-        lines.append(f"Spearman with {res['meta']['fitness']} (n = {sum(np.isfinite(r['fitness']) for r in res['rows'])}):")
+        n = sum(np.isfinite(r["fitness"]) for r in res["rows"])
+        lines.append(f"Spearman with {res['meta']['fitness']} (n = {n}):")
         lines += [f"  {k:<14} {v:+.4f}" for k, v in res["spearman"].items()]
     return "\n".join(lines)

@@ -61,7 +61,9 @@ class Embeddings:
         return npy, meta_path
 
 
-def read_sequence_file(path: str | Path, column: str | None = None, id_column: str | None = None) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+def read_sequence_file(
+    path: str | Path, column: str | None = None, id_column: str | None = None
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """FASTA/GenBank (any compression) or CSV/TSV with a sequence column -> (ids, token ids, lower masks).
 
     CSV: the sequence column is ``column`` or the first of sequence/seq/seqs/sequences; ids come from
@@ -181,7 +183,9 @@ def embed_sequences(
         raise DataError(f"--pool must be mean, last or none (got {pool!r})")
     n_states = model.config.n_layer + 2
     if not -n_states <= layer < n_states:
-        raise DataError(f"--layer {layer} out of range: this model has hidden states 0..{n_states - 1} (or -1..-{n_states})")
+        raise DataError(
+            f"--layer {layer} out of range: this model has hidden states 0..{n_states - 1} (or -1..-{n_states})"
+        )
     toks = [encode_bytes(s.encode(), f"sequence {i}")[0] if isinstance(s, str) else np.asarray(s, dtype=np.uint8)
             for i, s in enumerate(seqs)]
     ids = list(ids) if ids is not None else [f"seq{i}" for i in range(len(toks))]

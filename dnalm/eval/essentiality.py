@@ -274,7 +274,8 @@ def essentiality_report(result: dict[str, Any], plot: str | Path | None = None) 
             a_len = auroc(y, length)
         except MetricError as e:
             raise DataError(f"label column {c!r}: {e}") from None
-        out.append({"label": c, "n": len(y), "n_pos": int(y.sum()), "auroc": a, "ci95": (lo, hi), "auroc_gene_length": a_len})
+        out.append({"label": c, "n": len(y), "n_pos": int(y.sum()), "auroc": a, "ci95": (lo, hi),
+                    "auroc_gene_length": a_len})
         curves[f"{c}: -delta"] = (y, score)
         curves[f"{c}: gene length"] = (y, length)
     if plot is not None and curves:

@@ -59,7 +59,9 @@ class LabeledData:
     source: str
 
 
-def read_labeled(path: str | Path, seq_column: str | None = None, label_column: str | None = None) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[str]]:
+def read_labeled(
+    path: str | Path, seq_column: str | None = None, label_column: str | None = None
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[str]]:
     """CSV/TSV -> (raw label strings, token ids, lower masks, row names). Needs sequence and label columns."""
     from dnalm.eval.embed import read_table
 
@@ -91,7 +93,9 @@ def to_data(labels: Sequence[str], seqs, lows, names, classes: list[str], source
     return LabeledData(list(seqs), list(lows), np.array([idx[v] for v in labels], dtype=np.int64), list(names), source)
 
 
-def seeded_split(labels: np.ndarray, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def seeded_split(
+    labels: np.ndarray, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stratified train/dev/test indices: each class is shuffled with ``seed`` and cut by ``fractions``."""
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise DataError(f"split fractions must be three positive numbers summing to 1 (got {fractions})")
@@ -109,7 +113,8 @@ def seeded_split(labels: np.ndarray, fractions: tuple[float, float, float] = (0.
 
 
 def subset(d: LabeledData, idx: np.ndarray, source: str) -> LabeledData:
-    return LabeledData([d.seqs[i] for i in idx], [d.lower[i] for i in idx], d.labels[idx], [d.names[i] for i in idx], source)
+    return LabeledData([d.seqs[i] for i in idx], [d.lower[i] for i in idx], d.labels[idx],
+                       [d.names[i] for i in idx], source)
 
 
 # ------------------------------------------------------------------------------------------ k-mer baseline
@@ -314,7 +319,8 @@ def finetune(
             if step % 25 == 0 or step == probe_steps:
                 with torch.no_grad():
                     m = classification_metrics(dev.labels, torch.softmax(head(z["dev"]), -1).numpy())
-                history.append({"step": step, "train_loss": float(loss.detach()), **{f"dev_{k}": v for k, v in m.items()}})
+                history.append({"step": step, "train_loss": float(loss.detach()),
+                                **{f"dev_{k}": v for k, v in m.items()}})
                 if _selection_score(m) > best[0]:
                     best = (_selection_score(m), copy.deepcopy(head.state_dict()), step)
         head.load_state_dict(best[1])
@@ -348,10 +354,12 @@ def finetune(
             if kind == "soft_prompt":
                 lm.eval()  # frozen model: no dropout
             losses = []
-            for idx in bar(_batches(len(X["train"]), batch_size, rng), desc=f"epoch {epoch}/{epochs}", enabled=progress):
+            batches = _batches(len(X["train"]), batch_size, rng)
+            for idx in bar(batches, desc=f"epoch {epoch}/{epochs}", enabled=progress):
                 x, m = batch_ids(lm, [X["train"][i] for i in idx])
                 logits = clf(x.to(lm.device), m.to(lm.device))
-                loss = F.cross_entropy(logits, torch.from_numpy(train.labels[idx]).to(lm.device), weight=cw.to(lm.device))
+                y = torch.from_numpy(train.labels[idx]).to(lm.device)
+                loss = F.cross_entropy(logits, y, weight=cw.to(lm.device))
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -403,7 +411,10 @@ def finetune(
 # ------------------------------------------------------------------------------------------ save / load
 
 
-def save_classifier(clf: Any, path: str | Path, classes: list[str], extra_files: dict[str, str] | None = None, info: dict | None = None) -> Path:
+def save_classifier(
+    clf: Any, path: str | Path, classes: list[str], extra_files: dict[str, str] | None = None,
+    info: dict | None = None,
+) -> Path:
     """Write ``path/config.json`` + ``path/model.safetensors`` (+ ``extra_files`` name -> text), atomically."""
     from safetensors.torch import save_model
 

@@ -39,7 +39,8 @@ def _binary(labels: Sequence, where: str = "labels") -> np.ndarray:
     if not values <= {0, 1}:
         raise MetricError(f"{where}: expected binary labels 0/1, got values {sorted(values)[:10]}")
     if len(values) < 2:
-        raise MetricError(f"{where}: AUROC needs both classes; all {len(y)} labels are {values.pop() if values else 'missing'}")
+        only = values.pop() if values else "missing"
+        raise MetricError(f"{where}: AUROC needs both classes; all {len(y)} labels are {only}")
     return y.astype(np.int64)
 
 
@@ -224,7 +225,9 @@ def save_roc_plot(
     return write_bytes_atomic(path, buf.getvalue())
 
 
-def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", enabled: bool = True) -> Iterator:
+def progress(
+    iterable: Iterable | None = None, total: int | None = None, desc: str = "", enabled: bool = True
+) -> Iterator:
     """A tqdm progress bar on stderr (silent when ``enabled`` is False)."""
     from tqdm.auto import tqdm
 

@@ -206,7 +206,8 @@ def read_variants(
 def check_variants(variants: list[Variant], path: str | Path, allow_indels: bool = False) -> None:
     """Upper-case the alleles in place; DataError (listing rows) for alleles that are not A/C/G/T/N,
     alt == ref, and non-SNVs unless ``allow_indels``."""
-    symbolic = [f"line {v.row}: {v.ref}>{v.alt}" for v in variants if not (_ALLELE.match(v.ref) and _ALLELE.match(v.alt))]
+    symbolic = [f"line {v.row}: {v.ref}>{v.alt}" for v in variants
+                if not (_ALLELE.match(v.ref) and _ALLELE.match(v.alt))]
     if symbolic:
         raise DataError(
             f"{path}: " + _listing(symbolic, "rows with alleles that are not plain A/C/G/T/N")
@@ -385,7 +386,9 @@ def _match_records(variants: list[Variant], records: list[RefRecord], path: Path
         pairs.append((v, rec))
     if unknown:
         names = ", ".join(sorted({r.chrom for r in records}))
-        raise DataError(f"{path}: " + _listing(unknown, "rows on chromosomes not in the FASTA") + f" (FASTA has: {names})")
+        raise DataError(
+            f"{path}: " + _listing(unknown, "rows on chromosomes not in the FASTA") + f" (FASTA has: {names})"
+        )
     if outside:
         raise DataError(f"{path}: " + _listing(outside, "rows with positions outside the FASTA"))
     return pairs
@@ -555,7 +558,8 @@ def score_variants(
                 fwd = cache[plan["alt_key"]] - cache[plan["ref_key"]]
                 row: dict[str, Any] = {
                     "row": v.row, "id": v.id, "chrom": v.chrom, "pos": v.pos, "ref": v.ref, "alt": v.alt,
-                    "window_start": rec.offset + plan["start"], "window_end": rec.offset + plan["start"] + plan["len"] - 1,
+                    "window_start": rec.offset + plan["start"],
+                    "window_end": rec.offset + plan["start"] + plan["len"] - 1,
                     "window_len": plan["len"], "_fields": v.fields,
                 }
                 if rc_average:

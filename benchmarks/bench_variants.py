@@ -1,0 +1,109 @@
+"""Variant-scoring throughput on CPU: variants per second at window 1,024 and 8,192, measured side by side in
+one run (the two window sizes alternate round by round, so machine load affects both alike).
+
+What is timed: ``dnalm.eval.variants.score_variants`` end to end (reading the variant table, placing and
+building windows, batched forward passes, deltas), with a fresh window cache each call, on real BRCA1
+SNVs (Findlay et al. 2018) in GRCh38. Each variant costs one alt window; reference windows are shared
+only where several variants sit at one position. Besides wall time the script reports process CPU time,
+which on a shared machine is closer to what an idle core would take (with ``--threads 1``).
+
+Model: by default a freshly initialised HyenaDNA of the demo's shape (2 layers, width 128) with
+``l_max`` 8,194 so that both windows fit (weights do not change the speed); ``--model`` takes any run,
+checkpoint or preset whose context holds the largest window.
+
+Usage::
+
+    python benchmarks/bench_variants.py                          # tests/data BRCA1 slice, 40 variants
+    python benchmarks/bench_variants.py --windows 1024 8192 --rounds 3 --threads 1 --json bench_variants.json
+    python benchmarks/bench_variants.py --fasta ../shared/data/variants/brca1_region_grch38.fa.gz \\
+        --variants ../shared/data/variants/brca1_findlay2018_demo200.tsv --n-variants 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    import dnalm
+    from dnalm.config import HyenaConfig
+    from dnalm.eval.variants import read_variants, score_variants
+    from dnalm.models.lm import DNALM
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="run/checkpoint/preset (default: fresh 2 x 128 HyenaDNA, l_max 8194)")
+    p.add_argument("--fasta", default=str(REPO / "tests/data/brca1_chr17_43044001-43064000.fa"))
+    p.add_argument("--variants", default=str(REPO / "tests/data/brca1_findlay2018_demo40.tsv"))
+    p.add_argument("--n-variants", type=int, default=40, help="first N variants of the table")
+    p.add_argument("--windows", type=int, nargs="+", default=[1024, 8192])
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds per window (after one warm-up call each)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    if args.model:
+        model = dnalm.load(args.model)
+        name = args.model
+    else:
+        torch.manual_seed(0)
+        model = DNALM(HyenaConfig(n_layer=2, d_model=128, l_max=max(args.windows) + 2))
+        name = "HyenaDNA 2 x 128, l_max %d (fresh weights)" % (max(args.windows) + 2)
+    model.eval()
+    variants, _ = read_variants(args.variants)
+    variants = variants[: args.n_variants]
+
+    def run(w: int) -> tuple[float, float, int]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = score_variants(model, args.fasta, variants, window=w, batch_size=args.batch_size, progress=False)
+        return time.perf_counter() - t0, time.process_time() - c0, res.n_windows_scored
+
+    for w in args.windows:  # warm-up (allocator, FFT plans, filter caches)
+        run(w)
+    times: dict[int, list[tuple[float, float]]] = {w: [] for w in args.windows}
+    n_windows: dict[int, int] = {}
+    for r in range(args.rounds):
+        order = args.windows if r % 2 == 0 else list(reversed(args.windows))
+        for w in order:
+            wall, cpu, nw = run(w)
+            times[w].append((wall, cpu))
+            n_windows[w] = nw
+            print(f"round {r + 1} window {w}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
+
+    n = len(variants)
+    rows = []
+    for w in args.windows:
+        wall = statistics.median(t[0] for t in times[w])
+        cpu = statistics.median(t[1] for t in times[w])
+        rows.append({"window": w, "variants": n, "windows_scored": n_windows[w], "wall_s": wall, "cpu_s": cpu,
+                     "variants_per_s_wall": n / wall, "variants_per_s_cpu": n / cpu})
+    print(f"\nmodel: {name}; {n} variants; batch {args.batch_size}; {args.threads} thread(s); "
+          f"torch {torch.__version__}; {platform.processor() or platform.machine()}")
+    print(f"{'window':>7} {'windows':>8} {'wall s':>8} {'CPU s':>8} {'var/s (wall)':>13} {'var/s (CPU)':>12}")
+    for r in rows:
+        print(f"{r['window']:>7} {r['windows_scored']:>8} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
+              f"{r['variants_per_s_wall']:>13.2f} {r['variants_per_s_cpu']:>12.2f}")
+    if len(rows) >= 2:
+        a, b = rows[0], rows[-1]
+        ratio_wall = a["variants_per_s_wall"] / b["variants_per_s_wall"]
+        print(f"ratio window {a['window']} / {b['window']} throughput: {ratio_wall:.2f}x "
+              f"(wall), {a['variants_per_s_cpu'] / b['variants_per_s_cpu']:.2f}x (CPU)")
+    if args.json:
+        out = {"model": name, "threads": args.threads, "batch_size": args.batch_size, "rounds": args.rounds,
+               "torch": torch.__version__, "results": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
