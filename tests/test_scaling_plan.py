@@ -173,3 +173,38 @@ def test_cli_plan(capsys, tmp_path):
     assert main(["plan", "--tokens", "1e9"]) == 2  # no model given
     assert "--params" in capsys.readouterr().err
     assert main(["plan", "--params", "1e9", "--tokens", "1e9", "--gpus", "2xB300"]) == 2
+
+
+def test_activation_model_hnet_whole_model():
+    """dnaHNet: stages see data-dependent numbers of positions, so the whole model is compared, with the
+    stage lengths the router really chose."""
+    import copy
+
+    from dnalm.config import HNetConfig
+
+    cfg = HNetConfig(
+        d_model=32, inner_d_model=[48, 64], encoder_layout=["t1m1", "m1"], decoder_layout=["m1t1", "m1"],
+        main_layout="t1", attn_head_dim=16, d_state=16, mamba_headdim=16, ssd_chunk_size=32, max_len=512,
+    )  # fmt: skip
+    B, L = 2, 256
+    torch.manual_seed(0)
+    model = DNALM(cfg)
+    ids = torch.randint(7, 11, (B, L))
+    with torch.no_grad():
+        routes = model.backbone.boundaries(model.embed(ids))
+    shares = [1.0] + [int(r.boundary.sum()) / (B * L) for r in routes]
+    measured = _saved_elements(cfg, B, L) / (B * L)  # same seed, same weights, same routing
+    shape = shape_from_config(cfg)
+    level = {w: i for i, w in enumerate(cfg.widths)}
+    predicted = 3 * cfg.d_model  # the shell's final norm
+    for spec in shape.layers:
+        spec = copy.copy(spec)
+        lv = level[spec.width]
+        spec.share = shares[lv]
+        if spec.kind == "routing":
+            spec.next_share = shares[lv + 1] / shares[lv]
+        half, fp32 = activation_elements(
+            spec, shape.d_model, shape.mlp_hidden, int(L * spec.share), B, mixed_precision=False
+        )
+        predicted += spec.share * (half + fp32)
+    assert measured == pytest.approx(predicted, rel=0.08)

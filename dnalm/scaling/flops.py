@@ -15,7 +15,7 @@ Conventions (owned here):
     * ``fft_terms``: long convolutions computed by FFT (rfft of the input, pointwise product, irfft,
       and the filter's rfft). A real FFT of size n is taken as 2.5*n*log2(n) FLOPs (half a complex FFT's
       5*n*log2(n)); the size n is the one ``dnalm.ops.fft_size`` picks (>= 2L-1, 5-smooth).
-    * ``other_terms``: analytic-only work that is neither, such as evaluating modal filters.
+    * ``other_terms``: analytic-only work that is neither (none of the current families has any).
   Element-wise work (norms, activations, gating, softmax, RoPE, residual adds) is not counted, as in the
   papers' FLOP budgets; it is memory-bound and small next to the matmuls at realistic widths.
 - The attention core (QK^T and AV) is counted dense, 4*L*d per token, which is what a dense kernel and
@@ -195,10 +195,13 @@ def _striped_hyena(cfg: Any, L: int, B: int, causal_savings: bool) -> FlopBreakd
                 filt = cfg.mr_len if kind == "mr" else L
                 for name, v in _fft_conv(d, L, B, filt).items():
                     _add(out.fft_terms, name, v)
-                if kind == "hyena":  # p^t, times a complex residue, real part summed: ~8 FLOPs per mode
-                    _add(out.other_terms, "modal_filter", 8 * d * S / B)
-                elif kind == "li":  # exp(lambda t) times a real residue, summed: ~4 FLOPs per mode
-                    _add(out.other_terms, "modal_filter", 4 * d * S / B)
+                if kind in ("hyena", "li"):
+                    # h[c, j*c0 + i] = Re sum_n (R p^(j c0))[n] (p^i)[n]: per channel an (m, S) @ (S, c0)
+                    # product on two sqrt(L) power tables (two real products for complex poles), once per batch
+                    c0 = math.isqrt(max(L - 1, 0)) + 1
+                    m = -(-L // c0)
+                    products = 2 if kind == "hyena" else 1
+                    _add(out.terms, "modal_filter", products * 2 * d * S * m * c0 / (L * B))
             _add(out.terms, "out_proj", 2 * d * d)
         _add(out.terms, "mlp", _gated_mlp(d, cfg.mlp_hidden))
     _add(out.terms, "logits", 2 * d * cfg.vocab_size)

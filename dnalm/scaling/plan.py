@@ -123,12 +123,18 @@ def parse_gpus(spec: str) -> tuple[int, GPU]:
 class LayerSpec:
     """What the activation model needs to know about one block."""
 
-    kind: str  # attention | hyena (FFT long convolution) | hyena_explicit (direct short convolution)
+    kind: str  # attention | hyena (FFT conv) | hyena_explicit (direct conv) | mamba | routing (dnaHNet)
     filter_len: int | None = None  # FFT filter length (None = the sequence length)
-    modal_states: int = 0  # modes per channel of a modal filter (its powers are saved, per sequence)
+    modal_states: int = 0  # modes per channel of a modal filter (its power tables are saved, per sequence)
     modal_complex: bool = False  # complex poles (Evo 1) or real (Hyena-LI)
     filter_mlp: float = 0.0  # HyenaDNA: elements per position saved by the implicit filter MLP
     mlp_saved: int = 4  # MLP hidden tensors saved: gated with activation 4, bilinear GLU 3, GELU MLP 2
+    width: int | None = None  # block width (None = the model's d_model); dnaHNet stages differ
+    mlp_hidden: int | None = None  # MLP width (None = the model's)
+    share: float = 1.0  # positions this block sees per nucleotide (dnaHNet: 1 / product of ratios so far)
+    mamba: tuple[int, int, int, int] | None = None  # Mamba-2 (d_state, headdim, chunk, expand)
+    chunk: int = 256  # dnaHNet routing: SSD chunk of the EMA dechunking
+    next_share: float = 0.0  # dnaHNet routing: chunk positions per position of this level
 
 
 @dataclass
@@ -157,14 +163,55 @@ def _layer_params_estimate(d: int, f: int, gated: bool) -> float:
     return 4 * d * d + (3 if gated else 2) * d * f  # Wqkv + out (or in_proj 3D + out_proj), MLP
 
 
+def _hnet_layers(config: Any) -> list[LayerSpec]:
+    """dnaHNet blocks level by level, each seeing 1 / (product of the target ratios so far) positions."""
+    from dnalm.models.hnet import parse_layout
+
+    widths, S = config.widths, config.n_stages
+    mamba = (config.d_state, config.mamba_headdim, config.ssd_chunk_size, config.mamba_expand)
+    share, layers = 1.0, []
+
+    def stack(layout: str, level: int) -> None:
+        d = widths[level]
+        for kind in parse_layout(layout):
+            if kind == "t":
+                layers.append(LayerSpec("attention", width=d, mlp_hidden=config.attn_mlp_hidden(d), share=share))
+            else:
+                layers.append(LayerSpec("mamba", width=d, share=share, mamba=mamba, mlp_saved=0))
+
+    for level in range(S + 1):
+        if level == S:
+            stack(config.main_layout, level)
+            break
+        stack(config.encoder_layout[level], level)
+        ratio = 1.0 / config.target_ratios[level]
+        spec = LayerSpec("routing", width=widths[level], share=share, mlp_saved=0)
+        spec.chunk, spec.next_share = config.ssd_chunk_size, ratio
+        layers.append(spec)
+        stack(config.decoder_layout[level], level)
+        share *= ratio
+    return layers
+
+
 def shape_from_config(config: Any, described_as: str = "") -> ModelShape:
-    """The shape of a known config (HyenaDNA, Transformer++, StripedHyena 1/2)."""
+    """The shape of a known config (HyenaDNA, Transformer++, StripedHyena 1/2, dnaHNet)."""
     fam = config.family
     if fam == "hnet":
-        raise ValueError(
-            "the memory model does not cover dnaHNet (data-dependent chunk lengths); plan it with --params "
-            "and --n-layer/--d-model as an equivalent Transformer++"
+        layers = _hnet_layers(config)
+        shape = ModelShape(
+            n_params=float(count_params(config)),
+            n_layer=sum(1 for spec in layers if spec.kind != "routing"),
+            d_model=config.d_model,
+            vocab_size=config.vocab_size,
+            layers=layers,
+            mlp_hidden=config.attn_mlp_hidden(config.d_model),
+            mlp_gated=True,
+            described_as=described_as or "hnet config (stages at their target ratios)",
+            config=config,
         )
+        d_max = max(config.widths)
+        shape.largest_layer_params = _layer_params_estimate(d_max, config.attn_mlp_hidden(d_max), True)
+        return shape
     kinds = flops_per_token(config, 2).layer_kinds
     if fam == "hyena":
         f, gated, norm = config.d_inner, False, "layer"  # HyenaDNA: GELU MLP, LayerNorm
@@ -263,17 +310,31 @@ def activation_elements(
     - Hyena: in_proj output and short-conv output ((order+1)d each), then per long convolution the gated
       input u (d) and the convolution output (d), and out_proj's input (d). An FFT convolution adds, in
       float32, rfft(u) ((n/2+1) complex bins per L tokens), the filter's rfft (per sequence, so / batch)
-      and, in mixed precision, a float32 copy of u; a modal filter adds its per-mode powers (S per channel
-      and position, complex for Evo 1, per sequence); HyenaDNA's implicit filter MLP its hidden states;
+      and, in mixed precision, a float32 copy of u; a modal filter adds its two ~sqrt(L) power tables per
+      mode and channel (per sequence); HyenaDNA's implicit filter MLP its hidden states;
     - MLP: gated ``l3(act(l1 z) * l2 z)``: l1 and l2 outputs, act output, product (4f; 3f for Evo 2's
       bilinear GLU without activation); GELU MLP: fc1 output and GELU output (2f).
     """
     from dnalm.ops.fftconv import fft_size
 
     L, B = seq_len, max(1, batch)
+    d, f = spec.width or d, spec.mlp_hidden or f
     norm_e = 3.0 * d if norm == "rms" else 2.0 * d
     half, fp32 = 2 * norm_e, 0.0  # the two norms
-    if spec.kind == "attention":
+    if spec.kind == "mamba" and spec.mamba is not None:
+        # one norm; in_proj output and the conv's input/output; the chunked scan (float32) keeps per chunk
+        # of T positions (T, T) mixing weights per head, chunk states, and several E-wide tensors
+        n, headdim, T, expand = spec.mamba
+        E = expand * d
+        H = E // headdim
+        half = norm_e + (2 * E + 2 * n + H) + 2 * (E + 2 * n) + 4 * E
+        fp32 = 6 * E + 3 * H * T + 2 * T + 2 * E * n / T
+    elif spec.kind == "routing":
+        # router (q, k and their normalised copies), residual projection, upsampling and the stage's
+        # two stack norms per position; the EMA dechunking scan per chunk position
+        half = 14.0 * d
+        fp32 = spec.next_share * (3 * spec.chunk + 4 * d)
+    elif spec.kind == "attention":
         half += 2 * d + 3 * d + 2 * d
     elif spec.kind in ("hyena", "hyena_explicit"):
         n_conv = order - 1
@@ -282,8 +343,9 @@ def activation_elements(
             n = fft_size(L, spec.filter_len or L)
             bins = 2 * (n // 2 + 1) / L  # float32 elements per token and channel of one rfft
             fp32 += n_conv * d * (bins + bins / B + (1 if mixed_precision else 0))
-            if spec.modal_states:
-                fp32 += d * spec.modal_states * (2 if spec.modal_complex else 1) / B
+            if spec.modal_states:  # the filter is built from two ~sqrt(L) power tables per mode
+                root = math.isqrt(max(L - 1, 0)) + 1
+                fp32 += (14 if spec.modal_complex else 7) * d * spec.modal_states * root / (L * B)
             fp32 += spec.filter_mlp / B
     else:
         raise ValueError(f"no activation model for layer kind {spec.kind!r}")
@@ -360,15 +422,17 @@ def memory_per_gpu(
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     tokens = micro_batch * seq_len / context_parallel  # tokens held by one GPU
-    per_layer = [
-        layer_activation_bytes(
-            spec, shape.d_model, shape.mlp_hidden, seq_len // context_parallel, micro_batch,
-            shape.order, shape.norm,
+    per_layer = [  # bytes per nucleotide token
+        spec.share
+        * layer_activation_bytes(
+            spec, shape.d_model, shape.mlp_hidden, max(1, int(seq_len * spec.share) // context_parallel),
+            micro_batch, shape.order, shape.norm,
         )
         for spec in shape.layers
     ]
-    if activation_checkpointing:
-        acts = tokens * (2 * shape.d_model * shape.n_layer + max(per_layer))  # bf16 inputs + one layer live
+    if activation_checkpointing:  # each block's bf16 input is kept, one block at a time is live
+        inputs = sum(2 * (spec.width or shape.d_model) * spec.share for spec in shape.layers)
+        acts = tokens * (inputs + max(per_layer))
     else:
         acts = tokens * sum(per_layer)
     # the final norm (input, output and, for RMSNorm, the normalised input); the embedding output is
