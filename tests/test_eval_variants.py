@@ -271,3 +271,21 @@ def test_trained_model_scores_premature_stops_below_synonymous_changes():
     wins = [d["stop"] < d["syn"] for d in delta.values()]
     assert len(wins) == 60
     assert np.mean(wins) > 0.5, f"stop below synonymous in only {np.mean(wins):.2f} of genes"
+
+
+def test_lowercase_follows_the_tokenizer_rule(tmp_path):
+    """A model whose tokenizer maps lower case to [UNK] (imported HyenaDNA) sees soft-masked reference
+    bases as [UNK] in both windows; its deltas match model.score on the same strings."""
+    from dnalm.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    m = DNALM(HyenaConfig(n_layer=1, d_model=16, l_max=130), tokenizer=Tokenizer(lowercase="unk", model_max_length=130))
+    seq = fixture_seq()[:400]
+    masked = seq[:150] + seq[150:250].lower() + seq[250:]
+    fa = tmp_path / "soft.fa"
+    fa.write_text(">chr17\n" + masked + "\n")
+    v = [Variant(1, "17", 201, seq[200], other(seq[200]))]
+    res = score_variants(m, fa, v, window=64, progress=False)
+    ref = masked[168:232]
+    alt = ref[:32] + v[0].alt + ref[33:]
+    assert res.rows[0]["delta_sum"] == pytest.approx(float(m.score(alt) - m.score(ref)), abs=2e-4)

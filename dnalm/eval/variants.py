@@ -542,16 +542,18 @@ def score_variants(
         for c0 in range(0, len(pairs), chunk_size):
             chunk = pairs[c0 : c0 + chunk_size]
             plans = [_plan(v, rec, w) for v, rec in chunk]
-            todo: dict[tuple, np.ndarray] = {}
+            todo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # key -> (ids, case mask)
             for plan in plans:
                 for key, build in ((plan["ref_key"], plan["ref"]), (plan["alt_key"], plan["alt"])):
                     if key not in cache and key not in todo:
                         todo[key] = build()
                         if rc_average:
-                            todo[key + ("rc",)] = reverse_complement_ids(todo[key])
+                            ids, low = todo[key]
+                            todo[key + ("rc",)] = (reverse_complement_ids(ids), low[::-1].copy())
             keys = list(todo)
             if keys:
-                sums = window_logliks(model, [todo[k] for k in keys], batch_size=batch_size)
+                sums = window_logliks(model, [todo[k][0] for k in keys], batch_size=batch_size,
+                                      lower=[todo[k][1] for k in keys])
                 cache.update(zip(keys, sums.tolist()))
                 n_scored += len(keys)
             for (v, rec), plan in zip(chunk, plans):
@@ -585,16 +587,18 @@ def _plan(v: Variant, rec: RefRecord, w: int) -> dict[str, Any]:
     if n < wl + shrink:
         wl = n - shrink
     start = min(max(p - wl // 2, 0), n - wl - shrink)
-    ref_ids = rec.ids
+    ids, low = rec.ids, rec.lower  # the case mask matters only to tokenizers that map lower case to [UNK]
     alt_ids, _ = encode_bytes(v.alt.encode())
+    alt_low = np.zeros(len(alt_ids), dtype=bool)
 
-    def ref() -> np.ndarray:
-        return ref_ids[start : start + wl].copy()
+    def ref() -> tuple[np.ndarray, np.ndarray]:
+        return ids[start : start + wl].copy(), low[start : start + wl].copy()
 
-    def alt() -> np.ndarray:
-        right = ref_ids[p + len(v.ref) : start + wl + shrink]
-        seq = np.concatenate([ref_ids[start:p], alt_ids, right])
-        return seq[:wl].copy()  # an insertion pushes bases out on the right
+    def alt() -> tuple[np.ndarray, np.ndarray]:
+        right = slice(p + len(v.ref), start + wl + shrink)
+        seq = np.concatenate([ids[start:p], alt_ids, ids[right]])
+        case = np.concatenate([low[start:p], alt_low, low[right]])
+        return seq[:wl].copy(), case[:wl].copy()  # an insertion pushes bases out on the right
 
     return {
         "start": start,
