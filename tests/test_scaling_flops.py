@@ -1,11 +1,9 @@
 """Analytic FLOPs per token against PyTorch's FLOP counter, and parameter counts against real models.
 
-The measured side is ``torch.utils.flop_counter.FlopCounterMode`` run on small real models. Two of its
-gaps are filled with formulas of our own, kept here beside the tests:
-- CPU attention (``_scaled_dot_product_flash_attention_for_cpu`` and its backward) is not registered;
-  it gets torch's own ``sdpa_flop_count`` / ``sdpa_backward_flop_count``;
-- its ``convolution_backward`` formula ignores ``groups`` (a depthwise conv's backward comes out ~C
-  times too large); ours counts each requested gradient as the forward's multiply-adds.
+The measured side is ``torch.utils.flop_counter.FlopCounterMode`` run on small real models, through
+``dnalm.scaling.flops.measure_flops``, which fills two gaps of the counter with torch's own formulas:
+CPU attention is not registered (it gets ``sdpa_flop_count``), and grouped-convolution backward is
+over-counted (``groups`` ignored; a depthwise conv's backward comes out ~C times too large).
 """
 
 from __future__ import annotations
@@ -14,34 +12,11 @@ import math
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from dnalm.config import HNetConfig, StripedHyenaConfig
 from dnalm.models.lm import DNALM
 from dnalm.presets import PRESETS, get_preset
-from dnalm.scaling.flops import count_params, flops_per_token, rfft_flops
-
-aten = torch.ops.aten
-
-
-def _sdpa(q, k, v, *args, out_shape=None, **kwargs):
-    return sdpa_flop_count(q, k, v)
-
-
-def _sdpa_bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs):
-    return sdpa_backward_flop_count(grad_out, q, k, v)
-
-
-def _conv_bwd(grad_out, x, w, bias_sizes, stride, padding, dilation, transposed, out_pad, groups, mask, out_shape=None):
-    per_grad = 2 * math.prod(grad_out) * w[1] * math.prod(w[2:])  # = the forward's multiply-adds
-    return per_grad * (int(mask[0]) + int(mask[1]))
-
-
-CUSTOM = {
-    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_bwd,
-    aten.convolution_backward: _conv_bwd,
-}
+from dnalm.scaling.flops import count_params, flops_per_token, measure_flops, rfft_flops
 
 
 def _small_hnet() -> HNetConfig:
@@ -61,8 +36,8 @@ CONFIGS = {
 
 
 def _measure(config, B: int, L: int, train: bool) -> tuple[float, list[float] | None]:
-    """Measured FLOPs per token of DNALM(config) on real E. coli-like token ids (A/C/G/T), and for
-    dnaHNet the positions each stage actually kept (the analytic count needs them)."""
+    """Measured FLOPs per token of DNALM(config) on random A/C/G/T ids (counts do not depend on the values,
+    except dnaHNet's routing), and for dnaHNet the positions each stage actually kept."""
     torch.manual_seed(0)
     model = DNALM(config)
     ids = torch.randint(7, 11, (B, L))
@@ -71,13 +46,7 @@ def _measure(config, B: int, L: int, train: bool) -> tuple[float, list[float] | 
         with torch.no_grad():
             routes = model.backbone.boundaries(model.embed(ids))
         lengths = [L] + [int(r.boundary.sum()) for r in routes]
-    with FlopCounterMode(display=False, custom_mapping=CUSTOM) as counter:
-        if train:
-            model(ids).logits.sum().backward()
-        else:
-            with torch.no_grad():
-                model(ids)
-    return counter.get_total_flops() / (B * L), lengths
+    return measure_flops(model, ids, train=train), lengths
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
