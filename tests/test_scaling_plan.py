@@ -14,7 +14,6 @@ from dnalm.cli import main
 from dnalm.models.lm import DNALM
 from dnalm.presets import get_preset
 from dnalm.scaling.plan import (
-    GiB,
     HARDWARE,
     activation_elements,
     memory_per_gpu,

@@ -269,15 +269,17 @@ def _profile(C: float, N: np.ndarray, L: np.ndarray) -> IsoFlopProfile | None:
         return None
     x = np.log(N)
     c2, c1, c0 = np.polyfit(x, L, 2)
-    if c2 > 0:
-        xs = -c1 / (2 * c2)
-        bracketed = bool(x.min() <= xs <= x.max())
-    else:
-        xs, bracketed = x[np.argmin(L)], False
-    return IsoFlopProfile(
-        float(C), N.tolist(), L.tolist(), [float(c2), float(c1), float(c0)], float(math.exp(xs)),
-        float(c2 * xs * xs + c1 * xs + c0), bracketed,
-    )
+    xs = -c1 / (2 * c2) if c2 > 0 else float("nan")
+    if c2 > 0 and x.min() <= xs <= x.max():
+        return IsoFlopProfile(
+            float(C), N.tolist(), L.tolist(), [float(c2), float(c1), float(c0)], float(math.exp(xs)),
+            float(c2 * xs * xs + c1 * xs + c0), True,
+        )
+    # the parabola's vertex lies outside the sizes tried (or it opens downwards): report the best size
+    # tried, flagged, and leave the profile out of the exponent fit
+    best = int(np.argmin(L))
+    coef = [float(c2), float(c1), float(c0)]
+    return IsoFlopProfile(float(C), N.tolist(), L.tolist(), coef, float(N[best]), float(L[best]), False)
 
 
 def _group_budgets(C: np.ndarray, budget: np.ndarray | None) -> list[np.ndarray]:
@@ -579,7 +581,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             for pr in iso["profiles"]:
                 lines.append(
                     f"    C = {pr['C']:.3g}: N_opt = {pr['N_opt']:.3g}, loss {pr['L_opt']:.4f}"
-                    + ("" if pr["bracketed"] else "  (minimum not bracketed)")
+                    + ("" if pr["bracketed"] else "  (minimum not bracketed: best size tried)")
                 )
             if math.isfinite(iso["a"]):
                 lines.append(

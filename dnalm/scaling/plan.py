@@ -77,16 +77,22 @@ class GPU:
     source: str
 
 
-_A100_SHEET = "NVIDIA A100 datasheet, nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf"
+_A100_SHEET = (
+    "NVIDIA A100 datasheet, "
+    "nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf"
+)
 _H100_SHEET = "NVIDIA H100 datasheet, resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet"
 _H200_PAGE = "NVIDIA H200 product page and datasheet, nvidia.com/en-us/data-center/h200"
+_SPARSE = "BF16 {} TFLOPS with sparsity = {} dense"
 
 HARDWARE: dict[str, GPU] = {
-    "A100-40GB": GPU("A100-40GB", 312.0, 40.0, f"{_A100_SHEET} (SXM4: BF16 312 TFLOPS dense, 624 sparse; 40 GB HBM2)"),
-    "A100-80GB": GPU("A100-80GB", 312.0, 80.0, f"{_A100_SHEET} (SXM4: BF16 312 TFLOPS dense, 624 sparse; 80 GB HBM2e)"),
-    "H100": GPU("H100", 989.0, 80.0, f"{_H100_SHEET} (SXM5: BF16 1,979 TFLOPS with sparsity = 989 dense; 80 GB HBM3)"),
-    "H100-PCIe": GPU("H100-PCIe", 756.0, 80.0, f"{_H100_SHEET} (PCIe: BF16 1,513 TFLOPS with sparsity = 756 dense; 80 GB HBM2e)"),
-    "H200": GPU("H200", 989.0, 140.0, f"{_H200_PAGE} (SXM: BF16 1,979 TFLOPS with sparsity = 989 dense; 141 GB HBM3e, about 140 GiB)"),
+    "A100-40GB": GPU("A100-40GB", 312.0, 40.0, f"{_A100_SHEET} (SXM4: {_SPARSE.format('624', 312)}; 40 GB HBM2)"),
+    "A100-80GB": GPU("A100-80GB", 312.0, 80.0, f"{_A100_SHEET} (SXM4: {_SPARSE.format('624', 312)}; 80 GB HBM2e)"),
+    "H100": GPU("H100", 989.0, 80.0, f"{_H100_SHEET} (SXM5: {_SPARSE.format('1,979', 989)}; 80 GB HBM3)"),
+    "H100-PCIe": GPU("H100-PCIe", 756.0, 80.0, f"{_H100_SHEET} (PCIe: {_SPARSE.format('1,513', 756)}; 80 GB HBM2e)"),
+    "H200": GPU(
+        "H200", 989.0, 140.0, f"{_H200_PAGE} (SXM: {_SPARSE.format('1,979', 989)}; 141 GB HBM3e, about 140 GiB)"
+    ),
 }
 _ALIASES = {
     "A100": "A100-80GB",
