@@ -21,6 +21,8 @@ environment::
 - Activation checkpointing wraps the forward of each block of ``model.backbone`` (every entry of a
   ``layers`` ModuleList, nested ones included) in ``torch.utils.checkpoint``; parameter names and
   checkpoints are unchanged.
+- Context parallelism (one sequence split over ranks; HyenaDNA; not yet used by the trainer):
+  ``cp_forward`` at the end of this file, planned in docs/context_parallel.md.
 """
 
 from __future__ import annotations
@@ -255,3 +257,149 @@ def check_world(config: Any, env: DistEnv) -> None:
                 f"{name} {size} is the global batch; with {env.world_size} processes and train.grad_accum "
                 f"{config.train.grad_accum} it must be divisible by {per}"
             )
+
+
+# ------------------------------------------------------------------- context parallelism (HyenaDNA)
+# The plan is docs/context_parallel.md. Each rank of ``group`` holds a contiguous slice of the sequence
+# (positions [r L/P, (r+1) L/P)) with all channels. Position-wise parts run locally; the short causal
+# convolution takes a (k-1)-position halo from the previous rank; the long convolution switches to the
+# channel layout (all positions, D/P channels) by an all-to-all, convolves by FFT, and switches back.
+# Not wired into the trainer yet: ``cp_forward`` runs a HyenaDNA model on one sequence split over ranks.
+
+
+def _peer(group: Any, rank: int) -> int:
+    import torch.distributed as dist
+
+    return dist.get_global_rank(group, rank) if group is not None else rank
+
+
+class _Halo(torch.autograd.Function):
+    """The previous rank's last ``width`` positions of x (B, Lp, C) -> (B, width, C); zeros on rank 0."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, width: int, group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        ctx.width, ctx.group, ctx.shape = width, group, x.shape
+        halo = x.new_zeros(x.shape[0], width, x.shape[2])
+        ops = []
+        if rank + 1 < world:
+            ops.append(dist.P2POp(dist.isend, x[:, x.shape[1] - width :].contiguous(), _peer(group, rank + 1), group))
+        if rank > 0:
+            ops.append(dist.P2POp(dist.irecv, halo, _peer(group, rank - 1), group))
+        for req in dist.batch_isend_irecv(ops) if ops else []:
+            req.wait()
+        return halo
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(ctx.group), dist.get_world_size(ctx.group)
+        grad = g.new_zeros(ctx.shape)
+        tail = g.new_zeros(g.shape[0], ctx.width, g.shape[2])
+        ops = []
+        if rank > 0:  # the halo came from rank - 1: its gradient goes back there
+            ops.append(dist.P2POp(dist.isend, g.contiguous(), _peer(ctx.group, rank - 1), ctx.group))
+        if rank + 1 < world:
+            ops.append(dist.P2POp(dist.irecv, tail, _peer(ctx.group, rank + 1), ctx.group))
+        for req in dist.batch_isend_irecv(ops) if ops else []:
+            req.wait()
+        grad[:, ctx.shape[1] - ctx.width :] = tail
+        return grad, None, None
+
+
+def _all_to_all(x: torch.Tensor, group: Any) -> torch.Tensor:
+    """x (P, ...) -> y (P, ...) with y[j] = rank j's x[my rank]."""
+    import torch.distributed as dist
+
+    x = x.contiguous()
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous (empty_like would keep x's strides)
+    dist.all_to_all_single(y, x, group=group)
+    return y
+
+
+class _SeqToChannel(torch.autograd.Function):
+    """Sequence layout (B, L/P, D) -> channel layout (B, L, D/P): all positions of this rank's channels."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        P = dist.get_world_size(group)
+        B, Lp, D = x.shape
+        ctx.group = group
+        send = x.reshape(B, Lp, P, D // P).permute(2, 0, 1, 3)  # (P, B, Lp, D/P): piece j = rank j's channels
+        return _all_to_all(send, group).permute(1, 0, 2, 3).reshape(B, P * Lp, D // P)  # (B, L, D/P)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return _ChannelToSeq.apply(g, ctx.group), None
+
+
+class _ChannelToSeq(torch.autograd.Function):
+    """Channel layout (B, L, D/P) -> sequence layout (B, L/P, D); the inverse of _SeqToChannel."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        P = dist.get_world_size(group)
+        B, L, Dp = x.shape
+        ctx.group = group
+        send = x.reshape(B, P, L // P, Dp).permute(1, 0, 2, 3)  # (P, B, L/P, D/P): piece j = rank j's positions
+        return _all_to_all(send, group).permute(1, 2, 0, 3).reshape(B, L // P, P * Dp)  # (B, L/P, D)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return _SeqToChannel.apply(g, ctx.group), None
+
+
+def cp_hyena_block(block: nn.Module, x: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """A HyenaBlock on this rank's slice x (B, L/P, D) of a sequence split over ``group``; same result as
+    the block on the whole sequence, sliced. Built from the block's own submodules (no dropout)."""
+    import torch.nn.functional as F
+    import torch.distributed as dist
+
+    from dnalm.ops.fftconv import fft_long_conv
+
+    rank, P = dist.get_rank(group), dist.get_world_size(group)
+    mixer = block.mixer
+    D, Lp = mixer.d_model, x.shape[1]
+    if D % P:
+        raise ConfigError(f"context parallelism splits channels: d_model {D} must be divisible by {P} ranks")
+    conv = mixer.short_filter
+    k, C = conv.kernel_size[0], conv.weight.shape[0]
+    if k - 1 > Lp:
+        raise ConfigError(f"context parallelism: {Lp} positions per rank is shorter than the short-conv halo {k - 1}")
+    r = x.float()  # (B, Lp, D) residual, float32 as in HyenaBlock
+    z = mixer.in_proj(block.norm1(r.to(block.norm1.weight.dtype)))  # (B, Lp, C)
+    zin = torch.cat([_Halo.apply(z, k - 1, group), z], dim=1)  # (B, k-1+Lp, C)
+    z = F.conv1d(zin.transpose(1, 2), conv.weight, conv.bias, groups=C)  # (B, C, Lp): causal, no padding
+    x0, *gates, v = z.split(D, dim=1)  # each (B, D, Lp)
+    h = mixer.long_filter(P * Lp)  # ((N-1) D, L): replicated; each rank uses its own channels' rows
+    bias = mixer.filter_fn.bias
+    Dp = D // P
+    for o, x_i in enumerate(reversed(gates)):
+        v = v * x_i  # (B, D, Lp)
+        vc = _SeqToChannel.apply(v.transpose(1, 2), group)  # (B, L, D/P)
+        ch = slice(o * D + rank * Dp, o * D + (rank + 1) * Dp)
+        y = fft_long_conv(vc.transpose(1, 2), h[ch], bias[ch])  # (B, D/P, L)
+        v = _ChannelToSeq.apply(y.transpose(1, 2), group).transpose(1, 2)  # (B, D, Lp)
+    r = r + mixer.out_proj((x0 * v).transpose(1, 2))  # (B, Lp, D)
+    return r + block.mlp(block.norm2(r.to(block.norm2.weight.dtype)))
+
+
+def cp_forward(model: nn.Module, ids: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Logits (B, L/P, V) of this rank's slice ``ids`` (B, L/P) of sequences split over ``group``
+    (a HyenaDNA DNALM). Parameter gradients are partial per rank: sum them over the group."""
+    import torch.nn.functional as F
+
+    if model.config.family != "hyena":
+        raise ConfigError(f"context parallelism is implemented for HyenaDNA only (not {model.config.family})")
+    x = model.embed(ids)  # (B, Lp, D)
+    for block in model.backbone.layers:
+        x = cp_hyena_block(block, x, group)
+    h = model.norm_f(x.to(model.norm_f.weight.dtype))
+    return F.linear(h, model.head_weight).float()  # (B, Lp, V)
