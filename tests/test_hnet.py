@@ -284,3 +284,13 @@ def test_generate_with_recurrent_steps_equals_recompute():
     fast = model.generate(prompt, 24, seed=7, num_samples=3)
     slow = model.generate(prompt, 24, seed=7, num_samples=3, use_cache=False)
     assert fast == slow and len(fast) == 3 and all(len(s) == 24 for s in fast)
+
+
+def test_trainer_weight_decay_skips_the_router():
+    from dnalm.train.optim import param_groups
+
+    model = DNALM(_small())
+    plain = {id(p) for p in param_groups(model, 0.1)[1]["params"]}
+    for name, p in model.named_parameters():
+        if "router" in name or name.endswith(("A_log", "dt_bias", ".D")):
+            assert id(p) in plain, name

@@ -121,6 +121,10 @@ class Stack(nn.Module):
 class Router(nn.Module):
     """Boundary probability from the cosine between adjacent encoder states (Wq, Wk start as identity)."""
 
+    # the cosine does not see the scale of Wq, Wk: weight decay would only shrink them, which raises the
+    # effective step size of the optimizer on them (dnalm.train.optim reads this flag)
+    no_weight_decay = True
+
     def __init__(self, d: int):
         super().__init__()
         self.q_proj = nn.Linear(d, d, bias=False)
