@@ -102,6 +102,100 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 @command(
+    "demo",
+    "Prepare the embedded E. coli genome, train a small HyenaDNA on CPU, compare with Markov baselines.",
+    arg("--out", default="runs/demo", help="run directory to write"),
+    arg("--minutes", type=float, default=None, help="wall-time budget for training (default: the demo's step count)"),
+    arg("--steps", type=int, default=None, help="override the number of training steps"),
+    arg("--restart", action="store_true", help="start over instead of resuming an existing demo run"),
+)
+def demo(args: argparse.Namespace) -> int:
+    """The README's first command: prepare E. coli K-12 MG1655 (last 10% of the genome held out), train
+    a small HyenaDNA for a few minutes, then report held-out bits/base beside order-k Markov baselines
+    fitted on the training split. Writes the run directory (config, metrics, loss.png, checkpoints)."""
+    from dnalm.train.demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes, steps=args.steps, restart=args.restart)
+    return 0
+
+
+@command(
+    "train",
+    "Train (or resume) a model from a YAML run config.",
+    arg("--config", required=True, help="YAML run config (see configs/); sections model/data/train"),
+    arg("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)"),
+    arg("--out", default=None, help="run directory (overrides out_dir in the config)"),
+    arg("--restart", action="store_true", help="ignore existing checkpoints in the run directory and start over"),
+    arg("--init-from", default=None,
+        help="start from another run's or checkpoint's weights (staged context extension); fresh LR schedule"),
+)
+def train_cmd(args: argparse.Namespace) -> int:
+    """Train a DNA language model. Resumes automatically from the newest checkpoint in the run
+    directory; a run killed at any point continues the same trajectory. On several processes:
+    torchrun --nproc-per-node N -m dnalm train --config run.yaml --set train.parallel=ddp (or fsdp)."""
+    import os
+
+    from dnalm.config import load_run_config
+    from dnalm.train.trainer import TrainingError, train as run_train
+
+    config = load_run_config(args.config, args.overrides)
+    if args.out:
+        config.out_dir = args.out
+    try:
+        result = run_train(config, resume=not args.restart, init_from=args.init_from)
+    except TrainingError as e:
+        raise UserError(str(e)) from None
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
+    print(f"run: {result.run_dir}  steps: {result.steps}  tokens: {result.tokens:,}")
+    if result.val_bits_per_base is not None:
+        print(f"validation: loss {result.val_loss:.4f}  bits/base {result.val_bits_per_base:.4f}")
+    return 0
+
+
+@command(
+    "eval",
+    "Bits per base of a model on a FASTA file or a store split, beside an order-k Markov baseline.",
+    arg("model", metavar="RUN_OR_MODEL", help="run directory, checkpoint directory or preset"),
+    arg("--fasta", default=None, help="FASTA/GenBank file to score (every base once, in windows)"),
+    arg("--store", default=None, help="prepared store to score (default: the run's own store)"),
+    arg("--split", default="validation", help="store split(s) to score, comma-separated"),
+    arg("--seq-len", type=int, default=None, help="window length (default: the run's seq_len or the model max)"),
+    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--markov-order", type=int, default=10, help="highest Markov order to fit (0 disables the baseline)"),
+    arg("--json", dest="json_out", default=None, help="also write the results to this JSON file"),
+)
+def evaluate(args: argparse.Namespace) -> int:
+    """Score held-out DNA with a model: loss, perplexity and bits per base, tiled so every base is
+    scored once; the Markov baselines are fitted on the training split of the run's store."""
+    from dnalm.eval.report import evaluate_command
+
+    report = evaluate_command(
+        args.model, fasta=args.fasta, store=args.store, split=args.split, seq_len=args.seq_len,
+        batch_size=args.batch_size, markov_order=args.markov_order, json_out=args.json_out,
+    )
+    print(report)
+    return 0
+
+
+@command(
+    "info",
+    "Parameters, FLOPs per token and memory estimate of a run, checkpoint or preset.",
+    arg("model", metavar="RUN_OR_PRESET", nargs="?", default=None, help="run/checkpoint directory or preset name"),
+    arg("--seq-len", type=int, default=None, help="sequence length for FLOPs and memory (default: model max)"),
+    arg("--batch-size", type=int, default=1, help="batch size for the memory estimate"),
+    arg("--list", action="store_true", help="list the presets"),
+)
+def info(args: argparse.Namespace) -> int:
+    """Describe a model without training it (7B/40B presets are built on the meta device)."""
+    from dnalm.eval.report import info_report
+
+    print(info_report(args.model, seq_len=args.seq_len, batch_size=args.batch_size, list_presets=args.list))
+    return 0
+
+
+@command(
     "generate",
     "Sample DNA after a prompt with constant-memory recurrent decoding and write FASTA.",
     arg("model", metavar="MODEL", help="preset name, checkpoint directory or run directory (anything dnalm.load accepts)"),
@@ -528,6 +622,61 @@ def predict_cmd(args: argparse.Namespace) -> int:
         args.classifier, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
         batch_size=args.batch_size, device=args.device, progress=not args.quiet,
     ))  # fmt: skip
+    return 0
+
+
+# --- long sequences and distributed checkpoints (dnalm/eval/longcontext.py, dnalm/train/checkpoint.py) ---
+
+
+@command(
+    "score",
+    "Log-likelihood of each record of a FASTA file; long records (up to 1M bases) in one pass, not windows.",
+    arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
+    arg("--fasta", required=True, help="FASTA/GenBank file (plain or gzip); every record is scored whole"),
+    arg("--reduce", choices=["sum", "mean"], default="sum", help="sum or per-base mean of the log-likelihood"),
+    arg("-o", "--out", default=None, help="output TSV, written atomically; without it the table is printed"),
+    arg("--long-from", type=int, default=32768,
+        help="records of this many tokens or more go through the one-pass long-context path"),
+    arg("--max-memory", type=float, default=None, metavar="GIB",
+        help="GiB the one-pass path may use; unset = what the system reports as available"),
+    arg("--batch-size", type=int, default=8, help="short records per forward pass"),
+    arg("--device", default="cpu", help="torch device"),
+    arg("--quiet", action="store_true", help="no progress bar"),
+)
+def score_cmd(args: argparse.Namespace) -> int:
+    """Score whole records: natural-log likelihood of every base (the first one too when the tokenizer
+    prepends [BOS]), as a sum or a per-base mean, plus bits per base. A HyenaDNA record of --long-from
+    tokens or more runs in one memory-lean pass (1,000,000 bases with hyenadna-large-1m fit in about
+    5 GiB); if the estimate exceeds the available memory it stops before allocating. Records longer
+    than the model's context are an error (use dnalm eval for windows)."""
+    from dnalm.eval.longcontext import score_command
+
+    print(score_command(
+        args.model, args.fasta, reduce=args.reduce, out=args.out, long_from=args.long_from,
+        batch_size=args.batch_size, device=args.device, max_memory_gib=args.max_memory, progress=not args.quiet,
+    ))  # fmt: skip
+    return 0
+
+
+@command(
+    "export",
+    "Make config.json + model.safetensors from a (sharded) training checkpoint or a run directory.",
+    arg("src", metavar="CHECKPOINT_OR_RUN", help="checkpoint directory (sharded or not) or run directory (newest checkpoint)"),
+    arg("--out", required=True, metavar="DIR", help="model directory to write (atomically)"),
+    arg("--force", action="store_true", help="replace DIR if it exists"),
+)
+def export_cmd(args: argparse.Namespace) -> int:
+    """Runs in one process: the shards written by any number of ranks (torch.distributed.checkpoint) are
+    read whole and saved as a single model.safetensors that dnalm.load, eval, score and the other
+    commands open."""
+    from pathlib import Path
+
+    from dnalm.train.checkpoint import export_checkpoint
+
+    if Path(args.out).exists() and not args.force:
+        raise UserError(f"{args.out} exists; choose another --out or pass --force to replace it")
+    src, out = export_checkpoint(args.src, args.out)
+    print(f"exported {src} -> {out}/model.safetensors")
     return 0
 
 
