@@ -162,7 +162,7 @@ def batch_ids(model: Any, windows: Sequence[np.ndarray]) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: models cache tensors (RoPE tables) later used with autograd
 def embed_sequences(
     model: Any,
     seqs: Sequence[str] | Sequence[np.ndarray],
@@ -181,7 +181,9 @@ def embed_sequences(
 
     if pool not in ("mean", "last", "none"):
         raise DataError(f"--pool must be mean, last or none (got {pool!r})")
-    n_states = model.config.n_layer + 2
+    from dnalm.models.heads import count_hidden_states
+
+    n_states = count_hidden_states(model)
     if not -n_states <= layer < n_states:
         raise DataError(
             f"--layer {layer} out of range: this model has hidden states 0..{n_states - 1} (or -1..-{n_states})"

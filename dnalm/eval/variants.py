@@ -72,7 +72,7 @@ def resolve_window(model: Any, window: int | None, default: int = 8192) -> tuple
     return window, f"window {window} bases"
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: models cache tensors (RoPE tables) later used with autograd
 def window_logliks(
     model: Any,
     windows: Sequence[np.ndarray] | np.ndarray,

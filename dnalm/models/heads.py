@@ -39,6 +39,23 @@ def pool_hidden(h: torch.Tensor, mask: torch.Tensor, how: Pool) -> torch.Tensor:
     raise ValueError(f"unknown pooling {how!r} (use 'mean' or 'last')")
 
 
+@torch.no_grad()
+def count_hidden_states(lm: nn.Module) -> int:
+    """How many hidden states ``lm`` reports (embeddings, one per block or stage tap, final norm).
+
+    Asked of the model with one short forward pass, because families differ (a dnaHNet reports its
+    stage taps, not one state per layer)."""
+    from dnalm.tokenizer import A, BOS
+
+    was = lm.training
+    lm.eval()
+    try:
+        x = torch.tensor([[BOS] + [A + i % 4 for i in range(31)]], device=lm.embed.weight.device)  # (1, 32)
+        return len(lm(x, output_hidden_states=True).hidden_states)
+    finally:
+        lm.train(was)
+
+
 class SoftPrompt(nn.Module):
     """``n`` trainable embedding vectors prepended to the token embeddings.
 
@@ -85,8 +102,8 @@ class ClassificationHead(nn.Module):
 class SequenceClassifier(nn.Module):
     """A DNALM backbone, an optional soft prompt, pooling, and a classification head.
 
-    ``layer`` indexes the hidden states as ``DNALM`` reports them: 0 = embeddings, i = after block i,
-    -1 = after the final norm. The inputs are token ids from ``lm.tokenizer`` (with [BOS]), right-padded,
+    ``layer`` indexes the hidden states as ``DNALM`` reports them: 0 = embeddings, i = after block i (a
+    dnaHNet reports its stage taps instead), -1 = after the final norm. The inputs are token ids from ``lm.tokenizer`` (with [BOS]), right-padded,
     with ``attention_mask`` True at real tokens.
     """
 
@@ -104,9 +121,11 @@ class SequenceClassifier(nn.Module):
         self.lm = lm
         self.pool = pool
         self.layer = layer
-        n_states = lm.config.n_layer + 2
-        if not -n_states <= layer < n_states:
-            raise ValueError(f"layer {layer} out of range: the model has {n_states} hidden states (0..{n_states - 1})")
+        self.n_states = count_hidden_states(lm)
+        if not -self.n_states <= layer < self.n_states:
+            raise ValueError(
+                f"layer {layer} out of range: the model has {self.n_states} hidden states (0..{self.n_states - 1})"
+            )
         from dnalm.tokenizer import A, T
 
         emb = lm.embed.weight[A : T + 1]  # the base rows
@@ -129,7 +148,7 @@ class SequenceClassifier(nn.Module):
         x = lm.embed(input_ids)  # (B, L, D)
         if self.prompt is not None:
             x = self.prompt(x)  # (B, n + L, D)
-        want = self.layer not in (-1, lm.config.n_layer + 1)
+        want = self.layer not in (-1, self.n_states - 1)
         out = lm.backbone(x, output_hidden_states=want)
         if not want:
             return lm.norm_f(out.hidden)  # (B, n + L, D)
