@@ -115,3 +115,28 @@ def test_model_api_delegates(tmp_path):
     assert dms["window"] == 257 and len(dms["rows"]) == 120
     clf, rep = m.finetune(DATA / "gue_prom_core_tata_small" / "train.csv", probe_steps=20, kmer_ks=(2,), progress=False)
     assert rep["sizes"] == {"train": 160, "dev": 20, "test": 20} and rep["split"]["seed"] == 0
+
+
+@pytest.mark.parametrize("preset", ["transformer-tiny-1k", "dnahnet-tiny-22", "striped-hyena2-tiny"])
+def test_other_families_pad_invariant_and_trainable(preset):
+    from dnalm.eval.embed import batch_ids
+    from dnalm.models.heads import SequenceClassifier
+    from dnalm.presets import get_preset
+
+    torch.manual_seed(0)
+    m = DNALM(get_preset(preset)).eval()
+    seqs = [LAMBDA[300:370], LAMBDA[700:718]]
+    for pool in ("mean", "last"):
+        both = embed_sequences(m, seqs, pool=pool, layer=1, batch_size=2).array
+        alone = embed_sequences(m, seqs[1:], pool=pool, layer=1).array
+        np.testing.assert_allclose(both[1], alone[0], rtol=1e-4, atol=1e-5)
+    clf = SequenceClassifier(m, 2, layer=1, soft_prompt=2)  # after embedding under no_grad: still trainable
+    x, mask = batch_ids(m, [encode(seqs[0])])
+    clf(x, mask).sum().backward()
+    assert clf.head.proj.weight.grad.abs().sum() > 0
+
+
+def encode(s: str) -> np.ndarray:
+    from dnalm.tokenizer import encode_bytes
+
+    return encode_bytes(s.encode())[0]
