@@ -90,3 +90,17 @@ def test_grid_errors(tmp_path, store):
     with pytest.raises(ConfigError, match="steps"):
         plan_points(load_grid(_grid(tmp_path, store, budgets=[1e6])))
     assert main(["sweep", "--grid", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_shipped_ecoli_grid_plans():
+    """configs/sweep_ecoli.yaml: every family with at least 3 sizes x 3 budgets, FLOP-matched points."""
+    grid = load_grid(Path(__file__).parent.parent / "configs" / "sweep_ecoli.yaml")
+    points = plan_points(grid, out_dir="unused", store="unused")
+    fams = {p.family for p in points}
+    assert {"hyena", "transformer"} <= fams
+    for fam in fams:
+        mine = [p for p in points if p.family == fam]
+        assert len({p.size for p in mine}) >= 3 and len({p.budget for p in mine}) >= 3
+    for p in points:
+        assert p.tokens * p.flops_per_token == pytest.approx(p.budget, rel=0.05)
+        assert p.config.train.steps >= grid.get("min_steps", 10)

@@ -236,8 +236,9 @@ def run_sweep(
         if row and row.get("status") == "done":
             if row.get("config_hash") != p.config_hash:
                 raise ConfigError(
-                    f"{results}: point {p.name} was finished with a different configuration; the grid changed "
-                    f"under the same names. Use a new out_dir, or delete that row and its run directory."
+                    f"{results}: point {p.name} was finished with a different configuration (the grid changed "
+                    f"under the same names, or dnalm's FLOP count that sets its steps did). Use a new out_dir, "
+                    f"or delete that row and its run directory to retrain it."
                 )
             continue
         todo.append(p)
