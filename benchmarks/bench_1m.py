@@ -129,7 +129,8 @@ def main() -> None:
         if not args.skip_windows:
             win = tmp / "windows.fa"
             part = seq[: args.window_bases or len(seq)]
-            write_fasta(win, [(f"w{i // args.window}", part[i : i + args.window]) for i in range(0, len(part), args.window)])
+            w = args.window
+            write_fasta(win, [(f"w{i // w}", part[i : i + w]) for i in range(0, len(part), w)])
             runs.append(run_child(f"windows of {args.window:,}", ["--fasta", str(win), "--batch-size", "1",
                                                                   "--long-from", str(10**9)], tmp / "win.tsv"))
         n = args.side_length
