@@ -125,6 +125,7 @@ def test_fit_results_writes_constants_and_plots(tmp_path, capsys):
         assert e["flops_per_param_token"] == pytest.approx(6.0)
         assert e["isoflop"]["a"] == pytest.approx(0.45, abs=0.08)
         assert len(e["parametric"]["optimal"]) == 3
+        assert e["parametric"]["identified"] is True  # 21 well-spread points pin the exponents down
     hy, tr = data["families"]["hyena"]["best_at_budget"], data["families"]["transformer"]["best_at_budget"]
     assert all(hy[c]["loss"] < tr[c]["loss"] for c in hy)  # the shifted family is worse at every budget
     for p in summary["plots"]:

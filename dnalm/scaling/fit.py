@@ -390,6 +390,9 @@ def _law_summary(fit: LawFit, boots: list[LawFit], budgets: list[float], k: floa
         out["ci95"] = {
             name: _interval([getattr(f, name) for f in boots]) for name in ("E", "A", "B", "alpha", "beta", "a", "b")
         }
+        # exponents whose 95% interval spans more than 4x are not identified by these points
+        spans = [hi / max(lo, 1e-12) for lo, hi in (out["ci95"]["alpha"], out["ci95"]["beta"])]
+        out["identified"] = bool(all(np.isfinite(sp) and sp <= 4 for sp in spans))
     optimal = []
     for C in budgets:
         try:
@@ -399,10 +402,12 @@ def _law_summary(fit: LawFit, boots: list[LawFit], budgets: list[float], k: floa
         item = {"C": C, "N": float(n), "D": float(d), "tokens_per_param": float(d / n), "loss": float(fit.predict(n, d))}
         good = [f for f in boots if f.alpha > 0 and f.beta > 0]
         if good:
-            ns, ds = zip(*(f.optimal(C, k) for f in good))
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                ns, ds = zip(*(f.optimal(C, k) for f in good))
             item["N_ci95"] = _interval(ns)
             item["D_ci95"] = _interval(ds)
-            item["tokens_per_param_ci95"] = _interval(np.asarray(ds) / np.asarray(ns))
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                item["tokens_per_param_ci95"] = _interval(np.asarray(ds) / np.asarray(ns))
         optimal.append(item)
     out["optimal"] = optimal
     return out
@@ -509,7 +514,11 @@ def _plot(families: dict[str, list[dict]], fits: dict, out_dir: Path) -> list[st
         if law is not None and law.alpha > 0 and law.beta > 0:
             cs = np.geomspace(C.min(), C.max(), 100)
             n_opt, d_opt = law.optimal(cs, k)
-            ax.plot(cs, law.predict(n_opt, d_opt), "--", color=col, lw=1.5, label=f"{fam} fitted L*(C)")
+            # drawn only where the fitted optimum lies within 10x of the sizes tried (no wild extrapolation)
+            inside = (n_opt >= N.min() / 10) & (n_opt <= N.max() * 10)
+            if inside.any():
+                ax.plot(cs[inside], law.predict(n_opt, d_opt)[inside], "--", color=col, lw=1.5,
+                        label=f"{fam} fitted L*(C)")
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("held-out loss (nats per base)")
@@ -566,6 +575,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append("    " + ", ".join(show(n) for n in ("E", "A", "B")))
             lines.append("    " + ", ".join(show(n, ".3f") for n in ("alpha", "beta")))
             lines.append(f"    N* ~ C^{show('a', '.3f')[4:]},  D* ~ C^{show('b', '.3f')[4:]}")
+            if p.get("identified") is False:
+                lines.append(
+                    "    (the exponents' bootstrap intervals span more than 4x: these points do not pin the law "
+                    "down; read it as a description of the data, not an extrapolation)"
+                )
             for o in p.get("optimal", []):
                 s = f"    C = {o['C']:.3g}: N* = {o['N']:.3g}, D* = {o['D']:.3g}, tokens/param = {o['tokens_per_param']:.3g}"
                 if "tokens_per_param_ci95" in o:
