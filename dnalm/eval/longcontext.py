@@ -16,8 +16,9 @@ HyenaDNA model (``family == "hyena"``) in pieces, one layer at a time:
 4. the float32 residual stream (L, D) updated in place; every per-layer buffer is freed before the next.
 
 The peak is then the residual, the order's N stream buffers, the filter table and one channel group's
-FFT buffers: about (N + 2) * L * D * 4 bytes, ~4.5 GiB at 1M x 256 (order 2). Other families run their
-ordinary forward in one pass (their contexts are far shorter); their memory is not estimated.
+FFT buffers: about (N + 2) * L * D * 4 bytes plus the process itself. For hyenadna-large-1m on 1,000,001
+tokens the whole process peaked at 4.94 GiB resident (estimate 4.86 GiB; BENCHMARKS.md). Other families
+run their ordinary forward in one pass (their contexts are far shorter); their memory is not estimated.
 
 Before anything large is allocated, :func:`check_memory` compares :func:`estimate_memory` with the memory
 available to this process (``MemAvailable`` and any cgroup limit) and raises
