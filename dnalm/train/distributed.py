@@ -15,7 +15,8 @@ environment::
   (``dnalm.data.samplers``), so N processes see exactly the batches one process would. Gradients are
   averaged over ranks, so the update equals one process's update on the whole batch whenever every rank's
   rows carry the same loss weight (always true without repeat reweighting; with it, each rank's loss is
-  normalised by its own weights, as gradient-accumulation micro-batches already are).
+  normalised by its own weights, as gradient-accumulation micro-batches already are). Likewise dnaHNet's
+  ratio loss takes its batch-level F and G over each rank's rows, as it does per micro-batch.
 - ``parallel`` set without torchrun runs as a group of one (an in-memory store), which is how a sharded
   checkpoint is resumed in a single process.
 - Activation checkpointing wraps the forward of each block of ``model.backbone`` (every entry of a
