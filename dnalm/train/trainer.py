@@ -269,14 +269,16 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     def validate() -> dict[str, float]:
         from dnalm.eval.likelihood import EvalResult
 
-        try:
-            res = evaluate_lm(dist.eval_model(model), store, "validation", config.data.seq_len, tc.eval_batch_size,
-                              tc.eval_tokens, rank=env.rank, world_size=env.world_size)
+        args = (dist.eval_model(model), store, "validation", config.data.seq_len, tc.eval_batch_size, tc.eval_tokens)
+        if env.world_size == 1:
+            return evaluate_lm(*args).to_dict("val/")
+        try:  # each rank scores its share of the tiling; the sums are reduced
+            res = evaluate_lm(*args, rank=env.rank, world_size=env.world_size)
             nll, count = res.loss * res.n_bases, res.n_bases
-        except ValueError:
-            if env.world_size == 1:
+        except ValueError as e:
+            if "no bases" not in str(e):
                 raise
-            nll, count = 0.0, 0  # this rank's share of the tiling was empty; the others' is not
+            nll, count = 0.0, 0  # this rank's share was padding only (a tiny split); the others' is not
         nll, count = dist.all_reduce(env, [nll, count])
         return EvalResult(nll / count, int(count)).to_dict("val/")
 
