@@ -175,7 +175,7 @@ def check_memory(
 # ------------------------------------------------------------------------------------------ the pass
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: tables a module caches here stay usable for training later
 def forward_long(
     model: Any,
     ids: torch.Tensor | np.ndarray,
