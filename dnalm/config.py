@@ -334,6 +334,8 @@ class TrainConfig:
     # "fsdp" shards parameters, gradients and optimizer state (FSDP2); both write sharded checkpoints
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
+    init_from: str | None = None  # start from this run's/checkpoint's weights (a new stage; fresh optimizer and LR)
+    extend_from_len: int | None = None  # context extension: the length the init_from model was trained at
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "eval_every", "log_every", "ckpt_every", "keep_last")

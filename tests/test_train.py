@@ -174,3 +174,41 @@ def test_length_warmup_stages_and_resume(tmp_path, store):
     train(cfg(tmp_path / "c"), progress=False, stop_after=7)  # killed in stage 2, checkpoint at step 5
     res = train(cfg(tmp_path / "c"), progress=False)
     assert losses(res.run_dir) == losses(ref.run_dir)
+
+
+def test_staged_context_extension(tmp_path, store):
+    """Stage 2 starts from stage 1's weights at a longer length with RoPE interpolation/base derived
+    from SPEC section 3, and a fresh optimizer and learning-rate schedule."""
+    from dnalm.checkpoint import load_pretrained
+    from dnalm.config import StripedHyenaConfig
+    from dnalm.models.striped_hyena import extend_context
+
+    small = StripedHyenaConfig(version=2, n_layer=4, d_model=32, n_head=2, max_len=64, mlp_hidden=64)
+    stage1 = tiny_run(tmp_path / "s1", store, steps=6, model=small)
+    stage1.data.seq_len = 64
+    train(stage1, progress=False)
+    stage2 = tiny_run(tmp_path / "s2", store, steps=3, model=small, init_from=str(tmp_path / "s1"),
+                      extend_from_len=64, warmup_steps=3)
+    stage2.train.lr = 1e-12  # (almost) no update: the stage-2 weights must be stage 1's
+    res = train(stage2, progress=False)
+    m1, m2 = load_pretrained(tmp_path / "s1" / "model"), load_pretrained(res.run_dir / "model")
+    assert m2.config == extend_context(small, 128, 64)
+    assert (m2.config.max_len, m2.config.rope_interp, m2.config.rope_base) == (128, 2.0, pytest.approx(1e5))
+    for (name, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    rows = [r for r in res.history if "loss" in r]
+    assert rows[0]["step"] == 1 and rows[0]["lr"] == pytest.approx(1e-12 / 3)  # the schedule restarted
+    with pytest.raises(Exception, match="no RoPE to extend"):
+        train(tiny_run(tmp_path / "h", store, steps=2, extend_from_len=64), progress=False)
+
+
+def test_context_extension_example_configs_agree():
+    from dnalm.config import load_run_config
+    from dnalm.train.trainer import extension_stage
+
+    repo = Path(__file__).resolve().parents[1]
+    s1 = load_run_config(repo / "configs" / "context_ext_stage1.yaml")
+    s2 = extension_stage(load_run_config(repo / "configs" / "context_ext_stage2.yaml"))
+    assert s2.train.extend_from_len == s1.data.seq_len and s2.train.init_from == s1.out_dir
+    assert (s2.model.max_len, s2.model.rope_interp, s2.model.rope_base) == (8192, 8.0, pytest.approx(1e7))
+    assert s1.data.repeat_weight == s2.data.repeat_weight == 0.1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,24 @@ def build_schedule(config: RunConfig):
     if not stages:
         return LengthSchedule.constant(config.data.seq_len, config.train.batch_size)
     return LengthSchedule([Stage(s.seq_len, s.batch_size, steps=s.steps, tokens=s.tokens) for s in stages])
+
+
+def extension_stage(config: RunConfig) -> RunConfig:
+    """For a context-extension stage (``train.extend_from_len`` = L0), the model config at the new
+    length L = ``data.seq_len``, derived in code as SPEC section 3 says: ``max_len = L``, linear RoPE
+    position interpolation by L/L0 and the RoPE base multiplied by 10^log2(L/L0). Idempotent, so a
+    resumed stage derives the same model."""
+    base_len = config.train.extend_from_len
+    if base_len is None:
+        return config
+    if not hasattr(config.model, "rope_interp"):
+        raise ConfigError(
+            f"train.extend_from_len: the {config.model.family} family has no RoPE to extend; "
+            "context extension applies to attention-bearing families (striped_hyena, transformer)"
+        )
+    from dnalm.models.striped_hyena import extend_context
+
+    return replace(config, model=extend_context(config.model, config.data.seq_len, base_len))
 
 
 def check_config(config: RunConfig) -> None:
@@ -195,8 +213,10 @@ def train(
     call (used to simulate an interrupted run). With ``train.parallel`` ddp/fsdp every process of a
     torchrun launch calls this.
     """
+    config = extension_stage(config)
     check_config(config)
     tc = config.train
+    init_from = init_from if init_from is not None else tc.init_from
     env = dist.setup(tc.parallel)
     try:
         return _train(config, env, resume, progress, init_from, stop_after)
