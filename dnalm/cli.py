@@ -729,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dnalm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
     except _user_error_types() as e:
         print(f"dnalm {args.command}: error: {e}", file=sys.stderr)
         return 2
