@@ -65,14 +65,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file via a temporary file and a rename."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write a file via a temporary sibling, fsync and a rename: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -80,6 +80,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (see atomic_write_bytes)."""
+    return atomic_write_bytes(path, text.encode())
 
 
 def write_model_files(model: torch.nn.Module, directory: Path, extra: dict[str, Any] | None = None) -> None:

@@ -12,7 +12,6 @@ import torch
 
 from dnalm.config import ConfigError, HNetConfig, model_config_from_dict
 from dnalm.models.hnet import (
-    HNetBackbone,
     Router,
     chunk,
     ema_smooth,

@@ -45,7 +45,8 @@ class Embeddings:
 
     def save(self, out: str | Path) -> tuple[Path, Path]:
         """Write ``out`` (.npy added if missing) and the metadata JSON beside it, atomically."""
-        from dnalm.eval.metrics import AtomicWriter, write_bytes_atomic
+        from dnalm.checkpoint import atomic_write_bytes
+        from dnalm.eval.metrics import AtomicWriter
 
         out = Path(out)
         npy = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
@@ -54,7 +55,7 @@ class Embeddings:
         np.save(buf, self.array, allow_pickle=False)
         meta = {**self.meta, "ids": self.ids, "lengths": self.lengths, "windows": self.windows,
                 "shape": list(self.array.shape), "array": npy.name}
-        write_bytes_atomic(npy, buf.getvalue())
+        atomic_write_bytes(npy, buf.getvalue())
         with AtomicWriter(meta_path) as fh:
             json.dump(meta, fh, indent=1)
             fh.write("\n")

@@ -23,6 +23,8 @@ from typing import Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
+from dnalm.checkpoint import atomic_write_bytes
+
 
 class MetricError(ValueError):
     """A metric that cannot be computed from the given labels (e.g. only one class present)."""
@@ -180,24 +182,6 @@ def _cell(v) -> str:
     return str(v)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write bytes via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_roc_plot(
     path: str | Path, curves: dict[str, tuple[Sequence, Sequence]], title: str = "ROC"
 ) -> Path:
@@ -222,7 +206,7 @@ def save_roc_plot(
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return write_bytes_atomic(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def progress(
