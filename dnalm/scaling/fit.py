@@ -508,8 +508,12 @@ def _plot(families: dict[str, list[dict]], fits: dict, out_dir: Path) -> list[st
             ax.plot(C[m][o], L[m][o], "-", color=col, alpha=0.35, lw=1)
         ax.scatter(C, L, color=col, s=18 + 40 * (np.log(N) - np.log(N).min()) / max(np.ptp(np.log(N)), 1e-9),
                    label=f"{fam} (marker size ~ N)", zorder=3)
-        o = np.argsort(C)
-        ax.step(C[o], np.minimum.accumulate(L[o]), where="post", color=col, lw=2, label=f"{fam} frontier (best so far)")
+        # the frontier: the best loss at each compute budget (points within 10% of each other share one)
+        groups = _group_budgets(C, None)
+        fc = np.array([np.median(C[g]) for g in groups])
+        fl = np.array([L[g].min() for g in groups])
+        o = np.argsort(fc)
+        ax.plot(fc[o], fl[o], "-", color=col, lw=2, label=f"{fam} frontier (best at each budget)")
         law, iso, k = fits[fam]
         if law is not None and law.alpha > 0 and law.beta > 0:
             cs = np.geomspace(C.min(), C.max(), 100)
