@@ -10,14 +10,8 @@ Public API::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-# OpenMP threads that spin while waiting collapse throughput whenever anything else uses a core (measured
-# on a 2-core machine: a HyenaDNA training step took 7.2 s with spinning threads against 2.0 s passive and
-# 0.75 s single-threaded, with one other busy process). Must be set before torch loads its OpenMP runtime;
-# an explicit setting by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from dnalm.models.lm import DNALM
 from dnalm.presets import get_preset, list_presets
