@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from dnalm.models.lm import DNALM
 from dnalm.presets import get_preset, list_presets
 from dnalm.tokenizer import Tokenizer
