@@ -15,7 +15,8 @@ from dnalm.cli import main
 from dnalm.config import HyenaConfig, StripedHyenaConfig, TransformerConfig
 from dnalm.generation import GenerationError, generate, prefill_logits, sample_next, step_logits, supports_recurrent
 from dnalm.models.lm import DNALM
-from dnalm.tokenizer import BOS, encode_bytes
+from dnalm.tokenizer import BOS
+from realdata import ecoli_ids
 
 GENOME = Path(__file__).resolve().parents[1] / "dnalm" / "resources" / "ecoli_k12_mg1655.fa.gz"
 
@@ -28,11 +29,6 @@ def ecoli(n: int, start: int = 0) -> str:
         while len(seq) < start + n:
             seq += fh.readline().strip()
     return seq[start : start + n].decode()
-
-
-def ecoli_ids(n: int, start: int = 0) -> torch.Tensor:
-    ids, _ = encode_bytes(ecoli(n, start).encode())
-    return torch.from_numpy(ids.astype("int64"))
 
 
 FAMILIES = {

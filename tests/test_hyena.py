@@ -4,9 +4,7 @@ the eval-mode filter-FFT cache, and the checkpoint layout."""
 
 from __future__ import annotations
 
-import gzip
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,33 +14,11 @@ from dnalm.config import HyenaConfig
 from dnalm.models.hyena import HyenaBackbone, HyenaBlock, HyenaOperator
 from dnalm.models.lm import DNALM
 from dnalm.ops.fftconv import direct_long_conv
-from dnalm.tokenizer import BOS, encode_bytes
-
-GENOME = Path(__file__).resolve().parents[1] / "dnalm" / "resources" / "ecoli_k12_mg1655.fa.gz"
-
-
-def ecoli_ids(n: int, start: int = 0) -> torch.Tensor:
-    """Token ids of E. coli K-12 MG1655 (NC_000913.3, the package's embedded genome) bases [start, start+n)."""
-    seq = b""
-    with gzip.open(GENOME, "rb") as fh:
-        fh.readline()  # header
-        while len(seq) < start + n:
-            seq += fh.readline().strip()
-    ids, _ = encode_bytes(seq[start : start + n])
-    return torch.from_numpy(ids.astype("int64"))
-
+from dnalm.tokenizer import BOS
+from realdata import ecoli_ids, perturbed
 
 def small_config(**kw) -> HyenaConfig:
     return HyenaConfig(**{"n_layer": 2, "d_model": 16, "l_max": 258, "filter_order": 8, **kw})
-
-
-def perturbed(module: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
-    """Add noise to every parameter so no weight keeps a trivial init value (zero biases, unit norms)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(std * torch.randn(p.shape, generator=g))
-    return module
 
 
 def test_backbone_shapes_dtype_and_hidden_states():

@@ -5,9 +5,7 @@ sequence, presets against the published parameter counts, and context extension 
 
 from __future__ import annotations
 
-import gzip
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,21 +16,8 @@ from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.striped_hyena import HyenaMixer, extend_context, modal_filter, modal_state
 from dnalm.ops.fftconv import direct_long_conv, fft_long_conv
 from dnalm.presets import get_preset
-from dnalm.tokenizer import BOS, encode_bytes
-
-GENOME = Path(__file__).resolve().parents[1] / "dnalm" / "resources" / "ecoli_k12_mg1655.fa.gz"
-
-
-def ecoli_ids(n: int, start: int = 0) -> torch.Tensor:
-    """Token ids of E. coli K-12 MG1655 (NC_000913.3, the package's embedded genome) bases [start, start+n)."""
-    seq = b""
-    with gzip.open(GENOME, "rb") as fh:
-        fh.readline()  # header
-        while len(seq) < start + n:
-            seq += fh.readline().strip()
-    ids, _ = encode_bytes(seq[start : start + n])
-    return torch.from_numpy(ids.astype("int64"))
-
+from dnalm.tokenizer import BOS
+from realdata import ecoli_ids
 
 def cfg(version: int, **kw) -> StripedHyenaConfig:
     base = dict(version=version, d_model=32, n_head=4, max_len=300, mlp_hidden=64, filter_groups=4, mr_len=16)

@@ -3,8 +3,6 @@ and prefill + step (KV cache) against the full forward at the logits."""
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,32 +11,11 @@ import torch.nn.functional as F
 from dnalm.config import TransformerConfig
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.transformer import SwiGLU, TransformerBackbone, TransformerBlock
-from dnalm.tokenizer import BOS, encode_bytes
-
-GENOME = Path(__file__).resolve().parents[1] / "dnalm" / "resources" / "ecoli_k12_mg1655.fa.gz"
-
-
-def ecoli_ids(n: int, start: int = 0) -> torch.Tensor:
-    """Token ids of E. coli K-12 MG1655 (NC_000913.3, the package's embedded genome) bases [start, start+n)."""
-    seq = b""
-    with gzip.open(GENOME, "rb") as fh:
-        fh.readline()  # header
-        while len(seq) < start + n:
-            seq += fh.readline().strip()
-    ids, _ = encode_bytes(seq[start : start + n])
-    return torch.from_numpy(ids.astype("int64"))
-
+from dnalm.tokenizer import BOS
+from realdata import ecoli_ids, perturbed
 
 def small_config(**kw) -> TransformerConfig:
     return TransformerConfig(**{"n_layer": 2, "d_model": 32, "n_head": 4, "max_len": 256, **kw})
-
-
-def perturbed(module: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(std * torch.randn(p.shape, generator=g))
-    return module
 
 
 def test_swiglu_formula():
