@@ -105,7 +105,8 @@ def prepare(args: argparse.Namespace) -> int:
     "demo",
     "Prepare the embedded E. coli genome, train a small HyenaDNA on CPU, compare with Markov baselines.",
     arg("--out", default="runs/demo", help="run directory to write"),
-    arg("--minutes", type=float, default=None, help="wall-time budget for training (default: the demo's step count)"),
+    arg("--minutes", type=float, default=None,
+        help="stop training after this many minutes; None keeps the demo's 12-minute guard"),
     arg("--steps", type=int, default=None, help="override the number of training steps"),
     arg("--restart", action="store_true", help="start over instead of resuming an existing demo run"),
 )
