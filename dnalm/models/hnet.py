@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.models.lm import BackboneOutput, gpt2_init
+from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
 from dnalm.models.mamba2 import Mamba2Block, ssd_chunked
 
 _LAYOUT = re.compile(r"([mt])(\d+)")
@@ -103,15 +103,11 @@ class Stack(nn.Module):
         return self.norm(x)
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
-        states = []
-        for layer in self.layers:
-            x, s = layer.prefill(x)
-            states.append(s)
+        x, states = prefill_layers(self.layers, x)
         return self.norm(x), states
 
     def step(self, x: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
-        for i, layer in enumerate(self.layers):
-            x, states[i] = layer.step(x, states[i])
+        x, states = step_layers(self.layers, x, states)
         return self.norm(x), states
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnalm.config import HyenaConfig
-from dnalm.models.lm import BackboneOutput, gpt2_init
+from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
 from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft
 
 # The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
@@ -317,14 +317,8 @@ class HyenaBackbone(nn.Module):
         """Forward over a prompt x (B, L, D) -> (hidden (B, L, D), one state per block), for generation."""
         if x.shape[1] > self.config.l_max:
             raise ValueError(f"input of {x.shape[1]} tokens exceeds this Hyena model's l_max={self.config.l_max}")
-        states = []
-        for layer in self.layers:
-            x, s = layer.prefill(x)
-            states.append(s)
-        return x, states
+        return prefill_layers(self.layers, x)
 
     def step(self, x_t: torch.Tensor, states: list[dict]) -> tuple[torch.Tensor, list[dict]]:
         """One token x_t (B, D) -> (hidden (B, D), states updated in place)."""
-        for i, layer in enumerate(self.layers):
-            x_t, states[i] = layer.step(x_t, states[i])
-        return x_t, states
+        return step_layers(self.layers, x_t, states)

@@ -60,6 +60,23 @@ def build_backbone(config: Any) -> nn.Module:
     return cls(config)
 
 
+def prefill_layers(layers: nn.ModuleList, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, list[Any]]:
+    """Run a prompt x (B, L, D) through a stack of blocks that support generation; returns (hidden, one
+    state per block). Shared by every family's backbone ``prefill``."""
+    states = []
+    for layer in layers:
+        x, state = layer.prefill(x, **kwargs)
+        states.append(state)
+    return x, states
+
+
+def step_layers(layers: nn.ModuleList, x_t: torch.Tensor, states: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+    """One token x_t (B, D) through the stack; each block's state is replaced by its updated one."""
+    for i, layer in enumerate(layers):
+        x_t, states[i] = layer.step(x_t, states[i])
+    return x_t, states
+
+
 def gpt2_init(module: nn.Module, n_layer: int, std: float = 0.02) -> None:
     """GPT-2 style init: Linear/Embedding N(0, std), biases 0, and every Linear flagged
     ``residual_out = True`` (a projection back into the residual stream) scaled by 1/sqrt(2*n_layer)."""

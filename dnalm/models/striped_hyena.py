@@ -58,7 +58,7 @@ from torch import nn
 
 from dnalm.config import ConfigError, StripedHyenaConfig
 from dnalm.models.attention import CausalSelfAttention
-from dnalm.models.lm import BackboneOutput, gpt2_init
+from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
 from dnalm.ops.fftconv import fft_long_conv
 
 __all__ = [
@@ -370,17 +370,11 @@ class StripedHyenaBackbone(nn.Module):
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
         """Forward over a prompt x (B, L, D); returns (hidden (B, L, D), one state per block)."""
-        states = []
-        for block in self.layers:
-            x, s = block.prefill(x)
-            states.append(s)
-        return x, states
+        return prefill_layers(self.layers, x)
 
     def step(self, x_t: torch.Tensor, states: list[Any]) -> tuple[torch.Tensor, list[Any]]:
         """One token x_t (B, D) -> (hidden (B, D), states); states are updated in place."""
-        for i, block in enumerate(self.layers):
-            x_t, states[i] = block.step(x_t, states[i])
-        return x_t, states
+        return step_layers(self.layers, x_t, states)
 
 
 # --------------------------------------------------------------------------------- context extension

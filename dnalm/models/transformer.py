@@ -14,7 +14,7 @@ from torch import nn
 
 from dnalm.config import TransformerConfig
 from dnalm.models.attention import CausalSelfAttention, KVCache
-from dnalm.models.lm import BackboneOutput, gpt2_init
+from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
 
 
 class SwiGLU(nn.Module):
@@ -103,14 +103,8 @@ class TransformerBackbone(nn.Module):
 
     def prefill(self, x: torch.Tensor, capacity: int | None = None) -> tuple[torch.Tensor, list[KVCache]]:
         """Prompt embeddings x (B, L, D) -> (hidden (B, L, D), one KV cache per block)."""
-        caches = []
-        for layer in self.layers:
-            x, cache = layer.prefill(x, capacity)  # (B, L, D)
-            caches.append(cache)
-        return x, caches
+        return prefill_layers(self.layers, x, capacity=capacity)  # (B, L, D), one KV cache per block
 
     def step(self, x_t: torch.Tensor, state: list[KVCache]) -> tuple[torch.Tensor, list[KVCache]]:
         """One token's embedding x_t (B, D) -> (hidden (B, D), the updated caches)."""
-        for layer, cache in zip(self.layers, state):
-            x_t, _ = layer.step(x_t, cache)  # (B, D); the cache is updated in place
-        return x_t, state
+        return step_layers(self.layers, x_t, state)  # (B, D); each cache is updated in place
