@@ -117,35 +117,49 @@ def is_native_checkpoint(path: Path) -> bool:
         return False
 
 
+def read_checkpoint_meta(path: str | Path, fmt: str, wrong_format: str) -> dict[str, Any]:
+    """config.json of a checkpoint directory whose ``format`` must be ``fmt`` (``wrong_format`` says what
+    to do otherwise); the weights file must exist too."""
+    path = Path(path)
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file():
+        raise CheckpointError(f"{path}: no {CONFIG_FILE}; {wrong_format}")
+    if not (path / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{path}: no {WEIGHTS_FILE}; the checkpoint is incomplete")
+    try:
+        meta = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt or "model" not in meta:
+        found = meta.get("format", "unknown") if isinstance(meta, dict) else "unknown"
+        raise CheckpointError(f"{path}: a {found!r} checkpoint; {wrong_format}")
+    return meta
+
+
+def load_weights(module: torch.nn.Module, path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load ``path/model.safetensors`` into ``module`` strictly (every key and shape must match), move it
+    to ``device`` and put it in eval mode."""
+    weights = Path(path) / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
+    check_state_dict(module, state, str(weights))
+    module.load_state_dict(state)
+    return module.to(device).eval()
+
+
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a native checkpoint directory into a DNALM (strict: every key must match)."""
     from dnalm.models.lm import DNALM
 
-    path = Path(path)
-    if not (path / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{path}: no {CONFIG_FILE}; not a dnalm checkpoint")
-    if not (path / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{path}: no {WEIGHTS_FILE}; the checkpoint is incomplete")
+    meta = read_checkpoint_meta(path, FORMAT, "not a dnalm checkpoint (config.json + model.safetensors)")
     try:
-        meta = json.loads((path / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / CONFIG_FILE}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT or "model" not in meta:
-        raise CheckpointError(f"{path / CONFIG_FILE}: not a dnalm config (no format/model fields)")
-    try:
-        config = model_config_from_dict(meta["model"], where=f"{path / CONFIG_FILE}:model")
+        config = model_config_from_dict(meta["model"], where=f"{Path(path) / CONFIG_FILE}:model")
         tokenizer = Tokenizer(**meta.get("tokenizer", {}))
     except (ConfigError, TypeError) as e:
         raise CheckpointError(str(e)) from None
-    model = DNALM(config, tokenizer=tokenizer)
-    try:
-        state = load_file(str(path / WEIGHTS_FILE), device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read safetensors ({e})") from None
-    check_state_dict(model, state, str(path / WEIGHTS_FILE))
-    model.load_state_dict(state)
-    model.to(device).eval()
-    return model
+    return load_weights(DNALM(config, tokenizer=tokenizer), path, device)
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

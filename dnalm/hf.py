@@ -681,20 +681,11 @@ def load_hf(
 
 def load_converted_classifier(path: str | Path, device: str | torch.device = "cpu") -> HyenaDNAClassifier:
     """Read a classifier written by :func:`convert` (``format: dnalm-hf-classifier``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from dnalm.checkpoint import check_state_dict
+    from dnalm.checkpoint import load_weights, read_checkpoint_meta
 
     folder = _as_path(path)
     cfg = folder / CONFIG_FILE
-    if not cfg.is_file():
-        raise CheckpointError(f"{folder}: no {CONFIG_FILE}")
-    if not (folder / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}; the checkpoint is incomplete")
-    meta = _read_json(cfg)
-    if meta.get("format") != CLASSIFIER_FORMAT:
-        raise CheckpointError(f"{cfg}: not a converted HyenaDNA classifier (format {meta.get('format')!r})")
+    meta = read_checkpoint_meta(folder, CLASSIFIER_FORMAT, "not a converted HyenaDNA classifier")
     try:
         config = model_config_from_dict(meta["model"], where=f"{cfg}:model")
         spec = meta["classifier"]
@@ -704,13 +695,7 @@ def load_converted_classifier(path: str | Path, device: str | torch.device = "cp
         )
     except (ConfigError, TypeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{cfg}: {e}") from None
-    try:
-        state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{folder / WEIGHTS_FILE}: cannot read safetensors ({e})") from None
-    check_state_dict(model, state, str(folder / WEIGHTS_FILE))
-    model.load_state_dict(state)
-    return model.to(device).eval()
+    return load_weights(model, folder, device)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> DNALM | HyenaDNAClassifier:

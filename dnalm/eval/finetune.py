@@ -439,10 +439,7 @@ def save_classifier(
 
 def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, list[str]]:
     """Load a directory written by ``save_classifier`` -> (SequenceClassifier in eval mode, class names)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, check_state_dict
+    from dnalm.checkpoint import CONFIG_FILE, CheckpointError, load_weights, read_checkpoint_meta
     from dnalm.config import ConfigError, model_config_from_dict
     from dnalm.models.heads import SequenceClassifier
     from dnalm.models.lm import DNALM
@@ -450,30 +447,17 @@ def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, list[st
 
     path = Path(path)
     cfg = path / CONFIG_FILE
-    if not cfg.is_file():
-        raise CheckpointError(f"{path}: no {CONFIG_FILE}; not a fine-tuned classifier (make one with `dnalm finetune`)")
-    try:
-        meta = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
-    if meta.get("format") != CLASSIFIER_FORMAT:
-        raise CheckpointError(
-            f"{path}: a {meta.get('format', 'unknown')!r} checkpoint, not a fine-tuned classifier; "
-            "`dnalm predict` needs the output directory of `dnalm finetune`"
-        )
+    meta = read_checkpoint_meta(
+        path, CLASSIFIER_FORMAT, "not a fine-tuned classifier: `dnalm predict` needs the output directory of "
+        "`dnalm finetune`"
+    )
     try:
         config = model_config_from_dict(meta["model"], where=f"{cfg}:model")
         lm = DNALM(config, tokenizer=Tokenizer(**meta.get("tokenizer", {})))
         clf = SequenceClassifier(lm, **meta["classifier"])
     except (ConfigError, TypeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{cfg}: {e}") from None
-    try:
-        state = load_file(str(path / WEIGHTS_FILE), device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read safetensors ({e})") from None
-    check_state_dict(clf, state, str(path / WEIGHTS_FILE))
-    clf.load_state_dict(state)
-    return clf.to(device).eval(), list(meta["classes"])
+    return load_weights(clf, path, device), list(meta["classes"])
 
 
 def load_sets(
