@@ -387,17 +387,23 @@ class RunConfig:
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config and apply ``section.key=value`` overrides (values parsed as YAML scalars)."""
+    data = read_yaml_mapping(path, "config file")
+    apply_overrides(data, overrides or [])
+    return RunConfig.from_dict(data)
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file whose top level is a mapping (``safe_load`` only); ConfigError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    apply_overrides(data, overrides or [])
-    return RunConfig.from_dict(data)
+    return data
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from dnalm.config import ConfigError, DataConfig, RunConfig, TrainConfig, from_dict, model_config_from_dict, to_dict
+from dnalm.config import (
+    ConfigError, DataConfig, RunConfig, TrainConfig, from_dict, model_config_from_dict, read_yaml_mapping, to_dict,
+)
 
 __all__ = ["SweepPoint", "load_grid", "plan_points", "run_sweep", "RESULT_COLUMNS", "read_rows"]
 
@@ -81,14 +82,7 @@ class SweepPoint:
 def load_grid(path: str | Path) -> dict[str, Any]:
     """Read and check a grid file; returns the plain dict (errors name the file and the key)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"grid file not found: {path}")
-    try:
-        grid = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(grid, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    grid = read_yaml_mapping(path, "grid file")
     unknown = sorted(set(grid) - _GRID_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_GRID_KEYS))}")
