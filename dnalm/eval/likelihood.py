@@ -159,10 +159,11 @@ class MarkovBaseline:
         return total / max(n, 1), n
 
 
-def markov_report(store, train_split="train", eval_split="validation", max_order: int = 10) -> dict[int, float]:
-    """Bits per base of order-0..max_order Markov chains fitted on ``train_split``, on ``eval_split``."""
-    train = [store.window(r, s, e)[0] for r, s, e in store.intervals(train_split)]
-    held = [store.window(r, s, e)[0] for r, s, e in store.intervals(eval_split)]
+def markov_report(train_store, eval_store, eval_split: str | list[str], max_order: int = 10) -> dict[int, float]:
+    """Bits per base on ``eval_split`` of ``eval_store`` of order-0..max_order Markov chains fitted on the
+    training split of ``train_store`` (the two stores may be the same)."""
+    train = [train_store.window(r, s, e)[0] for r, s, e in train_store.intervals("train")]
+    held = [eval_store.window(r, s, e)[0] for r, s, e in eval_store.intervals(eval_split)]
     model = MarkovBaseline(max_order).fit(train)
     return {k: model.bits_per_base(held, k)[0] for k in range(max_order + 1)}
 

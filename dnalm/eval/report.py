@@ -12,7 +12,7 @@ import yaml
 
 from dnalm.checkpoint import CheckpointError, atomic_write_text
 from dnalm.config import ConfigError, RunConfig
-from dnalm.eval.likelihood import MarkovBaseline, evaluate_lm
+from dnalm.eval.likelihood import evaluate_lm, markov_report
 
 
 def run_config_of(path: str | Path) -> RunConfig | None:
@@ -72,10 +72,7 @@ def evaluate_command(
         lm = evaluate_lm(model, eval_store, eval_splits, seq_len, batch_size, progress=progress)
         result: dict[str, Any] = {"target": target, "seq_len": seq_len, **lm.to_dict()}
         if markov_order > 0 and train_store is not None:
-            train_seqs = [train_store.window(r, s, e)[0] for r, s, e in train_store.intervals("train")]
-            held = [eval_store.window(r, s, e)[0] for r, s, e in eval_store.intervals(eval_splits)]
-            markov = MarkovBaseline(markov_order).fit(train_seqs)
-            result["markov_bits_per_base"] = {k: markov.bits_per_base(held, k)[0] for k in range(markov_order + 1)}
+            result["markov_bits_per_base"] = markov_report(train_store, eval_store, eval_splits, markov_order)
     if json_out:
         atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
     return format_eval(result)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dnalm.checkpoint import atomic_write_text
 from dnalm.config import DataConfig, HyenaConfig, RunConfig, TrainConfig
-from dnalm.eval.likelihood import MarkovBaseline, evaluate_lm
+from dnalm.eval.likelihood import evaluate_lm, markov_report
 from dnalm.eval.report import format_eval
 
 
@@ -59,14 +59,11 @@ def run_demo(out_dir: str = "runs/demo", minutes: float | None = None, steps: in
     held_out = ["validation", "test"]
     print("scoring the held-out 10% of the genome ...", flush=True)
     lm = evaluate_lm(model, store, held_out, config.data.seq_len, batch_size=16, progress=True)
-    train_seqs = [store.window(r, s, e)[0] for r, s, e in store.intervals("train")]
-    held = [store.window(r, s, e)[0] for r, s, e in store.intervals(held_out)]
-    markov = MarkovBaseline(10).fit(train_seqs)
     report = {
         "target": "E. coli K-12 MG1655, last 10% of the genome (validation + test)",
         "seq_len": config.data.seq_len,
         **lm.to_dict(),
-        "markov_bits_per_base": {k: markov.bits_per_base(held, k)[0] for k in range(11)},
+        "markov_bits_per_base": markov_report(store, store, held_out, max_order=10),
         "train_steps": result.steps,
         "train_tokens": result.tokens,
         "wall_time_s": time.time() - t0,
