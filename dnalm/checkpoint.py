@@ -1,25 +1,22 @@
 """Model checkpoints: a directory with ``config.json`` and ``model.safetensors``, written atomically.
 
 Atomic means: everything is written into a temporary sibling directory, flushed to disk, and only then
-renamed into place. A killed writer leaves at most a ``.tmp-*`` directory, never a checkpoint that
-looks complete. Weights are safetensors only; nothing here unpickles.
+renamed into place (:mod:`dnalm.outputs`). A killed writer leaves at most a ``.tmp-*`` directory, never a
+checkpoint that looks complete. Weights are safetensors only; nothing here unpickles.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from dnalm.config import ConfigError, model_config_from_dict, to_dict
+from dnalm.outputs import atomic_dir, atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from dnalm.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
@@ -29,63 +26,6 @@ FORMAT = "dnalm"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read: missing files, bad config, mismatched weights."""
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces ``path`` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write a file via a temporary sibling, fsync and a rename: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (see atomic_write_bytes)."""
-    return atomic_write_bytes(path, text.encode())
 
 
 def write_model_files(model: torch.nn.Module, directory: Path, extra: dict[str, Any] | None = None) -> None:

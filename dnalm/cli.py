@@ -3,6 +3,11 @@
 Each subcommand is a function decorated with ``@command(...)`` that lists its arguments next to it.
 User mistakes raise :class:`UserError` (or a known ValueError subclass) and become one clear message on
 stderr with exit code 2; an interrupt exits with 130. Nothing here holds model or training logic.
+
+Output arguments are declared with ``output="file"`` or ``output="dir"``; :func:`main` checks each given
+one (:func:`dnalm.outputs.check_output`) before the command starts, so a path that cannot be written
+fails in a second, not after the model ran. Bad command-line syntax is one line too (see ``--help``). An
+unexpected exception is reported as one line with exit code 1 (``DNALM_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -21,10 +26,18 @@ class UserError(Exception):
 class _Arg:
     flags: tuple[str, ...]
     kwargs: dict[str, Any]
+    output: str | None = None  # "file" or "dir": a path the command writes, checked before it runs
 
 
-def arg(*flags: str, **kwargs: Any) -> _Arg:
-    return _Arg(flags, kwargs)
+def arg(*flags: str, output: str | None = None, **kwargs: Any) -> _Arg:
+    return _Arg(flags, kwargs, output)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 _COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int | None], str, str, list[_Arg]]] = []
@@ -43,6 +56,14 @@ def command(name: str, help: str, *args: _Arg, description: str | None = None):
 # ------------------------------------------------------------------------------------------ commands
 # (subcommands are defined below, each a single function)
 
+# sequences longer than the model's context (embed, finetune, predict): an error unless one of these says
+LONG_INPUTS = (
+    arg("--crop", choices=["center", "left", "right"], default=None,
+        help="keep one context-sized window of each longer sequence: its middle, its first or its last bases"),
+    arg("--windows", action="store_true",
+        help="tile each longer sequence into context-sized windows and pool over them"),
+)
+
 
 @command(
     "prepare",
@@ -50,7 +71,7 @@ def command(name: str, help: str, *args: _Arg, description: str | None = None):
     arg("inputs", nargs="*", metavar="INPUT",
         help="FASTA (.fa/.fasta/.fna; plain, gzip or bgzip) or GenBank (.gb/.gbk/.gbff) files; "
         "with none, the embedded E. coli K-12 MG1655 genome and its GFF3", default=argparse.SUPPRESS),
-    arg("--out", required=True, metavar="DIR", default=argparse.SUPPRESS,
+    arg("--out", required=True, metavar="DIR", default=argparse.SUPPRESS, output="dir",
         help="store directory to write (replaced atomically)"),
     arg("--gff", action="append", default=[], metavar="ANNOTATION",
         help="GFF3 or GTF annotation whose genes feed genic windows (repeatable; .gz ok)"),
@@ -104,7 +125,7 @@ def prepare(args: argparse.Namespace) -> int:
 @command(
     "demo",
     "Prepare the embedded E. coli genome, train a small HyenaDNA on CPU, compare with Markov baselines.",
-    arg("--out", default="runs/demo", help="run directory to write"),
+    arg("--out", default="runs/demo", output="dir", help="run directory to write"),
     arg("--minutes", type=float, default=None,
         help="stop training after this many minutes; None keeps the demo's 12-minute guard"),
     arg("--steps", type=int, default=None, help="override the number of training steps"),
@@ -126,7 +147,7 @@ def demo(args: argparse.Namespace) -> int:
     arg("--config", required=True, help="YAML run config (see configs/); sections model/data/train"),
     arg("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.lr=3e-4 (repeatable)"),
-    arg("--out", default=None, help="run directory (overrides out_dir in the config)"),
+    arg("--out", default=None, output="dir", help="run directory (overrides out_dir in the config)"),
     arg("--restart", action="store_true", help="ignore existing checkpoints in the run directory and start over"),
     arg("--init-from", default=None,
         help="start from another run's or checkpoint's weights (staged context extension); fresh LR schedule"),
@@ -165,7 +186,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     arg("--seq-len", type=int, default=None, help="window length (default: the run's seq_len or the model max)"),
     arg("--batch-size", type=int, default=8, help="windows per forward pass"),
     arg("--markov-order", type=int, default=10, help="highest Markov order to fit (0 disables the baseline)"),
-    arg("--json", dest="json_out", default=None, help="also write the results to this JSON file"),
+    arg("--json", dest="json_out", default=None, output="file", help="also write the results to this JSON file"),
 )
 def evaluate(args: argparse.Namespace) -> int:
     """Score held-out DNA with a model: loss, perplexity and bits per base, tiled so every base is
@@ -213,7 +234,7 @@ def info(args: argparse.Namespace) -> int:
     arg("--include-prompt", action="store_true", help="write prompt + continuation, not the continuation alone"),
     arg("--recompute", action="store_true", help="recompute the whole prefix for every token (slow; for checking)"),
     arg("--device", default="cpu", help="torch device, e.g. cpu or cuda"),
-    arg("-o", "--out", default="-", help="FASTA file to write (atomically); '-' writes to stdout"),
+    arg("-o", "--out", default="-", output="file", help="FASTA file to write (atomically); '-' writes to stdout"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
 def generate_cmd(args: argparse.Namespace) -> int:
@@ -276,7 +297,8 @@ def generate_cmd(args: argparse.Namespace) -> int:
     "convert",
     "Convert a downloaded HyenaDNA Hugging Face folder (LongSafari/hyenadna-*-hf) into a native dnalm checkpoint.",
     arg("src", metavar="SRC", help="HyenaDNA -hf folder: config.json + pytorch_model.bin or model.safetensors"),
-    arg("--out", required=True, metavar="DST", help="checkpoint directory to write (config.json + model.safetensors)"),
+    arg("--out", required=True, metavar="DST", output="dir",
+        help="checkpoint directory to write (config.json + model.safetensors)"),
     arg("--lowercase", choices=["unk", "upper"], default="unk",
         help="lower-case bases: 'unk' maps them to [UNK] as the checkpoint's tokenizer does; 'upper' reads them as bases"),
     arg("--no-sep", action="store_true", help="do not append [SEP] to each sequence (the checkpoint's tokenizer does)"),
@@ -328,7 +350,7 @@ def convert_cmd(args: argparse.Namespace) -> int:
     arg("--law", default=None, help="fit.json from 'dnalm scaling fit': recommend N and D for --flops"),
     arg("--family", default=None, help="which family of --law to use (when it holds several)"),
     arg("--flops", type=float, default=None, help="compute budget C in FLOPs, with --law"),
-    arg("--json", dest="json_out", default=None, help="also write the plan to this JSON file"),
+    arg("--json", dest="json_out", default=None, output="file", help="also write the plan to this JSON file"),
 )
 def plan_cmd(args: argparse.Namespace) -> int:
     """Plan a large training run before launching it: total training FLOPs (6ND and the per-layer count),
@@ -357,7 +379,8 @@ def plan_cmd(args: argparse.Namespace) -> int:
     "Fit scaling laws to a sweep's results: L(N, D) = E + A/N^alpha + B/D^beta and IsoFLOP parabolas.",
     arg("action", choices=["fit"], help="what to do (fit)"),
     arg("results", metavar="RESULTS", help="results CSV written by 'dnalm sweep' (params, tokens, val_loss, ...)"),
-    arg("--out", default=None, help="output directory for fit.json and plots (default: RESULTS' folder/scaling_fit)"),
+    arg("--out", default=None, output="dir",
+        help="output directory for fit.json and plots (default: RESULTS' folder/scaling_fit)"),
     arg("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals"),
     arg("--seed", type=int, default=0, help="bootstrap seed"),
     arg("--loss-column", default="val_loss", help="column holding the held-out loss"),
@@ -384,7 +407,7 @@ def scaling_cmd(args: argparse.Namespace) -> int:
     "sweep",
     "Train a grid of model sizes x compute budgets (x families), resumable; results in one CSV.",
     arg("--grid", required=True, help="grid YAML (see configs/sweep_ecoli.yaml)"),
-    arg("--out", default=None, help="output directory (overrides out_dir in the grid)"),
+    arg("--out", default=None, output="dir", help="output directory (overrides out_dir in the grid)"),
     arg("--dry-run", action="store_true", help="list the points (parameters, tokens, steps, FLOPs) and stop"),
 )
 def sweep_cmd(args: argparse.Namespace) -> int:
@@ -405,7 +428,8 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     arg("model", metavar="MODEL", help="dnaHNet run directory, checkpoint directory or preset"),
     arg("--fasta", required=True, help="genome FASTA (or GenBank)"),
     arg("--gff", required=True, help="GFF3/GTF annotation; seqids must match the FASTA record names"),
-    arg("-o", "--out", default="boundaries", help="output directory for boundaries.tsv, gene_profile.tsv and PNGs"),
+    arg("-o", "--out", default="boundaries", output="dir",
+        help="output directory for boundaries.tsv, gene_profile.tsv and PNGs"),
     arg("--window", type=int, default=None, help="bases per window (default: the model's max length - 1, at most 4096)"),
     arg("--context", type=int, default=None, help="bases of overlap between windows, run but not counted (default: window/4)"),
     arg("--upstream", type=int, default=100, help="bases 5' of a gene start that count as 'upstream'"),
@@ -448,8 +472,9 @@ def boundaries_cmd(args: argparse.Namespace) -> int:
     arg("--label-column", default=None, help="column with class labels: report AUROC of -delta and plot the ROC"),
     arg("--positive", action="append", default=None, help="label value(s) of the positive class, e.g. LOF (repeatable)"),
     arg("--baseline-column", action="append", default=[], help="numeric column to report as a baseline AUROC"),
-    arg("-o", "--out", default=None, help="output TSV (default: <variants>.scores.tsv in the current directory)"),
-    arg("--plot", default=None, help="ROC plot PNG (default: next to the TSV)"),
+    arg("-o", "--out", default=None, output="file",
+        help="output TSV (default: <variants>.scores.tsv in the current directory)"),
+    arg("--plot", default=None, output="file", help="ROC plot PNG (default: next to the TSV)"),
     arg("--batch-size", type=int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
@@ -482,8 +507,8 @@ def score_variants_cmd(args: argparse.Namespace) -> int:
     arg("--insert-offset", type=int, default=12, help="bases after the first base of the start codon"),
     arg("--zero-based-gff", action="store_true", help="the GFF's start column is 0-based (e.g. the phiX174 file)"),
     arg("--max-genes", type=int, default=None, help="score only the first N genes (for a quick look)"),
-    arg("-o", "--out", default=None, help="per-gene TSV (default: essentiality.tsv)"),
-    arg("--plot", default=None, help="ROC plot PNG (default: next to the TSV)"),
+    arg("-o", "--out", default=None, output="file", help="per-gene TSV (default: essentiality.tsv)"),
+    arg("--plot", default=None, output="file", help="ROC plot PNG (default: next to the TSV)"),
     arg("--batch-size", type=int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
@@ -511,12 +536,19 @@ def essentiality_cmd(args: argparse.Namespace) -> int:
     arg("--variants", required=True, help="mutant table (';', tab or ',' separated; '#' comments), e.g. G21A"),
     arg("--ties", choices=["first", "mean"], default="first",
         help="equally close codons: first in A<C<G<T order, or the mean delta over all of them"),
-    arg("--record", default=None, help="CDS record name (default: the first record)"),
+    arg("--record", default=None, help="record holding the CDS (default: searched in every record)"),
+    arg("--cds-start", type=int, default=None, metavar="POS",
+        help="1-based record position of the first base of codon 1 (default: found from the mutants' residues)"),
+    arg("--cds-end", type=int, default=None, metavar="POS",
+        help="1-based record position of the CDS's last base (default: the first in-frame stop); "
+        "an end before the start means the reverse strand"),
+    arg("--numbering-offset", type=int, default=0, metavar="K",
+        help="the table's residue n is codon n - K of the CDS (e.g. 2 for TEM-1's Ambler numbering)"),
     arg("--variant-column", default=None, help="mutant column (default: variant/mutant/mutation)"),
     arg("--fitness-column", default=None, help="measured fitness column (default: y/fitness/score/DMS_score)"),
     arg("--baseline-column", action="append", default=None,
         help="baseline score column(s) (default: every other numeric column, e.g. dE)"),
-    arg("-o", "--out", default=None, help="output TSV (default: <variants>.dms.tsv)"),
+    arg("-o", "--out", default=None, output="file", help="output TSV (default: <variants>.dms.tsv)"),
     arg("--batch-size", type=int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
@@ -524,11 +556,14 @@ def essentiality_cmd(args: argparse.Namespace) -> int:
 def dms_cmd(args: argparse.Namespace) -> int:
     """Map each protein mutant to the codon with the fewest nucleotide changes, score the delta
     log-likelihood of the gene, and report Spearman with measured fitness beside BLOSUM62 and any
-    baseline columns."""
+    baseline columns. The CDS may carry flanks (kept as context in the scored window): it is the reading
+    frame, on either strand, that encodes every mutant's wild-type residue, or --cds-start/--cds-end;
+    the choice is reported. --variants - reads the table from standard input."""
     from dnalm.eval.dms import dms_command
 
     print(dms_command(
         args.model, args.cds, args.variants, out=args.out, ties=args.ties, record=args.record,
+        cds_start=args.cds_start, cds_end=args.cds_end, numbering_offset=args.numbering_offset,
         variant_column=args.variant_column, fitness_column=args.fitness_column,
         baseline_columns=args.baseline_column, batch_size=args.batch_size, device=args.device,
         progress=not args.quiet,
@@ -545,19 +580,21 @@ def dms_cmd(args: argparse.Namespace) -> int:
     arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
     arg("--layer", type=int, default=-1, help="hidden state: 0 = embeddings, i = after block i, -1 = final norm"),
     arg("--pool", choices=["mean", "last", "none"], default="mean", help="pooling over the bases"),
-    arg("-o", "--out", default=None, help="output .npy (default: <input>.emb.npy; metadata next to it)"),
+    arg("-o", "--out", default=None, output="file", help="output .npy (default: <input>.emb.npy; metadata next to it)"),
+    *LONG_INPUTS,
     arg("--batch-size", type=int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
 def embed_cmd(args: argparse.Namespace) -> int:
-    """Embed sequences; those longer than the model's context are embedded in consecutive windows
-    (stated in the metadata)."""
+    """Embed sequences. One longer than the model's context is an error unless --crop keeps one window of
+    it or --windows embeds it in consecutive windows pooled together (stated in the metadata)."""
     from dnalm.eval.embed import embed_command
 
     print(embed_command(
         args.model, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
-        layer=args.layer, pool=args.pool, batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+        layer=args.layer, pool=args.pool, batch_size=args.batch_size, crop=args.crop, windows=args.windows,
+        device=args.device, progress=not args.quiet,
     ))  # fmt: skip
     return 0
 
@@ -582,7 +619,8 @@ def embed_cmd(args: argparse.Namespace) -> int:
     arg("--max-train", type=int, default=None, help="use a random subset of this many training sequences"),
     arg("--seed", type=int, default=0, help="seed of the head/prompt init and the data order"),
     arg("--split-seed", type=int, default=0, help="seed of the 80/10/10 split when no --dev/--test is given"),
-    arg("-o", "--out", default="finetuned", help="output directory (classifier, report.json, split.json)"),
+    arg("-o", "--out", default="finetuned", output="dir", help="output directory (classifier, report.json, split.json)"),
+    *LONG_INPUTS,
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
@@ -597,7 +635,7 @@ def finetune_cmd(args: argparse.Namespace) -> int:
         label_column=args.label_column, mode=args.mode, soft_prompt=args.soft_prompt, pool=args.pool,
         layer=args.layer, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         probe_steps=args.probe_steps, seed=args.seed, split_seed=args.split_seed, max_train=args.max_train,
-        device=args.device, progress=not args.quiet,
+        crop=args.crop, windows=args.windows, device=args.device, progress=not args.quiet,
     ))  # fmt: skip
     return 0
 
@@ -609,7 +647,8 @@ def finetune_cmd(args: argparse.Namespace) -> int:
     arg("--fasta", default=None, help="FASTA/GenBank file of sequences"),
     arg("--csv", dest="csv_path", default=None, help="CSV/TSV with a sequence column"),
     arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
-    arg("-o", "--out", default=None, help="output TSV (default: <input>.predictions.tsv)"),
+    arg("-o", "--out", default=None, output="file", help="output TSV (default: <input>.predictions.tsv)"),
+    *LONG_INPUTS,
     arg("--batch-size", type=int, default=32, help="sequences per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
@@ -621,7 +660,8 @@ def predict_cmd(args: argparse.Namespace) -> int:
 
     print(predict_command(
         args.classifier, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
-        batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+        batch_size=args.batch_size, crop=args.crop, windows=args.windows, device=args.device,
+        progress=not args.quiet,
     ))  # fmt: skip
     return 0
 
@@ -635,7 +675,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
     arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
     arg("--fasta", required=True, help="FASTA/GenBank file (plain or gzip); every record is scored whole"),
     arg("--reduce", choices=["sum", "mean"], default="sum", help="sum or per-base mean of the log-likelihood"),
-    arg("-o", "--out", default=None, help="output TSV, written atomically; without it the table is printed"),
+    arg("-o", "--out", default=None, output="file", help="output TSV, written atomically; without it the table is printed"),
     arg("--long-from", type=int, default=32768,
         help="records of this many tokens or more go through the one-pass long-context path"),
     arg("--max-memory", type=float, default=None, metavar="GIB",
@@ -663,7 +703,7 @@ def score_cmd(args: argparse.Namespace) -> int:
     "export",
     "Make config.json + model.safetensors from a (sharded) training checkpoint or a run directory.",
     arg("src", metavar="CHECKPOINT_OR_RUN", help="checkpoint directory (sharded or not) or run directory (newest checkpoint)"),
-    arg("--out", required=True, metavar="DIR", help="model directory to write (atomically)"),
+    arg("--out", required=True, metavar="DIR", output="dir", help="model directory to write (atomically)"),
     arg("--force", action="store_true", help="replace DIR if it exists"),
 )
 def export_cmd(args: argparse.Namespace) -> int:
@@ -685,7 +725,7 @@ def export_cmd(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dnalm",
         description="Build DNA language models from scratch and put them to work.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -693,40 +733,71 @@ def build_parser() -> argparse.ArgumentParser:
     from dnalm import __version__
 
     parser.add_argument("--version", action="version", version=f"dnalm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, fn, help_, description, args in _COMMANDS:
         p = sub.add_parser(
             name, help=help_, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
+        outputs = {}
         for a in args:
-            p.add_argument(*a.flags, **a.kwargs)
-        p.set_defaults(_fn=fn)
+            action = p.add_argument(*a.flags, **a.kwargs)
+            if a.output:
+                outputs[action.dest] = (a.output, "/".join(a.flags))
+        p.set_defaults(_fn=fn, _outputs=outputs)
     return parser
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from dnalm.checkpoint import CheckpointError
     from dnalm.config import ConfigError
+    from dnalm.data.errors import DataError
+    from dnalm.outputs import OutputError
     from dnalm.tokenizer import InvalidSequenceError
 
-    types: list[type[BaseException]] = [UserError, ConfigError, CheckpointError, InvalidSequenceError]
-    try:
-        from dnalm.data.errors import DataError
+    return (UserError, ConfigError, CheckpointError, InvalidSequenceError, DataError, OutputError)
 
-        types.append(DataError)
-    except ImportError:
-        pass
-    return tuple(types)
+
+# commands that score or embed with a model's weights: a preset name there means random weights
+_USES_WEIGHTS = {"eval", "generate", "score", "score-variants", "essentiality", "dms", "embed", "finetune", "boundaries"}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from dnalm.outputs import check_output
+
+    for dest, (kind, flag) in getattr(args, "_outputs", {}).items():
+        value = getattr(args, dest, None)
+        if value is not None and str(value) != "-":
+            check_output(value, kind, f"{flag} output")
+
+
+def _warn_untrained(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dnalm.presets import PRESETS
+
+    model = getattr(args, "model", None)
+    if args.command in _USES_WEIGHTS and model in PRESETS and not Path(model).exists():
+        print(f"dnalm {args.command}: warning: {model} is a preset, built with random (untrained) weights; its "
+              "scores mean nothing. Pass a run or checkpoint directory to use trained weights.", file=sys.stderr)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_fn", None):
         parser.print_help()
         return 2
     try:
-        return int(args._fn(args) or 0)
+        _check_outputs(args)
+        code = int(args._fn(args) or 0)
+        _warn_untrained(args)  # after the results, so that an error stays one line
+        return code
     except KeyboardInterrupt:
         print("dnalm: interrupted", file=sys.stderr)
         return 130
@@ -734,11 +805,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except _user_error_types() as e:
-        print(f"dnalm {args.command}: error: {e}", file=sys.stderr)
+        print(f"dnalm {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
-        print(f"dnalm {args.command}: error: {e}", file=sys.stderr)
+    except OSError as e:  # an input or output the readers and writers did not name (permissions, devices)
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"dnalm {args.command}: error: {where}{e.strerror or _one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug, not a user mistake: still one line, exit 1
+        if os.environ.get("DNALM_DEBUG"):
+            raise
+        print(f"dnalm {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+              "(please report it; DNALM_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

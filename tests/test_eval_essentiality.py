@@ -89,7 +89,7 @@ def test_label_errors(tmp_path, model):
     with pytest.raises(DataError, match=r"2 labels that are not 0/1: line 3 essential_x is empty; line 4 essential_x='yes'"):
         read_labels(p)
     p.write_text("gene_id\tessential_x\nb0001\t1\n")
-    with pytest.raises(DataError, match="needs a locus_tag"):
+    with pytest.raises(DataError, match=r"no locus_tag \(or gene\) column"):
         read_labels(p)
     p.write_text("locus_tag\tscore\nb0001\t1\n")
     with pytest.raises(DataError, match="no label columns"):

@@ -42,6 +42,7 @@ import numpy as np
 from dnalm.data.annotation import Feature, annotation_format, check_features, gene_features, read_annotations
 from dnalm.data.errors import DataError
 from dnalm.data.fasta import read_sequences, sniff_format
+from dnalm.data.tables import check_input_file
 from dnalm.tokenizer import C, G, N
 
 STORE_FORMAT = "dnalm-token-store"
@@ -217,11 +218,10 @@ def prepare(
     val_records = _check_patterns(val_records, "--val-records")
     test_records = _check_patterns(test_records, "--test-records")
     circular = _check_patterns(circular, "--circular")
-    for p in [*inputs, *annotations]:
-        if not p.is_file():
-            raise DataError(f"{p}: no such file")
-        if p.stat().st_size == 0:
-            raise DataError(f"{p}: empty file")
+    for p in inputs:
+        check_input_file(p, "genome file")
+    for p in annotations:
+        check_input_file(p, "annotation file")
 
     options = {
         "val_fraction": float(val_fraction),

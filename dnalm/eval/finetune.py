@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from dnalm.data.errors import DataError
-from dnalm.tokenizer import UNK, encode_bytes
+from dnalm.eval.embed import long_policy
+from dnalm.tokenizer import UNK
 
 CLASSIFIER_FORMAT = "dnalm-classifier"
 
@@ -62,18 +63,33 @@ class LabeledData:
 def read_labeled(
     path: str | Path, seq_column: str | None = None, label_column: str | None = None
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[str]]:
-    """CSV/TSV -> (raw label strings, token ids, lower masks, row names). Needs sequence and label columns."""
-    from dnalm.eval.embed import read_table
+    """CSV/TSV -> (raw label strings, token ids, lower masks, row names ``FILE:LINE``). Needs sequence and
+    label columns (:func:`dnalm.eval.embed.read_sequence_table`). Numeric labels must be whole numbers
+    (a stray ``0.5`` among 0/1 labels is an error, not a third class)."""
+    from dnalm.data.tables import listing
+    from dnalm.eval.embed import encode_column, read_sequence_table
 
-    rows, _, sc, lc = read_table(path, seq_column, label_column, need_label=True)
-    labels, seqs, lows, names = [], [], [], []
-    for i, r in enumerate(rows):
-        ids, low = encode_bytes(r[sc].strip().encode(), f"{path} row {i + 2}")
-        seqs.append(ids)
-        lows.append(low)
-        labels.append(r[lc].strip())
-        names.append(f"{Path(path).name}:{i + 2}")
+    table, sc, lc = read_sequence_table(path, seq_column, label_column, need_label=True)
+    labels = table.values(lc)
+    numbers = [_as_float(v) for v in labels]
+    if all(x is not None for x in numbers):
+        odd = [f"line {ln}: {v!r}" for ln, v, x in zip(table.lines, labels, numbers) if not float(x).is_integer()]
+        if odd:
+            raise DataError(
+                f"{table.name}: " + listing(odd, f"labels in column {table.header[lc]!r} that are not whole numbers")
+                + " (the other labels are class numbers; fix these rows)"
+            )
+    seqs, lows = encode_column(table, sc)
+    names = [f"{Path(table.name).name}:{ln}" for ln in table.lines]
     return labels, seqs, lows, names
+
+
+def _as_float(v: str) -> float | None:
+    try:
+        x = float(v)
+    except ValueError:
+        return None
+    return x if np.isfinite(x) else None
 
 
 def class_names(*label_lists: Sequence[str]) -> list[str]:
@@ -187,18 +203,17 @@ def _model_inputs(model: Any, seqs: Sequence[np.ndarray], lows: Sequence[np.ndar
     return list(seqs)
 
 
-def _check_lengths(model: Any, data: LabeledData, n_prompt: int) -> None:
-    from dnalm.eval.embed import window_bases
+def _fit(
+    model: Any, data: LabeledData, n_prompt: int, crop: str | None, windows: bool
+) -> tuple[list[list[np.ndarray]], int]:
+    """The sequences of ``data`` as lists of windows that fit the model (after the prompt); a longer
+    sequence is an error unless ``crop`` or ``windows`` says what to do (:func:`dnalm.eval.embed.fit_to_context`)."""
+    from dnalm.eval.embed import fit_to_context, window_bases
 
-    limit = window_bases(model) - n_prompt
-    too_long = [f"{n} ({len(s)} bp)" for n, s in zip(data.names, data.seqs) if len(s) > limit]
-    if too_long:
-        from dnalm.eval.variants import _listing
-
-        raise DataError(
-            f"{data.source}: " + _listing(too_long, f"sequences longer than the model's {limit} bases"
-                                          + (f" (after {n_prompt} prompt tokens)" if n_prompt else ""))
-        )
+    seqs = _model_inputs(model, data.seqs, data.lower)
+    what = f"the model's (after {n_prompt} prompt tokens)" if n_prompt else "the model's"
+    return fit_to_context(seqs, window_bases(model) - n_prompt, crop=crop, windows=windows, names=data.names,
+                          source=data.source, what=what)
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -206,21 +221,49 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[n
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-@torch.no_grad()
-def predict_proba(clf: Any, seqs: Sequence[np.ndarray], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-    """Class probabilities (N, C) of a ``SequenceClassifier`` for token-id sequences."""
+def _pooled(clf: Any, items: Sequence[np.ndarray | list[np.ndarray]]) -> torch.Tensor:
+    """Pooled features (B, D) of sequences, each a token-id array or a list of windows of one. Over windows,
+    mean pooling takes the base-weighted mean of the window features (the mean over all bases) and last
+    pooling the last window's feature, as ``dnalm embed --windows`` does."""
     from dnalm.eval.embed import batch_ids
+
+    items = [it if isinstance(it, list) else [it] for it in items]
+    flat = [w for it in items for w in it]
+    x, m = batch_ids(clf.lm, flat)
+    f = clf.features(x.to(clf.lm.device), m.to(clf.lm.device))  # (W, D)
+    if len(flat) == len(items):
+        return f
+    out, k = [], 0
+    for it in items:
+        fw = f[k : k + len(it)]  # (n_windows, D)
+        k += len(it)
+        if clf.pool == "mean":
+            w = torch.tensor([len(win) for win in it], dtype=fw.dtype, device=fw.device)
+            out.append((fw * w[:, None]).sum(0) / w.sum())
+        else:
+            out.append(fw[-1])
+    return torch.stack(out)  # (B, D)
+
+
+def _length(item: np.ndarray | list[np.ndarray]) -> int:
+    return sum(len(w) for w in item) if isinstance(item, list) else len(item)
+
+
+@torch.no_grad()
+def predict_proba(
+    clf: Any, seqs: Sequence[np.ndarray | list[np.ndarray]], batch_size: int = 32, progress: bool = False
+) -> np.ndarray:
+    """Class probabilities (N, C) of a ``SequenceClassifier`` for token-id sequences (or lists of windows)."""
     from dnalm.eval.metrics import progress as bar
 
     was = clf.training
     clf.eval()
     out = []
-    order = np.argsort([-len(s) for s in seqs], kind="stable")
+    order = np.argsort([-_length(s) for s in seqs], kind="stable")
     try:
         for idx in bar(_batches(len(seqs), batch_size, None), desc="predict", enabled=progress):
             sel = order[idx]
-            x, m = batch_ids(clf.lm, [seqs[i] for i in sel])
-            logits = clf(x.to(clf.lm.device), m.to(clf.lm.device))
+            logits = clf.head(_pooled(clf, [seqs[i] for i in sel]))
             out.append((sel, torch.softmax(logits.float(), -1).cpu().numpy()))
     finally:
         clf.train(was)
@@ -231,14 +274,12 @@ def predict_proba(clf: Any, seqs: Sequence[np.ndarray], batch_size: int = 32, pr
 
 
 @torch.no_grad()
-def _features(clf: Any, seqs: Sequence[np.ndarray], batch_size: int, progress: bool, desc: str) -> torch.Tensor:
-    from dnalm.eval.embed import batch_ids
+def _features(clf: Any, seqs: Sequence[list[np.ndarray]], batch_size: int, progress: bool, desc: str) -> torch.Tensor:
     from dnalm.eval.metrics import progress as bar
 
     feats = torch.zeros(len(seqs), clf.lm.config.d_model)
     for idx in bar(_batches(len(seqs), batch_size, None), desc=desc, enabled=progress):
-        x, m = batch_ids(clf.lm, [seqs[i] for i in idx])
-        feats[torch.from_numpy(idx)] = clf.features(x.to(clf.lm.device), m.to(clf.lm.device)).float().cpu()
+        feats[torch.from_numpy(idx)] = _pooled(clf, [seqs[i] for i in idx]).float().cpu()
     return feats
 
 
@@ -267,9 +308,14 @@ def finetune(
     probe_steps: int = 500,
     seed: int = 0,
     kmer_ks: Sequence[int] = (3, 4, 5, 6),
+    crop: str | None = None,
+    windows: bool = False,
     progress: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a classifier (see the module docstring); returns (SequenceClassifier, report dict).
+
+    A sequence longer than the model's context is an error unless ``crop`` (center, left or right: keep one
+    window) or ``windows`` (pool over tiled windows) says what to do (:func:`dnalm.eval.embed.fit_to_context`).
 
     ``lr`` defaults: probe 1e-2, soft prompt 1e-2, full fine-tuning 3e-4.
     """
@@ -289,11 +335,10 @@ def finetune(
     n_classes = len(classes)
     if n_classes < 2:
         raise DataError(f"{train.source}: needs at least two classes (found {classes})")
-    for d in (train, dev, test):
-        _check_lengths(model, d, soft_prompt)
+    fits = {name: _fit(model, d, soft_prompt, crop, windows) for name, d in (("train", train), ("dev", dev), ("test", test))}
+    X = {name: f[0] for name, f in fits.items()}
     lm = copy.deepcopy(model).float()
     clf = SequenceClassifier(lm, n_classes, pool=pool, layer=layer, soft_prompt=soft_prompt, seed=seed)
-    X = {name: _model_inputs(lm, d.seqs, d.lower) for name, d in (("train", train), ("dev", dev), ("test", test))}
     cw = class_weights(train.labels, n_classes)
     kind = "full" if mode == "full" else ("soft_prompt" if soft_prompt else "probe")
     history: list[dict[str, Any]] = []
@@ -344,8 +389,6 @@ def finetune(
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min((s + 1) / warm, max(0.0, (n_steps - s) / max(n_steps - warm, 1)))
         )
-        from dnalm.eval.embed import batch_ids
-
         best = (-math.inf, None, 0)
         trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
         step = 0
@@ -356,8 +399,7 @@ def finetune(
             losses = []
             batches = _batches(len(X["train"]), batch_size, rng)
             for idx in bar(batches, desc=f"epoch {epoch}/{epochs}", enabled=progress):
-                x, m = batch_ids(lm, [X["train"][i] for i in idx])
-                logits = clf(x.to(lm.device), m.to(lm.device))
+                logits = clf.head(_pooled(clf, [X["train"][i] for i in idx]))
                 y = torch.from_numpy(train.labels[idx]).to(lm.device)
                 loss = F.cross_entropy(logits, y, weight=cw.to(lm.device))
                 opt.zero_grad()
@@ -387,6 +429,8 @@ def finetune(
         "pool": pool,
         "layer": layer,
         "soft_prompt": soft_prompt,
+        "long_inputs": long_policy(crop, windows),
+        "longer_than_context": sum(f[1] for f in fits.values()),
         "classes": classes,
         "sizes": {"train": len(train.labels), "dev": len(dev.labels), "test": len(test.labels)},
         "train_class_counts": np.bincount(train.labels, minlength=n_classes).tolist(),
@@ -484,10 +528,11 @@ def load_sets(
         data = {"train": subset(full, tr, f"{train} (seeded split, train)"),
                 "dev": subset(full, dv, f"{train} (seeded split, dev)"),
                 "test": subset(full, te, f"{train} (seeded split, test)")}
+        line = [int(n.rsplit(":", 1)[1]) for n in full.names]  # names are FILE:LINE
         split_info = {"source": str(train), "fractions": [0.8, 0.1, 0.1], "stratified": True, "seed": split_seed,
-                      "train_rows": [int(i) + 2 for i in tr], "dev_rows": [int(i) + 2 for i in dv],
-                      "test_rows": [int(i) + 2 for i in te],
-                      "note": "row numbers are 1-based file lines (line 1 is the header)"}
+                      "train_rows": [line[i] for i in tr], "dev_rows": [line[i] for i in dv],
+                      "test_rows": [line[i] for i in te],
+                      "note": "row numbers are 1-based file lines (the header and any comment lines count)"}
     if max_train is not None and max_train < len(data["train"].labels):
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(data["train"].labels), max_train, replace=False))
@@ -517,17 +562,20 @@ def finetune_command(
     seq_column: str | None = None, label_column: str | None = None, mode: str = "probe", soft_prompt: int = 0,
     pool: str = "mean", layer: int = -1, epochs: int = 3, lr: float | None = None, batch_size: int = 32,
     probe_steps: int = 500, seed: int = 0, split_seed: int = 0, max_train: int | None = None,
-    device: str = "cpu", progress: bool = True,
+    crop: str | None = None, windows: bool = False, device: str = "cpu", progress: bool = True,
 ) -> str:
     """``dnalm finetune``: read the sets (or split one seeded), train, compare with k-mers, save; summary."""
     import dnalm
+    from dnalm.outputs import check_output
 
     data, classes, split_info = load_sets(train, dev, test, seq_column=seq_column, label_column=label_column,
                                           split_seed=split_seed, max_train=max_train, seed=seed)
+    check_output(out, "dir", "classifier directory")
     model = dnalm.load(model_path, device=device)
     clf, report = finetune(model, data["train"], data["dev"], data["test"], classes, mode=mode,
                            soft_prompt=soft_prompt, pool=pool, layer=layer, epochs=epochs, lr=lr,
-                           batch_size=batch_size, probe_steps=probe_steps, seed=seed, progress=progress)
+                           batch_size=batch_size, probe_steps=probe_steps, seed=seed, crop=crop, windows=windows,
+                           progress=progress)
     report["base_model"] = str(model_path)
     files = {"report.json": json.dumps(report, indent=1) + "\n"}
     if split_info:
@@ -539,7 +587,9 @@ def finetune_command(
         f"{report['mode']} ({pool} pooling, layer {layer}"
         + (f", {soft_prompt} prompt tokens" if soft_prompt else "") + f"): train {s['train']}, dev {s['dev']}, "
         f"test {s['test']}; classes {classes} with train counts {report['train_class_counts']}"
-        + (f"; seeded stratified 80/10/10 split (seed {split_seed}) saved to {out}/split.json" if split_info else ""),
+        + (f"; seeded stratified 80/10/10 split (seed {split_seed}) saved to {out}/split.json" if split_info else "")
+        + (f"; {report['longer_than_context']} sequences longer than the context: {report['long_inputs']}"
+           if report["longer_than_context"] else ""),
         f"{'':<22}{'accuracy':>9}{'MCC':>9}{'AUROC':>9}",
         f"{'model (test)':<22}{t['accuracy']:>9.4f}{t['mcc']:>9.4f}{t['auroc']:>9.4f}",
         f"{'k-mer LR (test)':<22}{b['accuracy']:>9.4f}{b['mcc']:>9.4f}{b['auroc']:>9.4f}"
@@ -552,28 +602,29 @@ def finetune_command(
 
 def predict_command(
     classifier: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
-    out: str | None = None, batch_size: int = 32, device: str = "cpu", progress: bool = True,
+    out: str | None = None, batch_size: int = 32, crop: str | None = None, windows: bool = False,
+    device: str = "cpu", progress: bool = True,
 ) -> str:
     """``dnalm predict``: class probabilities of new sequences with a fine-tuned classifier -> TSV."""
-    from dnalm.eval.embed import read_sequence_file, window_bases
+    from dnalm.data.tables import is_regular_file
+    from dnalm.eval.embed import fit_to_context, read_sequence_file, window_bases
     from dnalm.eval.metrics import write_tsv
+    from dnalm.outputs import check_output
 
     if (fasta is None) == (csv_path is None):
         raise DataError("give exactly one of --fasta or --csv")
-    clf, classes = load_classifier(classifier, device)
     src = fasta or csv_path
+    stem = Path(src).name.split(".")[0] if is_regular_file(src) else "sequences"
+    out_path = check_output(Path(out) if out else Path(stem + ".predictions.tsv"), "file", "output TSV")
     ids, toks, lows = read_sequence_file(src, column=column)
+    clf, classes = load_classifier(classifier, device)
     toks = _model_inputs(clf.lm, toks, lows)
-    limit = window_bases(clf.lm) - clf.n_prompt
-    long = [f"{i} ({len(t)} bp)" for i, t in zip(ids, toks) if len(t) > limit]
-    if long:
-        from dnalm.eval.variants import _listing
-
-        raise DataError(f"{src}: " + _listing(long, f"sequences longer than the classifier's {limit} bases"))
-    probs = predict_proba(clf, toks, batch_size, progress)
-    out_path = Path(out) if out else Path(Path(src).name.split(".")[0] + ".predictions.tsv")
+    fitted, n_long = fit_to_context(toks, window_bases(clf.lm) - clf.n_prompt, crop=crop, windows=windows, names=ids,
+                                    source=str(src), what="the classifier's")
+    probs = predict_proba(clf, fitted, batch_size, progress)
     header = ["id", "predicted", *[f"prob_{c}" for c in classes]]
     rows = ([i, classes[int(p.argmax())], *p.tolist()] for i, p in zip(ids, probs))
-    write_tsv(out_path, header, rows, [f"classifier {classifier}"])
+    write_tsv(out_path, header, rows, [f"classifier {classifier}", f"long inputs: {long_policy(crop, windows)}"])
     counts = np.bincount(probs.argmax(1), minlength=len(classes))
-    return f"predicted {len(ids)} sequences -> {out_path} ({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))})"
+    return (f"predicted {len(ids)} sequences -> {out_path} ({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))})"
+            + (f"; {n_long} longer than the context: {long_policy(crop, windows)}" if n_long else ""))

@@ -30,19 +30,18 @@ and ``M``/``MT`` match each other).
 
 from __future__ import annotations
 
-import gzip
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from dnalm.data.errors import DataError
+from dnalm.data.tables import display_name, is_regular_file, listing, parse_table, read_lines
 from dnalm.tokenizer import BOS, UNK, encode_bytes, reverse_complement_ids
 
-MAX_LISTED = 12  # offending rows listed in one error message
 
 
 # ------------------------------------------------------------------------------------------ scoring core
@@ -152,18 +151,7 @@ REF_COLUMNS = ("ref", "reference", "ref_allele")
 ALT_COLUMNS = ("alt", "alternate", "alt_allele")
 
 
-def _open_text(path: Path):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", newline="")
-    return open(path, newline="")
-
-
-def _listing(items: list[str], what: str) -> str:
-    shown = "; ".join(items[:MAX_LISTED])
-    more = f"; ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return f"{len(items)} {what}: {shown}{more}"
+_listing = listing  # shared with the other table readers
 
 
 def read_variants(
@@ -183,22 +171,19 @@ def read_variants(
     alleles that are not A/C/G/T/N (symbolic ``<DEL>``, ``*``, ``.``), and non-SNV rows unless
     ``allow_indels`` (then simple indels with explicit alleles are accepted).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: variant file not found")
-    with _open_text(path) as fh:
-        lines = fh.read().splitlines()
+    lines = read_lines(path, "variant file")
+    name = display_name(path)
     if not any(line.strip() for line in lines):
-        raise DataError(f"{path}: the variant file is empty")
-    is_vcf = path.name.lower().endswith((".vcf", ".vcf.gz")) or lines[0].startswith("##fileformat=VCF") or any(
+        raise DataError(f"{name}: the variant file is empty (only blank lines)")
+    is_vcf = str(path).lower().endswith((".vcf", ".vcf.gz")) or lines[0].startswith("##fileformat=VCF") or any(
         line.startswith("#CHROM") for line in lines[:5000]
     )
-    variants, info, bad = (_parse_vcf if is_vcf else _parse_table)(path, lines, pos_column)
+    variants, info, bad = (_parse_vcf if is_vcf else _parse_table)(name, lines, pos_column)
     if bad:
-        raise DataError(f"{path}: " + _listing(bad, "malformed rows"))
+        raise DataError(f"{name}: " + _listing(bad, "malformed rows"))
     if not variants:
-        raise DataError(f"{path}: no variants found")
-    check_variants(variants, path, allow_indels)
+        raise DataError(f"{name}: no variants found (no data lines after the header)")
+    check_variants(variants, name, allow_indels)
     info["format"] = "vcf" if is_vcf else "table"
     return variants, info
 
@@ -227,7 +212,7 @@ def check_variants(variants: list[Variant], path: str | Path, allow_indels: bool
             )
 
 
-def _parse_vcf(path: Path, lines: list[str], pos_column: str | None):
+def _parse_vcf(path: str, lines: list[str], pos_column: str | None):
     variants: list[Variant] = []
     bad: list[str] = []
     seen_header = False
@@ -262,40 +247,17 @@ def _parse_vcf(path: Path, lines: list[str], pos_column: str | None):
     return variants, {"chrom": "CHROM", "pos": "POS", "ref": "REF", "alt": "ALT"}, bad
 
 
-def _parse_table(path: Path, lines: list[str], pos_column: str | None):
-    body = [(i, line) for i, line in enumerate(lines, 1) if line.strip() and not line.startswith("##")]
-    head_no, header_line = body[0]
-    delim = "\t" if "\t" in header_line else ("," if "," in header_line else None)
-    if delim is None:
-        raise DataError(f"{path}: line {head_no}: cannot find a tab- or comma-separated header")
-    header = [h.strip() for h in header_line.lstrip("#").split(delim)]
-    lower = [h.lower() for h in header]
-
-    def pick(candidates: Iterable[str], what: str, explicit: str | None = None) -> int:
-        if explicit is not None:
-            if explicit.lower() not in lower:
-                raise DataError(f"{path}: no column {explicit!r} (columns: {', '.join(header)})")
-            return lower.index(explicit.lower())
-        for c in candidates:
-            if c.lstrip("#") in lower:
-                return lower.index(c.lstrip("#"))
-        raise DataError(
-            f"{path}: no {what} column (looked for {', '.join(candidates)}; columns: {', '.join(header)})"
-        )
-
-    ic = pick(CHROM_COLUMNS, "chromosome")
-    ip = pick(POS_COLUMNS, "position", pos_column)
-    ir = pick(REF_COLUMNS, "reference allele")
-    ia = pick(ALT_COLUMNS, "alternative allele")
+def _parse_table(path: str, lines: list[str], pos_column: str | None):
+    table = parse_table(lines, path, "variant table", delimiters=("\t", ","))
+    ic = table.column(None, CHROM_COLUMNS, "chromosome")
+    ip = table.column(pos_column, POS_COLUMNS, "position", option="--pos-column")
+    ir = table.column(None, REF_COLUMNS, "reference allele")
+    ia = table.column(None, ALT_COLUMNS, "alternative allele")
+    header = table.header
+    id_col = table.column(None, ("id", "variant_id", "name"), "id", required=False)
     variants: list[Variant] = []
     bad: list[str] = []
-    for lineno, line in body[1:]:
-        if line.startswith("#"):
-            continue
-        cols = [c.strip() for c in line.rstrip("\r").split(delim)]
-        if len(cols) != len(header):
-            bad.append(f"line {lineno}: {len(cols)} columns, the header has {len(header)}")
-            continue
+    for lineno, cols in zip(table.lines, table.rows):
         try:
             pos = int(cols[ip])
         except ValueError:
@@ -304,7 +266,7 @@ def _parse_table(path: Path, lines: list[str], pos_column: str | None):
         if pos < 1:
             bad.append(f"line {lineno}: {header[ip]} {pos} < 1 (positions are 1-based)")
             continue
-        vid = next((cols[lower.index(k)] for k in ("id", "variant_id", "name") if k in lower), ".")
+        vid = cols[id_col] if id_col is not None else "."
         variants.append(Variant(lineno, cols[ic], pos, cols[ir], cols[ia], vid, dict(zip(header, cols))))
     return variants, {"chrom": header[ic], "pos": header[ip], "ref": header[ir], "alt": header[ia]}, bad
 
@@ -455,29 +417,34 @@ class VariantResults:
 
 
 def binary_labels(
-    values: Sequence[tuple[int, str | None]], column: str, positive: Sequence[str] | None
+    values: Sequence[tuple[int, str | None]], column: str, positive: Sequence[str] | None, source: str | None = None
 ) -> np.ndarray:
-    """(row, raw value) pairs -> 0/1 labels. Raises DataError on missing/empty values or ambiguity."""
+    """(row, raw value) pairs -> 0/1 labels. Raises DataError on missing/empty values, ambiguity, or labels
+    that are all one class (an AUROC needs both), before any scoring is spent on them."""
+    where = f"{source}: label column {column!r}" if source else f"label column {column!r}"
     missing = [f"line {row}" for row, v in values if v is None or str(v).strip() in ("", ".", "NA", "nan")]
     if missing:
-        raise DataError(f"label column {column!r}: " + _listing(missing, "rows with an empty or missing label"))
+        raise DataError(f"{where}: " + _listing(missing, "rows with an empty or missing label"))
     raw = [str(v).strip() for _, v in values]
     distinct = sorted(set(raw))
     if positive:
         pos = {p.strip() for p in positive}
         unknown = pos - set(distinct)
         if unknown:
+            raise DataError(f"{where}: positive value(s) {sorted(unknown)} never occur (values: {distinct[:20]})")
+        y = np.array([1 if v in pos else 0 for v in raw], dtype=np.int64)
+    else:
+        truthy, falsy = {"1", "true", "yes", "1.0"}, {"0", "false", "no", "0.0"}
+        if not set(v.lower() for v in distinct) <= truthy | falsy:
             raise DataError(
-                f"label column {column!r}: positive value(s) {sorted(unknown)} never occur (values: {distinct[:20]})"
+                f"{where} holds {len(distinct)} distinct values ({', '.join(distinct[:10])}); "
+                "name the positive class(es) with --positive (e.g. --positive LOF)"
             )
-        return np.array([1 if v in pos else 0 for v in raw], dtype=np.int64)
-    truthy, falsy = {"1", "true", "yes", "1.0"}, {"0", "false", "no", "0.0"}
-    if set(v.lower() for v in distinct) <= truthy | falsy:
-        return np.array([1 if v.lower() in truthy else 0 for v in raw], dtype=np.int64)
-    raise DataError(
-        f"label column {column!r} holds {len(distinct)} distinct values ({', '.join(distinct[:10])}); "
-        "name the positive class(es) with --positive (e.g. --positive LOF)"
-    )
+        y = np.array([1 if v.lower() in truthy else 0 for v in raw], dtype=np.int64)
+    if len(y) and y.min() == y.max():
+        which = "positive" if y[0] else "negative"
+        raise DataError(f"{where}: all {len(y)} labels are {which}; an AUROC needs both classes")
+    return y
 
 
 def score_variants(
@@ -619,7 +586,7 @@ def direct_delta(model: Any, ref_seq: str, alt_seq: str) -> float:
 
 
 def _default_out(path: str | Path, suffix: str) -> Path:
-    name = Path(path).name
+    name = Path(path).name if is_regular_file(path) else "variants"  # stdin or a pipe: no useful name
     for ext in (".gz", ".vcf", ".tsv", ".csv", ".txt"):
         name = name.removesuffix(ext)
     return Path(f"{name}{suffix}")
@@ -635,58 +602,67 @@ def score_variants_command(
     """``dnalm score-variants``: score, write the TSV (and ROC plot with labels), return a summary."""
     import dnalm
     from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot
+    from dnalm.outputs import check_output, output_group
 
-    model = dnalm.load(model_path, device=device)
+    # inputs and outputs are checked before the model is loaded: a mistake costs no model time
     vlist, columns = read_variants(variants, allow_indels=indels, pos_column=pos_column)
-    if label_column is not None and not any(label_column in v.fields for v in vlist):
-        raise DataError(f"{variants}: no column {label_column!r} (columns: {', '.join(vlist[0].fields) or 'none'})")
+    for c in ([label_column] if label_column is not None else []) + list(baseline_columns):
+        if not any(c in v.fields for v in vlist):
+            raise DataError(
+                f"{display_name(variants)}: no column {c!r} (columns: {', '.join(vlist[0].fields) or 'none'})"
+            )
     y = None
     if label_column is not None:  # check the labels before spending time on the model
-        y = binary_labels([(v.row, v.fields.get(label_column)) for v in vlist], label_column, positive)
+        y = binary_labels([(v.row, v.fields.get(label_column)) for v in vlist], label_column, positive,
+                          display_name(variants))
+    out_path = check_output(Path(out) if out else _default_out(variants, ".scores.tsv"), "file", "output TSV")
+    if label_column is not None:
+        check_output(Path(plot) if plot else out_path.with_suffix(".roc.png"), "file", "ROC plot")
+    model = dnalm.load(model_path, device=device)
     res = score_variants(model, fasta, vlist, window=window, rc_average=rc_average, fasta_offset=fasta_offset,
                          pos_column=pos_column, allow_indels=indels, batch_size=batch_size, progress=progress,
                          source=str(variants))
     res.columns = columns
     res.notes.append("columns used: " + ", ".join(f"{k}={v}" for k, v in columns.items()))
-    out_path = Path(out) if out else _default_out(variants, ".scores.tsv")
     extra = [label_column] if label_column else []
     for r in res.rows:
         if label_column:
             r[label_column] = r["_fields"].get(label_column)
         for b in baseline_columns:
             r[b] = r["_fields"].get(b)
-    res.write_tsv(out_path, extra + [b for b in baseline_columns if b not in extra])
-    lines = [
-        f"scored {len(res.rows)} variants ({res.n_windows_scored} distinct windows, {res.notes[0]}) "
-        f"in {res.seconds:.1f} s = {len(res.rows) / max(res.seconds, 1e-9):.2f} variants/s -> {out_path}",
-    ]
-    if y is not None:
-        score = -np.array([r["delta_sum"] for r in res.rows])
-        try:
-            a = auroc(y, score)
-            lo, hi = auroc_ci(y, score)
-        except MetricError as e:
-            raise DataError(f"label column {label_column!r}: {e}") from None
-        pos_name = ",".join(positive) if positive else "1"
-        lines.append(f"AUROC ({label_column} = {pos_name} vs the rest, score -delta_sum): {a:.4f} "
-                     f"(95% bootstrap CI {lo:.3f}-{hi:.3f}; {int(y.sum())} positive, {int(len(y) - y.sum())} negative)")
-        curves = {"model (-delta)": (y, score)}
-        for b in baseline_columns:
-            vals = np.array([_float_or_nan(r["_fields"].get(b)) for r in res.rows])
-            ok = np.isfinite(vals)
-            if ok.sum() < len(vals):
-                lines.append(f"baseline {b}: {int((~ok).sum())} rows without a number are left out of its AUROC")
+    with output_group():  # the TSV and the ROC plot appear together, or neither
+        res.write_tsv(out_path, extra + [b for b in baseline_columns if b not in extra])
+        lines = [
+            f"scored {len(res.rows)} variants ({res.n_windows_scored} distinct windows, {res.notes[0]}) "
+            f"in {res.seconds:.1f} s = {len(res.rows) / max(res.seconds, 1e-9):.2f} variants/s -> {out_path}",
+        ]
+        if y is not None:
+            score = -np.array([r["delta_sum"] for r in res.rows])
             try:
-                ab = auroc(y[ok], vals[ok])
+                a = auroc(y, score)
+                lo, hi = auroc_ci(y, score)
             except MetricError as e:
-                lines.append(f"baseline {b}: {e}")
-                continue
-            lines.append(f"baseline AUROC of {b} (higher = more damaging): {ab:.4f}")
-            if ok.all():
-                curves[b] = (y, vals)
-        plot_path = Path(plot) if plot else out_path.with_suffix(".roc.png")
-        save_roc_plot(plot_path, curves, title=f"{Path(variants).name}: {label_column}")
-        lines.append(f"ROC plot -> {plot_path}")
+                raise DataError(f"{display_name(variants)}: label column {label_column!r}: {e}") from None
+            pos_name = ",".join(positive) if positive else "1"
+            lines.append(f"AUROC ({label_column} = {pos_name} vs the rest, score -delta_sum): {a:.4f} "
+                         f"(95% bootstrap CI {lo:.3f}-{hi:.3f}; {int(y.sum())} positive, {int(len(y) - y.sum())} negative)")
+            curves = {"model (-delta)": (y, score)}
+            for b in baseline_columns:
+                vals = np.array([_float_or_nan(r["_fields"].get(b)) for r in res.rows])
+                ok = np.isfinite(vals)
+                if ok.sum() < len(vals):
+                    lines.append(f"baseline {b}: {int((~ok).sum())} rows without a number are left out of its AUROC")
+                try:
+                    ab = auroc(y[ok], vals[ok])
+                except MetricError as e:
+                    lines.append(f"baseline {b}: {e}")
+                    continue
+                lines.append(f"baseline AUROC of {b} (higher = more damaging): {ab:.4f}")
+                if ok.all():
+                    curves[b] = (y, vals)
+            plot_path = Path(plot) if plot else out_path.with_suffix(".roc.png")
+            save_roc_plot(plot_path, curves, title=f"{display_name(variants)}: {label_column}")
+            lines.append(f"ROC plot -> {plot_path}")
     return "\n".join(lines)
 
 
