@@ -28,7 +28,7 @@ def load(path: str | Path, device: str = "cpu") -> DNALM:
     ``dnalm.hf.HyenaDNAClassifier`` for a sequence-classification checkpoint. Raises ``FileNotFoundError`` or
     ``dnalm.checkpoint.CheckpointError`` with a message naming the problem.
     """
-    from dnalm.checkpoint import is_native_checkpoint, load_pretrained
+    from dnalm.checkpoint import CheckpointError, is_native_checkpoint, load_pretrained, read_config_json
     from dnalm.presets import PRESETS
 
     p = Path(path)
@@ -36,6 +36,10 @@ def load(path: str | Path, device: str = "cpu") -> DNALM:
         if str(path) in PRESETS:
             return DNALM(get_preset(str(path))).to(device)
         raise FileNotFoundError(f"{path}: no such file, directory or preset (presets: {', '.join(list_presets())})")
+    if not p.is_dir():
+        raise CheckpointError(f"{path}: is a file; expected a checkpoint or run directory, or a preset name")
+    if (p / "config.json").is_file():
+        read_config_json(p / "config.json")  # a damaged config.json is named as such, not as "no checkpoint"
     if is_native_checkpoint(p):
         return load_pretrained(p, device)
     from dnalm import hf
@@ -47,6 +51,4 @@ def load(path: str | Path, device: str = "cpu") -> DNALM:
     run_model = latest_model_dir(p)
     if run_model is not None:
         return load_pretrained(run_model, device)
-    from dnalm.checkpoint import CheckpointError
-
     raise CheckpointError(f"{path}: not a dnalm checkpoint or run directory (no config.json + model.safetensors)")

@@ -52,9 +52,27 @@ def is_native_checkpoint(path: Path) -> bool:
     if not (cfg.is_file() and (path / WEIGHTS_FILE).is_file()):
         return False
     try:
-        return json.loads(cfg.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = json.loads(cfg.read_text())
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON
         return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """``path`` (a config.json) as a dict; CheckpointError naming the file when it is unreadable, not UTF-8,
+    not JSON, or JSON whose top level is not an object."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start + 1}); not a valid config.json") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the top level is a JSON {type(meta).__name__}, not an object (a mapping of settings)")
+    return meta
 
 
 def read_checkpoint_meta(path: str | Path, fmt: str, wrong_format: str) -> dict[str, Any]:
@@ -66,13 +84,9 @@ def read_checkpoint_meta(path: str | Path, fmt: str, wrong_format: str) -> dict[
         raise CheckpointError(f"{path}: no {CONFIG_FILE}; {wrong_format}")
     if not (path / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{path}: no {WEIGHTS_FILE}; the checkpoint is incomplete")
-    try:
-        meta = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt or "model" not in meta:
-        found = meta.get("format", "unknown") if isinstance(meta, dict) else "unknown"
-        raise CheckpointError(f"{path}: a {found!r} checkpoint; {wrong_format}")
+    meta = read_config_json(cfg)
+    if meta.get("format") != fmt or "model" not in meta:
+        raise CheckpointError(f"{path}: a {meta.get('format', 'unknown')!r} checkpoint; {wrong_format}")
     return meta
 
 
@@ -85,8 +99,21 @@ def load_weights(module: torch.nn.Module, path: str | Path, device: str | torch.
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
     check_state_dict(module, state, str(weights))
+    check_finite(state, str(weights))
     module.load_state_dict(state)
     return module.to(device).eval()
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """CheckpointError naming the tensors that hold NaN or infinite values (damaged weights would
+    otherwise print 'bits/base nan' and exit 0)."""
+    bad = []
+    for k, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(f"{k} ({int((~torch.isfinite(t)).sum())} of {t.numel()})")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{where}: non-finite (NaN or infinite) weights in {shown}; the checkpoint is damaged")
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -19,7 +19,8 @@ Conventions (owned here, stated once):
   block, then a test block at its end (for a kind of held-out split that is chosen by name, that block is
   omitted). Samplers keep every window inside one interval, so no window crosses a split boundary.
 - The store is written into a temporary sibling directory and renamed into place, so a killed prepare
-  never leaves a store that looks complete. ``TokenStore.open`` also checks the manifest and the sizes.
+  never leaves a store that looks complete; the next prepare removes such leftovers (dnalm.outputs).
+  ``TokenStore.open`` refuses a temporary folder and checks the manifest and the sizes.
 - Re-running prepare with the same inputs (by content checksum) and options is a no-op that returns the
   manifest with ``up_to_date: True``; changed inputs or options rebuild the store.
 """
@@ -431,9 +432,13 @@ class TokenStore:
     @classmethod
     def open(cls, path: str | Path) -> TokenStore:
         """Open a store directory; DataError when it is missing, incomplete or damaged."""
+        from dnalm.outputs import is_temporary
+
         path = Path(path)
         if not path.is_dir():
             raise DataError(f"{path}: no token store here; create one with `dnalm prepare INPUT... --out {path}`")
+        if is_temporary(path):
+            raise DataError(f"{path}: a temporary folder left by an interrupted `dnalm prepare`, not a store; remove it")
         try:
             manifest = json.loads((path / MANIFEST_FILE).read_text())
         except (OSError, ValueError):

@@ -109,11 +109,18 @@ def model_config_of(name: str) -> tuple[Any, str]:
         if name in PRESETS:
             return get_preset(name), f"preset {name}"
         raise FileNotFoundError(f"{name}: no such run, checkpoint or preset")
+    from dnalm import hf
+    from dnalm.checkpoint import read_config_json
+
+    if p.is_dir() and hf.is_hf_folder(p):  # a HyenaDNA -hf download: its own config format
+        return hf.read_hf_config(p).config, f"HyenaDNA Hugging Face folder {p}"
     model_dir = p if (p / "config.json").is_file() else latest_model_dir(p)
     if model_dir is None:
         raise CheckpointError(f"{name}: no model found (config.json + model.safetensors)")
-    meta = json.loads((model_dir / "config.json").read_text())
-    return model_config_from_dict(meta["model"]), f"checkpoint {model_dir}"
+    meta = read_config_json(model_dir / "config.json")
+    if "model" not in meta:
+        raise CheckpointError(f"{model_dir / 'config.json'}: no 'model' section; not a dnalm checkpoint config")
+    return model_config_from_dict(meta["model"], where=f"{model_dir / 'config.json'}:model"), f"checkpoint {model_dir}"
 
 
 def info_report(name: str | None, seq_len: int | None = None, batch_size: int = 1, list_presets: bool = False) -> str:

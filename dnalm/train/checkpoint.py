@@ -76,14 +76,17 @@ def save_training_checkpoint(
 
 def load_training_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:
     """(model state dict, optimizer state dict, state.json) of a checkpoint directory."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         model_state = load_file(str(ckpt / "model.safetensors"))
         optim_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
         state = json.loads((ckpt / "state.json").read_text())
-    except (OSError, json.JSONDecodeError, RuntimeError) as e:
-        raise CheckpointError(f"{ckpt}: cannot resume from this checkpoint ({e})") from None
+    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as e:  # missing, truncated, not JSON
+        raise CheckpointError(f"{ckpt}: cannot resume from this checkpoint ({' '.join(str(e).split())})") from None
+    if not isinstance(state, dict) or not {"step", "tokens", "sampler", "schedule", "torch_rng"} <= set(state):
+        raise CheckpointError(f"{ckpt}: state.json lacks the training state; cannot resume from this checkpoint")
     return model_state, optim_state, state
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from dnalm.checkpoint import CheckpointError, atomic_write_text, save_pretrained
+from dnalm.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, save_pretrained
 from dnalm.config import ConfigError, RunConfig, to_dict
 from dnalm.eval.likelihood import evaluate_lm, lm_inputs
 from dnalm.models.lm import DNALM, lm_loss
@@ -141,7 +142,12 @@ def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool, write: bool 
     snap = run_dir / CONFIG_SNAPSHOT
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     if snap.exists() and checkpoint_dirs(run_dir) and resume:
-        old = yaml.safe_load(snap.read_text())
+        try:
+            old = yaml.safe_load(snap.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise ConfigError(f"{snap}: cannot read the run's config snapshot ({' '.join(str(e).split())})") from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{snap}: the run's config snapshot is not a mapping; pass --restart or another out_dir")
         new = yaml.safe_load(text)
         for section in ("model", "data"):
             if old.get(section) != new.get(section):
@@ -149,8 +155,30 @@ def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool, write: bool 
                     f"{run_dir} holds a run with a different {section} section; resume it with the same config, "
                     "or choose a new out_dir (or pass --restart to start over there)"
                 )
+        changed = [f"{k} {v!r} -> {new['train'].get(k)!r}" for k, v in (old.get("train") or {}).items()
+                   if new["train"].get(k) != v]
+        if changed and write:  # allowed (a lower lr after a spike, more steps), but never silently
+            tqdm.write(f"warning: resuming {run_dir} with changed train settings: {'; '.join(changed)}", file=sys.stderr)
     if write:
         atomic_write_text(snap, text)
+
+
+def _resume_state(ckpts: list[Path], model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> dict:
+    """Load the newest checkpoint that reads back whole into ``model`` and ``optimizer``; a damaged one (a
+    truncated model.safetensors, say) is skipped with a warning, as one without state.json already is."""
+    errors = []
+    for ckpt in reversed(ckpts):
+        try:
+            if sharded or is_sharded_checkpoint(ckpt):
+                return load_checkpoint_into(ckpt, model, optimizer)
+            model_state, optim_state, state = load_training_state(ckpt)
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(optim_state)
+            return state
+        except (CheckpointError, RuntimeError, ValueError, KeyError) as e:
+            errors.append(" ".join(str(e).split()))
+            tqdm.write(f"warning: skipping a damaged checkpoint: {errors[-1]}", file=sys.stderr)
+    raise CheckpointError(f"no checkpoint of {ckpts[0].parent} can be read ({'; '.join(errors)}); pass --restart")
 
 
 class _Metrics:
@@ -217,9 +245,21 @@ def train(
     check_config(config)
     tc = config.train
     init_from = init_from if init_from is not None else tc.init_from
+    from dnalm.outputs import check_output
+
+    check_output(config.out_dir, "dir", "run directory (out_dir)")
+    run_dir = Path(config.out_dir)
+    snap = run_dir / CONFIG_SNAPSHOT
+    old_snapshot = snap.read_bytes() if snap.is_file() else None
+    before = checkpoint_dirs(run_dir)
     env = dist.setup(tc.parallel)
     try:
         return _train(config, env, resume, progress, init_from, stop_after)
+    except BaseException:
+        # a run that failed before writing a checkpoint leaves the run's config.yaml as it was
+        if env.is_main and old_snapshot is not None and checkpoint_dirs(run_dir) == before:
+            atomic_write_bytes(snap, old_snapshot)
+        raise
     finally:
         dist.teardown(env)
 
@@ -259,12 +299,7 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     step, tokens, bad_steps = 0, 0, 0
     ckpts = checkpoint_dirs(run_dir) if resume else []
     if ckpts:
-        if sharded or is_sharded_checkpoint(ckpts[-1]):
-            state = load_checkpoint_into(ckpts[-1], model, optimizer)
-        else:
-            model_state, optim_state, state = load_training_state(ckpts[-1])
-            model.load_state_dict(model_state)
-            optimizer.load_state_dict(optim_state)
+        state = _resume_state(ckpts, model, optimizer, sharded)
         sampler.load_state_dict(state["sampler"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
