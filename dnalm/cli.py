@@ -506,6 +506,8 @@ def score_variants_cmd(args: argparse.Namespace) -> int:
     arg("--cassette", default="TAATAATAATAGTGA", help="sequence inserted in frame (default: 5 stop codons, 15 bp)"),
     arg("--insert-offset", type=int, default=12, help="bases after the first base of the start codon"),
     arg("--zero-based-gff", action="store_true", help="the GFF's start column is 0-based (e.g. the phiX174 file)"),
+    arg("--circular", default=None, metavar="PAT,...",
+        help="comma-separated glob patterns of circular records: genes across their origin are skipped, not an error"),
     arg("--max-genes", type=int, default=None, help="score only the first N genes (for a quick look)"),
     arg("-o", "--out", default=None, output="file", help="per-gene TSV (default: essentiality.tsv)"),
     arg("--plot", default=None, output="file", help="ROC plot PNG (default: next to the TSV)"),
@@ -523,7 +525,8 @@ def essentiality_cmd(args: argparse.Namespace) -> int:
         args.model, args.fasta, args.gff, labels=args.labels, label_columns=args.label_column, out=args.out,
         plot=args.plot, window=args.window, cassette=args.cassette, insert_offset=args.insert_offset,
         zero_based_gff=args.zero_based_gff, max_genes=args.max_genes, batch_size=args.batch_size,
-        device=args.device, progress=not args.quiet,
+        circular=[p.strip() for p in (args.circular or "").split(",") if p.strip()], device=args.device,
+        progress=not args.quiet,
     ))  # fmt: skip
     return 0
 

@@ -244,7 +244,7 @@ def check_features(
             where = f"line {f.line}" if f.line else "feature"
             hint = (
                 f"; if {f.seqid} is circular and the feature crosses the origin, mark the record circular "
-                f"(dnalm prepare --circular {f.seqid})"
+                f"(--circular {f.seqid})"
                 if f.seqid not in circular and f.start < n
                 else ""
             )

@@ -27,6 +27,7 @@ Coordinates in the output are 1-based inclusive genome positions, as in the GFF 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,13 +59,15 @@ class Gene:
 
 
 def genes_from_gff(
-    path: str | Path, zero_based_starts: bool = False, lengths: dict[str, int] | None = None
+    path: str | Path, zero_based_starts: bool = False, lengths: dict[str, int] | None = None,
+    circular: Sequence[str] = (),
 ) -> list[Gene]:
     """Protein-coding genes (from CDS features) of a GFF3/GTF file, in file order. With ``lengths`` (record
-    name -> length) a CDS that lies outside its record is an error, as in ``dnalm prepare``."""
+    name -> length) a CDS that lies outside its record is an error, as in ``dnalm prepare``, unless the
+    record is in ``circular`` and the CDS crosses its origin."""
     from dnalm.data.annotation import read_annotations
 
-    feats = read_annotations(path, zero_based_starts=zero_based_starts, lengths=lengths)
+    feats = read_annotations(path, zero_based_starts=zero_based_starts, lengths=lengths, circular=circular)
     by_key: dict[str, Gene] = {}
     for f in feats:
         if f.type != "CDS":
@@ -153,9 +156,12 @@ def score_essentiality(
     batch_size: int = 8,
     progress: bool = True,
     need_both_classes: bool = False,
+    circular: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score every protein-coding gene (only the labelled ones when ``labels`` is given).
 
+    ``circular``: record-name glob patterns of circular records; a CDS that crosses the origin of one is
+    skipped (and counted in the notes), while a CDS past the end of a linear record is an error.
     ``need_both_classes``: raise DataError before scoring when a label column holds one class only among
     the genes to score (an AUROC would be undefined); ``dnalm essentiality`` sets it.
 
@@ -174,7 +180,10 @@ def score_essentiality(
         raise DataError(f"--insert-offset must be a positive multiple of 3 past the start codon (got {insert_offset})")
     w, wnote = resolve_window(model, window)
     genome = {r.name: r.ids for r in read_sequences(fasta)}
-    genes = genes_from_gff(gff, zero_based_gff, {k: len(v) for k, v in genome.items()})
+    circ = [n for n in genome if any(fnmatchcase(n, p) for p in circular)]
+    genes = genes_from_gff(gff, zero_based_gff, {k: len(v) for k, v in genome.items()}, circ)
+    across = [g for g in genes if g.seqid in genome and g.end > len(genome[g.seqid])]
+    genes = [g for g in genes if g not in across]  # windows are linear: a gene across the origin has none
     unknown = sorted({g.seqid for g in genes} - set(genome))
     if unknown:
         raise DataError(
@@ -274,6 +283,9 @@ def score_essentiality(
         notes.append(f"{n_bad_start} genes do not start with a usual start codon (annotation or coordinate problem?)")
     if skipped:
         notes.append(f"{len(skipped)} labelled genes skipped (not a CDS in the GFF, or shorter than the insert offset)")
+    if across:
+        notes.append(f"{len(across)} genes cross the origin of a circular record and are skipped (windows are linear): "
+                     + ", ".join(g.locus_tag for g in across[:5]))
     return {"rows": rows, "label_columns": cols, "notes": notes, "window": w, "skipped": skipped}
 
 
@@ -306,7 +318,7 @@ def essentiality_command(
     model_path: str, fasta: str, gff: str, *, labels: str | None = None, label_columns: Sequence[str] | None = None,
     out: str | None = None, plot: str | None = None, window: int | None = None, cassette: str = DEFAULT_CASSETTE,
     insert_offset: int = 12, zero_based_gff: bool = False, max_genes: int | None = None, batch_size: int = 8,
-    device: str = "cpu", progress: bool = True,
+    circular: Sequence[str] = (), device: str = "cpu", progress: bool = True,
 ) -> str:
     """``dnalm essentiality``: score genes, write the per-gene TSV (+ ROC plot with labels), return a summary."""
     import time
@@ -323,7 +335,7 @@ def essentiality_command(
     t0 = time.perf_counter()
     res = score_essentiality(model, fasta, gff, labels, label_columns=label_columns, window=window, cassette=cassette,
                              insert_offset=insert_offset, zero_based_gff=zero_based_gff, max_genes=max_genes,
-                             batch_size=batch_size, progress=progress, need_both_classes=True)
+                             batch_size=batch_size, progress=progress, need_both_classes=True, circular=circular)
     secs = time.perf_counter() - t0
     header = ["locus_tag", "gene", "seqid", "start", "end", "strand", "length", "insert_after", "window_start",
               "window_end", "delta_sum", "delta_mean", *res["label_columns"]]

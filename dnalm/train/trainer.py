@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -251,14 +252,19 @@ def train(
     run_dir = Path(config.out_dir)
     snap = run_dir / CONFIG_SNAPSHOT
     old_snapshot = snap.read_bytes() if snap.is_file() else None
+    new_dir = not run_dir.exists()
     before = checkpoint_dirs(run_dir)
     env = dist.setup(tc.parallel)
     try:
         return _train(config, env, resume, progress, init_from, stop_after)
     except BaseException:
-        # a run that failed before writing a checkpoint leaves the run's config.yaml as it was
-        if env.is_main and old_snapshot is not None and checkpoint_dirs(run_dir) == before:
-            atomic_write_bytes(snap, old_snapshot)
+        # a run that failed before writing a checkpoint leaves the run directory as it was: config.yaml
+        # restored, or the directory removed when this call created it
+        if env.is_main and checkpoint_dirs(run_dir) == before:
+            if new_dir:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif old_snapshot is not None:
+                atomic_write_bytes(snap, old_snapshot)
         raise
     finally:
         dist.teardown(env)
