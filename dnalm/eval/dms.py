@@ -281,12 +281,15 @@ def find_cds(
                     score += prot[lo + n - 1 : hi + n] == ord(aa)
                 for j in np.flatnonzero(score == score.max()):
                     found.append((int(score[j]), rec, strand, f + 3 * (lo + int(j) + offset)))
-    full = [c for c in found if c[0] == len(pairs)]
     seqs = dict(records)
 
     def oriented(rec: str, strand: int) -> str:
         s = seqs[rec]
         return s if strand == 1 else decode(reverse_complement_ids(encode_bytes(s.encode())[0]))
+
+    # an open reading frame: no stop codon between codon 1 and the last mutated residue
+    last = nums[-1] - offset
+    full = [c for c in found if c[0] == len(pairs) and _orf(oriented(c[1], c[2]), c[3])[0] >= last]
 
     how = f"found: the only reading frame on either strand that encodes all {len(pairs)} mutated wild-type residues"
     if len(full) > 1:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import re
 import shutil
 import warnings
@@ -83,7 +84,7 @@ def load_training_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict
         model_state = load_file(str(ckpt / "model.safetensors"))
         optim_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
         state = json.loads((ckpt / "state.json").read_text())
-    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as e:  # missing, truncated, not JSON
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:  # damaged
         raise CheckpointError(f"{ckpt}: cannot resume from this checkpoint ({' '.join(str(e).split())})") from None
     if not isinstance(state, dict) or not {"step", "tokens", "sampler", "schedule", "torch_rng"} <= set(state):
         raise CheckpointError(f"{ckpt}: state.json lacks the training state; cannot resume from this checkpoint")
