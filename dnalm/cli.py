@@ -33,6 +33,30 @@ def arg(*flags: str, output: str | None = None, **kwargs: Any) -> _Arg:
     return _Arg(flags, kwargs, output)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text})")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (the usage is one ``--help`` away)."""
 
@@ -183,8 +207,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     arg("--fasta", default=None, help="FASTA/GenBank file to score (every base once, in windows)"),
     arg("--store", default=None, help="prepared store to score (default: the run's own store)"),
     arg("--split", default="validation", help="store split(s) to score, comma-separated"),
-    arg("--seq-len", type=int, default=None, help="window length (default: the run's seq_len or the model max)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--seq-len", type=positive_int, default=None, help="window length (default: the run's seq_len or the model max)"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--markov-order", type=int, default=10, help="highest Markov order to fit (0 disables the baseline)"),
     arg("--json", dest="json_out", default=None, output="file", help="also write the results to this JSON file"),
 )
@@ -205,8 +229,8 @@ def evaluate(args: argparse.Namespace) -> int:
     "info",
     "Parameters, FLOPs per token and memory estimate of a run, checkpoint or preset.",
     arg("model", metavar="RUN_OR_PRESET", nargs="?", default=None, help="run/checkpoint directory or preset name"),
-    arg("--seq-len", type=int, default=None, help="sequence length for FLOPs and memory (default: model max)"),
-    arg("--batch-size", type=int, default=1, help="batch size for the memory estimate"),
+    arg("--seq-len", type=positive_int, default=None, help="sequence length for FLOPs and memory (default: model max)"),
+    arg("--batch-size", type=positive_int, default=1, help="batch size for the memory estimate"),
     arg("--list", action="store_true", help="list the presets"),
 )
 def info(args: argparse.Namespace) -> int:
@@ -436,7 +460,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     arg("--max-bases", type=int, default=200_000, help="analyse only the first N bases of each record (0 = all)"),
     arg("--forward-only", action="store_true", help="skip the reverse-complement reading (minus-strand CDS then drop out of the codon table)"),
     arg("--zero-based-gff", action="store_true", help="the GFF's start column is 0-based (e.g. the phiX174 file)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
@@ -475,7 +499,7 @@ def boundaries_cmd(args: argparse.Namespace) -> int:
     arg("-o", "--out", default=None, output="file",
         help="output TSV (default: <variants>.scores.tsv in the current directory)"),
     arg("--plot", default=None, output="file", help="ROC plot PNG (default: next to the TSV)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
@@ -508,10 +532,10 @@ def score_variants_cmd(args: argparse.Namespace) -> int:
     arg("--zero-based-gff", action="store_true", help="the GFF's start column is 0-based (e.g. the phiX174 file)"),
     arg("--circular", default=None, metavar="PAT,...",
         help="comma-separated glob patterns of circular records: genes across their origin are skipped, not an error"),
-    arg("--max-genes", type=int, default=None, help="score only the first N genes (for a quick look)"),
+    arg("--max-genes", type=positive_int, default=None, help="score only the first N genes (for a quick look)"),
     arg("-o", "--out", default=None, output="file", help="per-gene TSV (default: essentiality.tsv)"),
     arg("--plot", default=None, output="file", help="ROC plot PNG (default: next to the TSV)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
@@ -552,7 +576,7 @@ def essentiality_cmd(args: argparse.Namespace) -> int:
     arg("--baseline-column", action="append", default=None,
         help="baseline score column(s) (default: every other numeric column, e.g. dE)"),
     arg("-o", "--out", default=None, output="file", help="output TSV (default: <variants>.dms.tsv)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
@@ -585,7 +609,7 @@ def dms_cmd(args: argparse.Namespace) -> int:
     arg("--pool", choices=["mean", "last", "none"], default="mean", help="pooling over the bases"),
     arg("-o", "--out", default=None, output="file", help="output .npy (default: <input>.emb.npy; metadata next to it)"),
     *LONG_INPUTS,
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
@@ -615,11 +639,11 @@ def embed_cmd(args: argparse.Namespace) -> int:
     arg("--soft-prompt", type=int, default=0, metavar="N", help="learn N prompt embeddings for the frozen model"),
     arg("--pool", choices=["mean", "last"], default="mean", help="pooling of the hidden states over the bases"),
     arg("--layer", type=int, default=-1, help="hidden state to pool (-1 = after the final norm)"),
-    arg("--epochs", type=int, default=3, help="epochs (full fine-tuning and soft prompts)"),
-    arg("--lr", type=float, default=None, help="learning rate (default: 1e-2 probe/prompt, 3e-4 full)"),
-    arg("--batch-size", type=int, default=32, help="sequences per step"),
-    arg("--probe-steps", type=int, default=500, help="full-batch steps of the linear probe"),
-    arg("--max-train", type=int, default=None, help="use a random subset of this many training sequences"),
+    arg("--epochs", type=positive_int, default=3, help="epochs (full fine-tuning and soft prompts)"),
+    arg("--lr", type=positive_float, default=None, help="learning rate (default: 1e-2 probe/prompt, 3e-4 full)"),
+    arg("--batch-size", type=positive_int, default=32, help="sequences per step"),
+    arg("--probe-steps", type=positive_int, default=500, help="full-batch steps of the linear probe"),
+    arg("--max-train", type=positive_int, default=None, help="use a random subset of this many training sequences"),
     arg("--seed", type=int, default=0, help="seed of the head/prompt init and the data order"),
     arg("--split-seed", type=int, default=0, help="seed of the 80/10/10 split when no --dev/--test is given"),
     arg("-o", "--out", default="finetuned", output="dir", help="output directory (classifier, report.json, split.json)"),
@@ -652,7 +676,7 @@ def finetune_cmd(args: argparse.Namespace) -> int:
     arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
     arg("-o", "--out", default=None, output="file", help="output TSV (default: <input>.predictions.tsv)"),
     *LONG_INPUTS,
-    arg("--batch-size", type=int, default=32, help="sequences per forward pass"),
+    arg("--batch-size", type=positive_int, default=32, help="sequences per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
@@ -679,11 +703,11 @@ def predict_cmd(args: argparse.Namespace) -> int:
     arg("--fasta", required=True, help="FASTA/GenBank file (plain or gzip); every record is scored whole"),
     arg("--reduce", choices=["sum", "mean"], default="sum", help="sum or per-base mean of the log-likelihood"),
     arg("-o", "--out", default=None, output="file", help="output TSV, written atomically; without it the table is printed"),
-    arg("--long-from", type=int, default=32768,
+    arg("--long-from", type=positive_int, default=32768,
         help="records of this many tokens or more go through the one-pass long-context path"),
     arg("--max-memory", type=float, default=None, metavar="GIB",
         help="GiB the one-pass path may use; unset = what the system reports as available"),
-    arg("--batch-size", type=int, default=8, help="short records per forward pass"),
+    arg("--batch-size", type=positive_int, default=8, help="short records per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )

@@ -337,8 +337,15 @@ def finetune(
         raise DataError(f"{train.source}: needs at least two classes (found {classes})")
     fits = {name: _fit(model, d, soft_prompt, crop, windows) for name, d in (("train", train), ("dev", dev), ("test", test))}
     X = {name: f[0] for name, f in fits.items()}
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise DataError(f"--lr must be a finite number > 0 (got {lr})")
+    if epochs < 1 or probe_steps < 1 or batch_size < 1:
+        raise DataError(f"--epochs, --probe-steps and --batch-size must be >= 1 (got {epochs}, {probe_steps}, {batch_size})")
     lm = copy.deepcopy(model).float()
-    clf = SequenceClassifier(lm, n_classes, pool=pool, layer=layer, soft_prompt=soft_prompt, seed=seed)
+    try:
+        clf = SequenceClassifier(lm, n_classes, pool=pool, layer=layer, soft_prompt=soft_prompt, seed=seed)
+    except ValueError as e:  # --layer out of range, an unknown pooling
+        raise DataError(f"--layer/--pool: {e}") from None
     cw = class_weights(train.labels, n_classes)
     kind = "full" if mode == "full" else ("soft_prompt" if soft_prompt else "probe")
     history: list[dict[str, Any]] = []

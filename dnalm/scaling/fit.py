@@ -22,7 +22,6 @@ Results files are CSV tables with one row per trained point (``dnalm sweep`` wri
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -349,35 +348,36 @@ def fit_isoflop(
 
 def read_results(path: str | Path, loss_column: str = "val_loss") -> list[dict[str, Any]]:
     """Rows of a results CSV that are finished (``status`` done, if that column exists) with a finite loss."""
+    from dnalm.data.tables import read_table
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such results file")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"params", "tokens", loss_column} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {', '.join(sorted(missing))}; a results CSV needs params, tokens and "
-                f"{loss_column} (dnalm sweep writes them)"
-            )
-        rows = []
-        for i, row in enumerate(reader, start=2):
-            if row.get("status", "done") not in ("done", "", None):
-                continue
-            try:
-                rec = {
-                    "family": row.get("family") or "all",
-                    "params": float(row["params"]),
-                    "tokens": float(row["tokens"]),
-                    "loss": float(row[loss_column]),
-                    "flops": float(row["flops"]) if row.get("flops") else float("nan"),
-                    "budget": float(row["budget_flops"]) if row.get("budget_flops") else float("nan"),
-                    "size": row.get("size", ""),
-                }
-            except ValueError as e:
-                raise ValueError(f"{path}, line {i}: {e}") from None
-            if math.isfinite(rec["loss"]) and rec["params"] > 0 and rec["tokens"] > 0:
-                rows.append(rec)
+    table = read_table(path, "results CSV", delimiters=(",", "\t"))  # encodings, gzip, line numbers
+    missing = {"params", "tokens", loss_column} - set(table.header)
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(sorted(missing))}; a results CSV needs params, tokens and "
+            f"{loss_column} (dnalm sweep writes them)"
+        )
+    rows = []
+    for i, row in zip(table.lines, table.as_dicts()):
+        if row.get("status", "done") not in ("done", "", None):
+            continue
+        try:
+            rec = {
+                "family": row.get("family") or "all",
+                "params": float(row["params"]),
+                "tokens": float(row["tokens"]),
+                "loss": float(row[loss_column]),
+                "flops": float(row["flops"]) if row.get("flops") else float("nan"),
+                "budget": float(row["budget_flops"]) if row.get("budget_flops") else float("nan"),
+                "size": row.get("size", ""),
+            }
+        except ValueError as e:
+            raise ValueError(f"{path}, line {i}: {e}") from None
+        if math.isfinite(rec["loss"]) and rec["params"] > 0 and rec["tokens"] > 0:
+            rows.append(rec)
     if not rows:
         raise ValueError(f"{path}: no finished rows with a finite {loss_column}")
     return rows
