@@ -53,12 +53,13 @@ def reference() -> list[tuple]:
     [
         lambda b: codecs.BOM_UTF8 + b,  # Excel's "CSV UTF-8"
         lambda b: b.replace(b"\n", b"\r\n"),  # Windows line ends
+        lambda b: b.replace(b"\n", b"\r"),  # old Mac spreadsheets
         lambda b: codecs.BOM_UTF16_LE + b.decode().encode("utf-16-le"),  # Excel's "Unicode text"
         lambda b: b"# curated by Ren\xe9e, caf\xe9 notes (Latin-1 bytes in a comment)\n" + b,
         lambda b: gzip.compress(b),
         lambda b: b.replace(b"gene\tchromosome", b"#gene\tchromosome", 1),  # a '#name' header line
     ],
-    ids=["utf8-bom", "crlf", "utf16-bom", "latin1-comment", "gzip", "hash-header"],
+    ids=["utf8-bom", "crlf", "cr", "utf16-bom", "latin1-comment", "gzip", "hash-header"],
 )
 def test_encodings_and_layouts_read_the_same_rows(encode, tmp_path):
     p = tmp_path / "v.tsv"

@@ -9,12 +9,14 @@ all go through :func:`read_lines` and :func:`read_table`. Conventions (owned her
   rule (``position P (1-based)`` within a record; see :mod:`dnalm.data.fasta`).
 - **Sources**: a path, ``-`` for standard input, or a pipe such as bash's ``<(zcat x.gz)`` (``/dev/fd/N``).
   A file is read once, whole. A missing file, a directory and an empty file each get their own message.
+- **Line ends**: LF, CRLF or CR (old Mac spreadsheets).
 - **Compression**: gzip or bgzip, detected from the first bytes (not the extension). A truncated or corrupt
   stream is an error naming the last complete line.
 - **Encodings accepted**: UTF-8 (an optional byte-order mark is dropped) and UTF-16 with a byte-order mark.
   Comment lines (starting with ``#``) may hold any bytes: they are never interpreted. A byte that is not
   UTF-8 anywhere else (Latin-1 / Windows-1252 text, for example) is an error naming its line and column;
-  a NUL byte means a binary file and is an error too.
+  a NUL byte means a binary file and is an error too. (FASTA headers and GFF/GTF attributes, read by their
+  own readers, are free text: a byte that is not UTF-8 there is replaced, never fatal.)
 - **Tables**: lines starting with ``#`` are comments and blank lines are skipped. The header is the first
   other line, except that a ``#name<delim>name...`` line (``#`` directly followed by a name) right before
   it, with as many fields as that line, is taken as the header (``#CHROM``/``#chrom`` style). The delimiter
@@ -161,12 +163,12 @@ def decode_lines(data: bytes, name: str, what: str = "input file") -> list[str]:
     except UnicodeDecodeError:
         pass
     lines = []
-    for i, raw in enumerate(data.split(b"\n"), 1):
+    for i, raw in enumerate(data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"), 1):
         if raw.startswith(b"#"):  # a comment: never interpreted, any bytes allowed
-            lines.append(raw.decode("utf-8", errors="replace").rstrip("\r"))
+            lines.append(raw.decode("utf-8", errors="replace"))
             continue
         try:
-            lines.append(raw.decode("utf-8").rstrip("\r"))
+            lines.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
             col = len(raw[: e.start].decode("utf-8", errors="replace")) + 1
             raise DataError(
@@ -179,7 +181,8 @@ def decode_lines(data: bytes, name: str, what: str = "input file") -> list[str]:
 
 
 def _split(text: str) -> list[str]:
-    lines = [ln.rstrip("\r") for ln in text.split("\n")]  # not splitlines(): \x0c or \u2028 must not add lines
+    # LF, CRLF and old-Mac CR line ends; not splitlines(): \x0c or \u2028 must not start new lines
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines
@@ -272,7 +275,10 @@ def parse_table(
             if d is not None and len(_fields(cand[1:], d)) == len(_fields(head, d)) > 1:
                 head_idx, head = prev, cand[1:]
     delim = _delimiter(head, delimiters)
-    header = _fields(head, delim)
+    try:
+        header = _fields(head, delim)
+    except csv.Error as e:
+        raise DataError(f"{name}: line {head_idx + 1}: cannot split the header ({e})") from None
     seen: dict[str, int] = {}
     for j, h in enumerate(header):
         if h in seen:

@@ -223,7 +223,7 @@ class DNALM(nn.Module):
         self, seqs: list[str] | list[np.ndarray], layer: int = -1, pool: str = "mean", **kwargs: Any
     ) -> np.ndarray:
         """Embeddings (N, D) (or (total bases, D) for ``pool="none"``) from the hidden state at ``layer``;
-        see :func:`dnalm.eval.embed.embed_sequences` (long sequences are embedded in windows). Not named
+        see :func:`dnalm.eval.embed.embed_sequences` (longer than the context: ``crop=`` or ``windows=True``). Not named
         ``embed``: that attribute is the token-embedding layer."""
         from dnalm.eval.embed import embed_sequences
 
