@@ -23,8 +23,6 @@ Conventions (owned here):
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -309,14 +307,13 @@ def analyze_boundaries(
 
 
 def _atomic_save_figure(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    import io
+
+    from dnalm.outputs import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_report(rep: BoundaryReport, out_dir: str | Path) -> list[Path]:
@@ -326,10 +323,15 @@ def write_report(rep: BoundaryReport, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dnalm.checkpoint import atomic_write_text
+    from dnalm.outputs import atomic_write_text, output_group
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_group():  # the four files appear together, or none of them
+        _write_report(rep, out, plt, atomic_write_text)
+    return [out / n for n in ("boundaries.tsv", "gene_profile.tsv", "codon_positions.png", "gene_profile.png")]
+
+
+def _write_report(rep: BoundaryReport, out: Path, plt: Any, atomic_write_text: Any) -> None:
     lines = ["stage\ttable\tcategory\tpositions\tboundaries\trate"]
     lines += [f"{s}\t{t}\t{c}\t{n}\t{b}\t{r:.6f}" for s, t, c, n, b, r in rep.rows()]
     atomic_write_text(out / "boundaries.tsv", "\n".join(lines) + "\n")
@@ -365,7 +367,6 @@ def write_report(rep: BoundaryReport, out_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     _atomic_save_figure(fig, out / "gene_profile.png")
     plt.close(fig)
-    return [out / n for n in ("boundaries.tsv", "gene_profile.tsv", "codon_positions.png", "gene_profile.png")]
 
 
 def format_summary(rep: BoundaryReport) -> str:

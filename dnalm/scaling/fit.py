@@ -475,17 +475,27 @@ def fit_results(
                 entry["best_at_budget"][f"{c:.3g}"] = {"loss": best["loss"], "params": best["params"], "size": best["size"]}
         summary["families"][fam] = entry
         fits[fam] = (law, iso, k)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if plot:
-        summary["plots"] = _plot(families, fits, out_dir)
-    from dnalm.checkpoint import atomic_write_text
+    from dnalm.outputs import atomic_write_text, output_group
 
-    atomic_write_text(out_dir / "fit.json", json.dumps(summary, indent=2, default=float) + "\n")
+    with output_group():  # fit.json and the plots appear together, or none of them
+        if plot:
+            summary["plots"] = _plot(families, fits, out_dir)
+        atomic_write_text(out_dir / "fit.json", json.dumps(summary, indent=2, default=float) + "\n")
     summary["out_dir"] = str(out_dir)
     return summary
 
 
 # ------------------------------------------------------------------------------------------ plots
+
+
+def _save_png(fig, path: Path) -> None:
+    import io
+
+    from dnalm.outputs import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _plot(families: dict[str, list[dict]], fits: dict, out_dir: Path) -> list[str]:
@@ -530,7 +540,7 @@ def _plot(families: dict[str, list[dict]], fits: dict, out_dir: Path) -> list[st
     ax.legend(fontsize=7)
     fig.tight_layout()
     p = out_dir / "loss_vs_compute.png"
-    fig.savefig(p, dpi=120)
+    _save_png(fig, p)
     plt.close(fig)
     paths.append(str(p))
     for fam, (law, iso, k) in sorted(fits.items()):
@@ -554,7 +564,7 @@ def _plot(families: dict[str, list[dict]], fits: dict, out_dir: Path) -> list[st
         ax.legend(fontsize=7)
         fig.tight_layout()
         p = out_dir / f"isoflop_{fam}.png"
-        fig.savefig(p, dpi=120)
+        _save_png(fig, p)
         plt.close(fig)
         paths.append(str(p))
     return paths
