@@ -14,7 +14,7 @@ Every file or directory a dnalm command writes goes through this module:
   requested output, never the temporary name. The temporary file and any parent directory created for it
   are removed: nothing is left behind.
 - A killed writer can leave ``.NAME.tmp-PID-*`` behind; the next write of NAME removes those whose process
-  is gone (on this machine).
+  is gone (on this machine), and any ``.NAME.tmp-*`` without a PID (written by older dnalm versions).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def _is_write_error(e: BaseException, tmp: Path) -> bool:
 
 # ------------------------------------------------------------------------------------------ temporaries
 
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-")
+# ".NAME.tmp-PID-xxxx" (this module) or ".NAME.tmp-xxxx" (older dnalm versions: no PID, always stale)
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?")
 
 
 def _alive(pid: int) -> bool:
@@ -101,7 +102,7 @@ def clean_stale(path: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for p in parent.iterdir():
             m = _TMP.match(p.name)
-            if m and m["name"] == path.name and not _alive(int(m["pid"])):
+            if m and m["name"] == path.name and (m["pid"] is None or not _alive(int(m["pid"]))):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 else:

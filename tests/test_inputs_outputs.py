@@ -146,8 +146,20 @@ def test_stale_temporaries_of_dead_processes_are_cleaned(tmp_path):
     (stale / "manifest.json").write_text('{"format": "dnalm-token-store", "complete": true}')
     mine = tmp_path / f".store.tmp-{os.getpid()}-efgh"
     mine.mkdir()
-    assert clean_stale(tmp_path / "store") == [stale]
-    assert not stale.exists() and mine.exists()
+    old_style = tmp_path / ".store.tmp-k2x9_a1q"  # an older dnalm's mkdtemp name: no PID
+    shutil.copytree(stale, old_style)
+    assert sorted(clean_stale(tmp_path / "store")) == sorted([stale, old_style])
+    assert not stale.exists() and not old_style.exists() and mine.exists()
+
+
+def test_prepare_removes_leftovers_of_a_killed_prepare(tmp_path):
+    from dnalm.data.store import prepare
+
+    prepare([DATA / "phage_phix174.fa"], tmp_path / "store", progress=False)
+    left = tmp_path / ".store.tmp-k2x9_a1q"
+    shutil.copytree(tmp_path / "store", left)  # complete manifest and all
+    assert prepare([DATA / "phage_phix174.fa"], tmp_path / "store", progress=False)["up_to_date"]
+    assert not left.exists()
 
 
 def test_a_temporary_folder_never_opens_as_a_store(tmp_path):

@@ -204,9 +204,11 @@ def prepare(
     Raises DataError for bad inputs or options; nothing is written then.
     """
     from dnalm.checkpoint import atomic_dir
+    from dnalm.outputs import clean_stale
 
     t0 = time.perf_counter()
     out = Path(out)
+    clean_stale(out)  # temporaries of a killed prepare, also when the store is up to date
     inputs = [Path(p) for p in inputs]
     annotations = [Path(p) for p in annotations]
     if not inputs:
