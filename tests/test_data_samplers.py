@@ -301,3 +301,24 @@ def test_complement_and_reverse_match_the_tokenizer():
     assert np.array_equal(_complement(every_byte.copy()), COMPLEMENT_ID[every_byte])
     assert np.array_equal(_reversed(every_byte), every_byte[:, ::-1])
     assert np.array_equal(_reversed(every_byte > 100), (every_byte > 100)[:, ::-1])
+
+
+def test_n_count_matches_a_direct_count(store):
+    """The N filter's count (from the N-run index) against counting N in the tokens themselves."""
+    rng = np.random.default_rng(0)
+    tokens = np.asarray(store.tokens)
+    assert len(store._n_start) >= 1  # the hg38 slice's 10 kb N block (and any other runs)
+    for L in (1, 100, 2_000, 20_000):
+        starts = rng.integers(0, len(store) - L + 1, size=300)
+        near = np.concatenate([store._n_start, store._n_end]) - L // 2  # windows cutting into N runs
+        starts = np.concatenate([starts, np.clip(near, 0, len(store) - L)])
+        want = [int(np.count_nonzero(tokens[s : s + L] == N)) for s in starts.tolist()]
+        assert store.n_count(starts, L).tolist() == want, L
+
+
+def test_n_filter_gives_up_with_a_clear_error(tmp_path):
+    (tmp_path / "n.fa").write_text(">mostly_n\n" + "ACGT" * 10 + "N" * 3_000 + "\n")
+    prepare([tmp_path / "n.fa"], tmp_path / "s", val_fraction=0.0, test_fraction=0.0, progress=False)
+    sampler = RandomWindowSampler(TokenStore.open(tmp_path / "s"), "train", max_n_fraction=0.1)
+    with pytest.raises(DataError, match="could not find random windows of length 1000 with at most 10% N after 100 rounds"):
+        sampler.next_batch(4, 1_000)

@@ -260,23 +260,23 @@ class _NFilter:
         """``propose(m) -> (records, starts, offsets)``; returns n accepted windows in draw order."""
         if self.max_n_fraction >= 1.0 or not len(self.store._n_start):
             return propose(n)  # nothing to filter
-        rec_out = np.empty(n, dtype=np.int64)
-        start_out = np.empty(n, dtype=np.int64)
-        off_out = np.empty(n, dtype=np.int64)
-        todo = np.arange(n)
         limit = self.max_n_fraction * seq_len
-        for _ in range(_MAX_REDRAW_ROUNDS):
-            recs, starts, offs = propose(len(todo))
-            ok = self.store.n_count(offs, seq_len) <= limit
-            rec_out[todo[ok]], start_out[todo[ok]], off_out[todo[ok]] = recs[ok], starts[ok], offs[ok]
-            todo = todo[~ok]
-            if not todo.size:
-                return rec_out, start_out, off_out
-        raise DataError(
-            f"{self.store.path}: could not find {what} of length {seq_len} with at most "
-            f"{self.max_n_fraction:.0%} N after {_MAX_REDRAW_ROUNDS} rounds; raise max_n_fraction or exclude "
-            "N-rich records"
-        )
+        out = propose(n)
+        bad = np.flatnonzero(self.store.n_count(out[2], seq_len) > limit)
+        rounds = 1
+        while bad.size:  # usually no row is rejected, and the first proposal is returned as it is
+            if rounds == _MAX_REDRAW_ROUNDS:
+                raise DataError(
+                    f"{self.store.path}: could not find {what} of length {seq_len} with at most "
+                    f"{self.max_n_fraction:.0%} N after {_MAX_REDRAW_ROUNDS} rounds; raise max_n_fraction or "
+                    "exclude N-rich records"
+                )
+            redrawn = propose(bad.size)  # the rejected rows only, in row order
+            for arr, new in zip(out, redrawn):
+                arr[bad] = new
+            bad = bad[self.store.n_count(redrawn[2], seq_len) > limit]
+            rounds += 1
+        return out
 
 
 class RandomWindowSampler(_Sampler):
