@@ -20,6 +20,11 @@ always stays inside the interval.
 
 Reverse-complement augmentation flips a window (ids complemented and reversed, case mask reversed) with
 probability 1/2.
+
+Reading a batch: one vectorized draw, then one gather per array from zero-copy strided views of the
+memory map (``TokenStore.windows_view``). The case mask is read only when asked for
+(``next_batch(..., case_mask=True)``, the default; the trainer asks only when ``repeat_weight != 1``), and
+arrays that hold one value (``valid``, ``strand`` without reverse complement) are shared read-only views.
 """
 
 from __future__ import annotations
@@ -409,8 +414,8 @@ class GenicWindowSampler(_Sampler):
 
         def propose(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             k = rng.integers(0, len(recs), size=m)
-            start = rng.integers(lo[k], hi[k] + 1)
-            return recs[k], start, self.store.global_offset(recs[k]) + start
+            rec, start = recs[k], rng.integers(lo[k], hi[k] + 1)
+            return rec, start, self.store.global_offset(rec) + start
 
         rec, start, offset = self._nfilter.run(n, seq_len, propose, "genic windows")
         rc = rng.random(n) < 0.5 if self.rc_augment else None
