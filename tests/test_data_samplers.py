@@ -246,7 +246,8 @@ def _samplers(store):
 def _digest(batches) -> str:
     h = hashlib.sha256()
     for b in batches:
-        for a, dtype in ((b.ids, np.uint8), (b.lower, np.bool_), (b.record, np.int64), (b.start, np.int64), (b.strand, np.int8)):
+        for a, dtype in ((b.ids, np.uint8), (b.lower, np.bool_), (b.record, np.int64), (b.start, np.int64),
+                         (b.strand, np.int8)):
             h.update(np.ascontiguousarray(a, dtype=dtype).tobytes())
     return h.hexdigest()[:16]
 
@@ -320,5 +321,5 @@ def test_n_filter_gives_up_with_a_clear_error(tmp_path):
     (tmp_path / "n.fa").write_text(">mostly_n\n" + "ACGT" * 10 + "N" * 3_000 + "\n")
     prepare([tmp_path / "n.fa"], tmp_path / "s", val_fraction=0.0, test_fraction=0.0, progress=False)
     sampler = RandomWindowSampler(TokenStore.open(tmp_path / "s"), "train", max_n_fraction=0.1)
-    with pytest.raises(DataError, match="could not find random windows of length 1000 with at most 10% N after 100 rounds"):
+    with pytest.raises(DataError, match="random windows of length 1000 with at most 10% N after 100 rounds"):
         sampler.next_batch(4, 1_000)
