@@ -109,7 +109,7 @@ def _constant(value: bool | int, dtype: type, shape: tuple[int, ...]) -> np.ndar
     """A read-only array of ``shape`` holding ``value`` everywhere, without allocating it (all strides 0).
 
     Cached: ``valid`` and ``strand`` of every batch of one shape are the same object, which costs nothing
-    per batch (np.ones would allocate and fill, np.broadcast_to costs several microseconds).
+    per batch (np.ones would allocate and fill; np.broadcast_to costs a few microseconds).
     """
     return np.ndarray(shape, dtype=dtype, buffer=np.array(value, dtype=dtype).tobytes(), strides=(0,) * len(shape))
 
