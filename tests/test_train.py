@@ -110,6 +110,26 @@ def test_non_finite_loss_stops_without_broken_checkpoint(tmp_path, store, monkey
     assert not (tmp_path / "nan" / "model").exists()
 
 
+def test_case_mask_read_only_when_repeats_are_reweighted(tmp_path, store, monkeypatch):
+    """The sampler reads the case mask only when data.repeat_weight != 1 (the loss's only use of it)."""
+    from dnalm.data.samplers import RandomWindowSampler
+
+    asked = []
+    real = RandomWindowSampler.next_batch
+
+    def spy(self, *args, **kwargs):
+        batch = real(self, *args, **kwargs)
+        asked.append(batch.lower is not None)
+        return batch
+
+    monkeypatch.setattr(RandomWindowSampler, "next_batch", spy)
+    for weight in (1.0, 0.5):
+        cfg = tiny_run(tmp_path / f"w{weight}", store, steps=2)
+        cfg.data.repeat_weight = weight
+        train(cfg, progress=False)
+    assert asked == [False, False, True, True]
+
+
 def test_transformer_trains_and_loss_falls(tmp_path, store):
     model = TransformerConfig(n_layer=1, d_model=32, n_head=2, max_len=130)
     res = train(tiny_run(tmp_path / "tf", store, steps=30, model=model), progress=False)

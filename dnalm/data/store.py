@@ -425,6 +425,7 @@ class TokenStore:
         self._n_start = np.ascontiguousarray(nruns[:, 0])
         self._n_end = np.ascontiguousarray(nruns[:, 1])
         self._n_before = np.concatenate([[0], np.cumsum(self._n_end - self._n_start)]).astype(np.int64)
+        self._n_start_or_max = np.append(self._n_start, np.iinfo(np.int64).max)  # a run "after the end"
         self._by_name = {r.name: i for i, r in enumerate(self.records)}
         self._window_views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -520,12 +521,8 @@ class TokenStore:
         """Number of N bases in ``[0, pos)`` of the concatenated arrays, for an array of global offsets."""
         pos = np.asarray(pos, dtype=np.int64)
         k = np.searchsorted(self._n_end, pos, side="right")  # runs that end at or before pos
-        count = self._n_before[k]
-        if len(self._n_start):
-            kk = np.minimum(k, len(self._n_start) - 1)
-            inside = (k < len(self._n_start)) & (self._n_start[kk] < pos)
-            count = count + np.where(inside, pos - self._n_start[kk], 0)
-        return count
+        # Run k ends after pos: its part before pos, if it starts before pos (the sampler's N filter is hot).
+        return self._n_before[k] + np.maximum(pos - self._n_start_or_max[k], 0)
 
     def n_count(self, global_start: np.ndarray, length: int) -> np.ndarray:
         """Number of N bases in each ``[g, g + length)`` (global offsets)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -309,14 +310,17 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
     window_t, window_tokens = time.time(), 0
+    reweight_repeats = config.data.repeat_weight != 1.0  # the only consumer of the case mask
     model.train()
     try:
         while step < tc.steps:
             stage = schedule.at(step, tokens)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
-            batch = sampler.next_batch(stage.batch_size, stage.seq_len)  # this rank's rows of the global batch
-            inputs, targets, weights = lm_inputs(batch.ids, batch.lower, batch.valid, config.data.repeat_weight)
+            # This rank's rows of the global batch; the case mask is read only when repeats are reweighted.
+            batch = sampler.next_batch(stage.batch_size, stage.seq_len, case_mask=reweight_repeats)
+            lower = batch.lower if reweight_repeats else np.broadcast_to(False, batch.ids.shape)  # a view, no copy
+            inputs, targets, weights = lm_inputs(batch.ids, lower, batch.valid, config.data.repeat_weight)
             inputs, targets, weights = inputs.to(env.device), targets.to(env.device), weights.to(env.device)
             optimizer.zero_grad(set_to_none=True)
             micro = inputs.shape[0] // tc.grad_accum
