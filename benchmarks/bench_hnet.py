@@ -47,7 +47,7 @@ def ecoli_ids() -> np.ndarray:
 def matched_transformer(n_params: int, max_len: int, d_model: int = 128):
     """A Transformer++ of width ``d_model`` (head size 32) with ``n_params`` parameters: the depth whose
     exact-match SwiGLU width is closest to the standard 8/3 * d_model, that width rounded to 8."""
-    from dnalm.config import TransformerConfig
+    from dnalm.models.transformer import TransformerConfig
     from dnalm.models.lm import DNALM
 
     def count(n_layer: int, mlp: int) -> int:

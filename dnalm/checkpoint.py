@@ -19,7 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
-from dnalm.config import ConfigError, model_config_from_dict, to_dict
+from dnalm.config import ConfigError, to_dict
+from dnalm.models import model_config_from_dict
 from dnalm.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"

@@ -54,7 +54,9 @@ import torch
 from torch import nn
 
 from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, atomic_dir, save_pretrained
-from dnalm.config import ConfigError, HyenaConfig, model_config_from_dict, to_dict
+from dnalm.config import ConfigError, to_dict
+from dnalm.models import model_config_from_dict
+from dnalm.models.hyena import HyenaConfig
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import BASES, PAD, VOCAB_SIZE, Tokenizer
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from dnalm.config import ConfigError, HyenaConfig, TransformerConfig
+from dnalm.config import ConfigError
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.transformer import TransformerConfig
 
 
 def _hyena(n_layer: int, d_model: int, context: int) -> Callable[[], HyenaConfig]:
@@ -44,7 +46,7 @@ PRESETS: dict[str, Callable[[], Any]] = {
 
 
 def _evo1(max_len: int, rope_interp: float) -> Callable[[], Any]:
-    from dnalm.config import StripedHyenaConfig
+    from dnalm.models.striped_hyena import StripedHyenaConfig
 
     layers = ["attn" if i in (8, 16, 24) else "hyena" for i in range(32)]
     return lambda: StripedHyenaConfig(
@@ -54,7 +56,7 @@ def _evo1(max_len: int, rope_interp: float) -> Callable[[], Any]:
 
 
 def _evo2(size: str, max_len: int, mlp_hidden: int, rope_base: float, rope_interp: float) -> Callable[[], Any]:
-    from dnalm.config import StripedHyenaConfig
+    from dnalm.models.striped_hyena import StripedHyenaConfig
 
     n_layer, d_model, n_head, groups = (32, 4096, 32, 256) if size == "7b" else (50, 8192, 64, 512)
     attn = [3, 10, 17, 24, 31] if size == "7b" else [3, 10, 17, 24, 31, 35, 42, 49]
@@ -69,7 +71,7 @@ def _evo2(size: str, max_len: int, mlp_hidden: int, rope_base: float, rope_inter
 
 
 def _striped_tiny(version: int, layers: list[str], mlp_hidden: int) -> Callable[[], Any]:
-    from dnalm.config import StripedHyenaConfig
+    from dnalm.models.striped_hyena import StripedHyenaConfig
 
     return lambda: StripedHyenaConfig(
         version=version, n_layer=len(layers), d_model=128, n_head=4, max_len=1026, layers=list(layers),
@@ -98,7 +100,7 @@ PRESETS.update(
 
 
 def _dnahnet_tiny(ratios: list[float]) -> Callable[[], Any]:
-    from dnalm.config import HNetConfig
+    from dnalm.models.hnet import HNetConfig
 
     inner = [64, 128] if len(ratios) == 2 else [128]
     return lambda: HNetConfig(

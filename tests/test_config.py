@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from dnalm.config import ConfigError, HyenaConfig, RunConfig, load_run_config, to_dict
+from dnalm.config import ConfigError, RunConfig, load_run_config, to_dict
+from dnalm.models.hyena import HyenaConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

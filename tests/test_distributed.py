@@ -14,10 +14,11 @@ import pytest
 import torch
 import yaml
 
-from dnalm.config import (
-    ConfigError, DataConfig, HNetConfig, HyenaConfig, RunConfig, StripedHyenaConfig, TrainConfig, TransformerConfig,
-    to_dict,
-)
+from dnalm.config import ConfigError, DataConfig, RunConfig, TrainConfig, to_dict
+from dnalm.models.hnet import HNetConfig
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.striped_hyena import StripedHyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.train import distributed as D
 from dnalm.train.checkpoint import checkpoint_dirs, is_sharded_checkpoint
@@ -208,7 +209,7 @@ def test_activation_checkpointing_trains_the_same(tmp_path, store, reference):
 
 CP_WORKER = r'''
 import json, sys, torch, torch.distributed as dist
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.data.fasta import read_sequences
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.tokenizer import PAD

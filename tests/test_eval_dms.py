@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dnalm.cli import main
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.data.errors import DataError
 from dnalm.eval.dms import BLOSUM62, CODON_TABLE, closest_codons, parse_mutant, read_mutants, score_dms, translate
 from dnalm.models.lm import DNALM

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dnalm.cli import main
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.data.errors import DataError
 from dnalm.eval.embed import embed_sequences
 from dnalm.models.heads import pool_hidden

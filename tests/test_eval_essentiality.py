@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dnalm.cli import main
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.data.errors import DataError
 from dnalm.eval.essentiality import DEFAULT_CASSETTE, genes_from_gff, read_labels, score_essentiality
 from dnalm.models.lm import DNALM

@@ -14,7 +14,7 @@ import torch
 
 import dnalm
 from dnalm.cli import main
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.data.errors import DataError
 from dnalm.eval.variants import Variant, read_variants, score_variants
 from dnalm.models.lm import DNALM

@@ -12,7 +12,9 @@ import torch
 
 from dnalm.checkpoint import save_pretrained
 from dnalm.cli import main
-from dnalm.config import HyenaConfig, StripedHyenaConfig, TransformerConfig
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.striped_hyena import StripedHyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.generation import GenerationError, generate, prefill_logits, sample_next, step_logits, supports_recurrent
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import BOS

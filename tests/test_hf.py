@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import dnalm
 from dnalm.checkpoint import CheckpointError
 from dnalm.cli import main as cli_main
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.hf import HyenaDNAClassifier, is_hf_folder, load_hf, save_hf
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import SEP, UNK

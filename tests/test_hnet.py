@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dnalm.config import ConfigError, HNetConfig, model_config_from_dict
+from dnalm.config import ConfigError
+from dnalm.models import model_config_from_dict
+from dnalm.models.hnet import HNetConfig
 from dnalm.models.hnet import (
     Router,
     chunk,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.models.hyena import HyenaBackbone, HyenaBlock, HyenaOperator
 from dnalm.models.lm import DNALM
 from dnalm.ops.fftconv import direct_long_conv

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import dnalm
 from dnalm.checkpoint import CheckpointError, load_pretrained, save_pretrained
-from dnalm.config import HyenaConfig, TransformerConfig
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.data.fasta import read_fasta
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.tokenizer import PAD

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dnalm.config import HyenaConfig, TransformerConfig
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.data.errors import DataError
 from dnalm.data.fasta import SeqRecord, read_sequences
 from dnalm.eval import longcontext as LC

@@ -13,7 +13,8 @@ import math
 import pytest
 import torch
 
-from dnalm.config import HNetConfig, StripedHyenaConfig
+from dnalm.models.hnet import HNetConfig
+from dnalm.models.striped_hyena import StripedHyenaConfig
 from dnalm.models.lm import DNALM
 from dnalm.presets import PRESETS, get_preset
 from dnalm.scaling.flops import count_params, flops_per_token, measure_flops, rfft_flops

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dnalm.checkpoint import load_pretrained, save_pretrained
-from dnalm.config import ConfigError, StripedHyenaConfig
+from dnalm.config import ConfigError
+from dnalm.models.striped_hyena import StripedHyenaConfig
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.striped_hyena import HyenaMixer, extend_context, modal_filter, modal_state
 from dnalm.ops.fftconv import direct_long_conv, fft_long_conv

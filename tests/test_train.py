@@ -12,7 +12,9 @@ import pytest
 import torch
 import yaml
 
-from dnalm.config import HyenaConfig, RunConfig, TrainConfig, DataConfig, TransformerConfig, to_dict
+from dnalm.config import DataConfig, RunConfig, TrainConfig, to_dict
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.train.checkpoint import checkpoint_dirs, latest_model_dir
 from dnalm.train.optim import lr_at, param_groups
 from dnalm.train.trainer import TrainingError, train
@@ -179,7 +181,7 @@ def test_staged_context_extension(tmp_path, store):
     """Stage 2 starts from stage 1's weights at a longer length with RoPE interpolation/base derived
     from SPEC section 3, and a fresh optimizer and learning-rate schedule."""
     from dnalm.checkpoint import load_pretrained
-    from dnalm.config import StripedHyenaConfig
+    from dnalm.models.striped_hyena import StripedHyenaConfig
     from dnalm.models.striped_hyena import extend_context
 
     small = StripedHyenaConfig(version=2, n_layer=4, d_model=32, n_head=2, max_len=64, mlp_hidden=64)

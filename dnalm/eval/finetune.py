@@ -440,7 +440,8 @@ def save_classifier(
 def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, list[str]]:
     """Load a directory written by ``save_classifier`` -> (SequenceClassifier in eval mode, class names)."""
     from dnalm.checkpoint import CONFIG_FILE, CheckpointError, load_weights, read_checkpoint_meta
-    from dnalm.config import ConfigError, model_config_from_dict
+    from dnalm.config import ConfigError
+    from dnalm.models import model_config_from_dict
     from dnalm.models.heads import SequenceClassifier
     from dnalm.models.lm import DNALM
     from dnalm.tokenizer import Tokenizer

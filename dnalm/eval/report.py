@@ -100,7 +100,7 @@ def format_eval(result: dict[str, Any]) -> str:
 
 def model_config_of(name: str) -> tuple[Any, str]:
     """(model config, description) from a preset name, run directory or checkpoint directory."""
-    from dnalm.config import model_config_from_dict
+    from dnalm.models import model_config_from_dict
     from dnalm.presets import PRESETS, get_preset
     from dnalm.train.checkpoint import latest_model_dir
 

@@ -33,16 +33,109 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnalm.config import ConfigError, _positive, _round_up
 from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
 from dnalm.models.mamba2 import Mamba2Block, ssd_chunked
 
 _LAYOUT = re.compile(r"([mt])(\d+)")
+
+
+@dataclass
+class HNetConfig:
+    """dnaHNet (SPEC section 5): H-Net dynamic chunking over nucleotides; see dnalm/models/hnet.py.
+
+    The hierarchy has ``len(target_ratios)`` stages. Stage s runs ``encoder_layout[s]`` at width
+    ``widths[s]``, chunks with target ratio ``target_ratios[s]``, hands the chunks to stage s+1 and
+    decodes with ``decoder_layout[s]``; the innermost level runs ``main_layout``. Widths:
+    ``d_model`` at the nucleotide level, then ``inner_d_model`` (one per stage, the last is the main
+    network's), never shrinking. Layouts are strings like "t1m4" (m = Mamba-2 block, t = attention block).
+    """
+
+    family: Literal["hnet"] = "hnet"
+    d_model: int = 64  # nucleotide-level width (the embedding width)
+    inner_d_model: list[int] = field(default_factory=lambda: [96, 128])  # widths of stage 1.. and the main network
+    target_ratios: list[float] = field(default_factory=lambda: [3.0, 2.0])  # N per stage; (3,2) as in the paper
+    encoder_layout: list[str] = field(default_factory=lambda: ["t1m4", "t1m4"])  # per stage
+    decoder_layout: list[str] = field(default_factory=lambda: ["m4t1", "m4t1"])  # per stage
+    main_layout: str = "t2"
+    attn_head_dim: int = 32  # attention heads = width // attn_head_dim
+    d_state: int = 128  # Mamba-2
+    mamba_expand: int = 2
+    mamba_d_conv: int = 4
+    mamba_headdim: int = 64
+    ssd_chunk_size: int = 256
+    ratio_loss_alpha: float = 0.03  # total loss = NLL + alpha * sum of per-stage ratio losses
+    max_len: int = 1026
+    vocab_size: int = 16
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        import re
+
+        _positive(self, "d_model", "attn_head_dim", "d_state", "mamba_expand", "mamba_d_conv", "mamba_headdim")
+        _positive(self, "ssd_chunk_size", "max_len", "vocab_size", "rope_base")
+        S = len(self.target_ratios)
+        if S < 1:
+            raise ConfigError("model.target_ratios needs one ratio per stage (at least one stage)")
+        for name in ("inner_d_model", "encoder_layout", "decoder_layout"):
+            if len(getattr(self, name)) != S:
+                raise ConfigError(
+                    f"model.{name} has {len(getattr(self, name))} entries but model.target_ratios has {S} (one per stage)"
+                )
+        for i, r in enumerate(self.target_ratios):
+            if not r > 1:
+                raise ConfigError(f"model.target_ratios[{i}] must be > 1 (got {r})")
+        if self.ratio_loss_alpha < 0:
+            raise ConfigError(f"model.ratio_loss_alpha must be >= 0 (got {self.ratio_loss_alpha})")
+        if self.attn_head_dim % 2:
+            raise ConfigError(f"model.attn_head_dim must be even for RoPE (got {self.attn_head_dim})")
+        widths = self.widths
+        for i in range(1, len(widths)):
+            if widths[i] < widths[i - 1]:
+                raise ConfigError(f"model.inner_d_model must never shrink (widths by level: {widths})")
+        levels = [(f"encoder_layout[{s}]", self.encoder_layout[s], widths[s]) for s in range(S)]
+        levels += [(f"decoder_layout[{s}]", self.decoder_layout[s], widths[s]) for s in range(S)]
+        levels.append(("main_layout", self.main_layout, widths[S]))
+        for name, layout, d in levels:
+            s = str(layout).replace(" ", "").lower()
+            if not s or re.sub(r"[mt]\d+", "", s):
+                raise ConfigError(f"model.{name} is {layout!r}; expected groups like 'm4t1' (m = Mamba-2, t = attention)")
+            if "t" in s and d % self.attn_head_dim:
+                raise ConfigError(f"model.{name}: width {d} is not a multiple of attn_head_dim ({self.attn_head_dim})")
+            if "m" in s and (self.mamba_expand * d) % self.mamba_headdim:
+                raise ConfigError(
+                    f"model.{name}: mamba_expand * width ({self.mamba_expand * d}) is not a multiple of "
+                    f"mamba_headdim ({self.mamba_headdim})"
+                )
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.target_ratios)
+
+    @property
+    def widths(self) -> list[int]:
+        """Width per level: nucleotides, stage 1, ..., main network."""
+        return [self.d_model] + list(self.inner_d_model)
+
+    @property
+    def n_layers_total(self) -> int:
+        """All layers on the path nucleotides -> main -> nucleotides (the GPT-2 init depth)."""
+        import re
+
+        layouts = list(self.encoder_layout) + list(self.decoder_layout) + [self.main_layout]
+        return sum(int(n) for s in layouts for n in re.findall(r"\d+", s))
+
+    def attn_mlp_hidden(self, d: int) -> int:
+        """SwiGLU width of the attention blocks at width d: 8/3 d rounded up to a multiple of 64."""
+        return _round_up(8 * d / 3, 64)
 
 
 def parse_layout(layout: str) -> list[str]:

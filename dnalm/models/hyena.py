@@ -27,18 +27,57 @@ under ``hyena.backbone.``), so importing one is a key rename:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.config import HyenaConfig
+from dnalm.config import ConfigError, _positive
 from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
 from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft
 
 # The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
 # at 1M tokens and width 256 one entry would take 2 GB.
 FILTER_CACHE_MAX_BYTES = 128 * 2**20
+
+
+@dataclass
+class HyenaConfig:
+    """HyenaDNA (SPEC section 1): Hyena operator blocks with implicit long filters."""
+
+    family: Literal["hyena"] = "hyena"
+    n_layer: int = 2
+    d_model: int = 128
+    l_max: int = 1026  # filter table length; time is normalised to l_max (train length + 2)
+    vocab_size: int = 16
+    order: int = 2  # Hyena order N: N-1 long convolutions, N+1 projections
+    filter_order: int = 64  # width of the implicit filter MLP
+    emb_dim: int = 5  # positional features: t plus (emb_dim-1)/2 cos/sin bands
+    num_inner_mlps: int = 2
+    activation_freq: float = 10.0
+    modulation_shift: float = 0.05
+    short_filter_order: int = 3
+    d_inner: int | None = None  # MLP width; None means 4 * d_model
+    ln_eps: float = 1e-5  # final LayerNorm
+    block_ln_eps: float = 1e-5  # LayerNorms inside blocks (HyenaDNA hard-codes 1e-5)
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_inner is None:
+            self.d_inner = 4 * self.d_model
+        _positive(self, "n_layer", "d_model", "l_max", "vocab_size", "filter_order", "emb_dim", "d_inner")
+        if self.order < 2:
+            raise ConfigError(f"model.order must be >= 2 (got {self.order})")
+        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
+            raise ConfigError(f"model.emb_dim must be odd and >= 3 (got {self.emb_dim})")
+
+    @property
+    def max_len(self) -> int:
+        """Longest input the model accepts (the filter table length)."""
+        return self.l_max
 
 
 class PositionalEmbedding(nn.Module):

@@ -50,13 +50,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.config import ConfigError, StripedHyenaConfig
+from dnalm.config import ConfigError, _positive, _round_up
 from dnalm.models.attention import CausalSelfAttention
 from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
 from dnalm.ops.fftconv import fft_long_conv
@@ -72,6 +72,65 @@ __all__ = [
     "modal_state",
     "fir_step",
 ]
+
+
+@dataclass
+class StripedHyenaConfig:
+    """StripedHyena (Evo, ``version`` 1) and StripedHyena 2 (Evo 2, ``version`` 2): SPEC sections 2-3.
+
+    ``layers`` names the block at each depth (n_layer names). Version 1: "hyena" (gated convolution with
+    the modal pole/residue long filter) and "attn" (RoPE attention). Version 2: "se" (explicit length
+    ``se_len`` grouped FIR), "mr" (explicit length ``mr_len`` grouped, decay-regularised), "li" (implicit
+    real modal filter, full length) and "attn". Left out, it is derived: version 1 puts attention at
+    every 8th layer from layer 8 (Evo 1 7B: 8, 16, 24), version 2 repeats SE, MR, LI, MHA, SE, MR, LI
+    (Evo 2 7B). See dnalm/models/striped_hyena.py for the blocks.
+    """
+
+    family: Literal["striped_hyena"] = "striped_hyena"
+    version: Literal[1, 2] = 1
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    max_len: int = 1026
+    vocab_size: int = 16
+    layers: list[str] | None = None  # block name per depth; None = the published pattern (see above)
+    mlp_hidden: int | None = None  # gated-MLP width; None means 8/3 * d_model rounded up to a multiple of 64
+    state_size: int | None = None  # modes per channel of modal filters; None = 8 (version 1) or 16 (version 2)
+    short_filter_len: int = 3  # depthwise FIR on the 3D projections
+    se_len: int = 7
+    mr_len: int = 128
+    filter_groups: int | None = None  # SE/MR filter groups; None = d_model // 16 (Evo 2: 256 at d_model 4096)
+    rope_base: float = 10000.0
+    rope_interp: float = 1.0  # linear position interpolation: positions are divided by this
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mlp_hidden is None:
+            self.mlp_hidden = _round_up(8 * self.d_model / 3, 64)
+        if self.state_size is None:
+            self.state_size = 8 if self.version == 1 else 16
+        if self.filter_groups is None:
+            self.filter_groups = max(1, self.d_model // 16)
+        _positive(self, "n_layer", "d_model", "n_head", "max_len", "vocab_size", "mlp_hidden", "state_size")
+        _positive(self, "short_filter_len", "se_len", "mr_len", "filter_groups", "rope_base", "rope_interp")
+        if self.layers is None:
+            if self.version == 1:
+                self.layers = ["attn" if i and i % 8 == 0 else "hyena" for i in range(self.n_layer)]
+            else:
+                self.layers = [("se", "mr", "li", "attn", "se", "mr", "li")[i % 7] for i in range(self.n_layer)]
+        allowed = ("hyena", "attn") if self.version == 1 else ("se", "mr", "li", "attn")
+        if len(self.layers) != self.n_layer:
+            raise ConfigError(f"model.layers has {len(self.layers)} names but model.n_layer is {self.n_layer}")
+        for i, kind in enumerate(self.layers):
+            if kind not in allowed:
+                raise ConfigError(f"model.layers[{i}] is {kind!r}; version {self.version} allows {list(allowed)}")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must split into n_head ({self.n_head}) heads of even size"
+            )
+        if self.d_model % self.filter_groups:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by filter_groups ({self.filter_groups})")
 
 
 # ------------------------------------------------------------------------------------ filter helpers

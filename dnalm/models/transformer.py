@@ -8,13 +8,43 @@ per block.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.config import TransformerConfig
+from dnalm.config import ConfigError, _positive, _round_up
 from dnalm.models.attention import CausalSelfAttention, KVCache
 from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
+
+
+@dataclass
+class TransformerConfig:
+    """Transformer++ baseline: RMSNorm, SwiGLU, RoPE, causal scaled-dot-product attention."""
+
+    family: Literal["transformer"] = "transformer"
+    n_layer: int = 2
+    d_model: int = 128
+    n_head: int = 4
+    max_len: int = 1026
+    vocab_size: int = 16
+    mlp_hidden: int | None = None  # None means 8/3 * d_model rounded up to a multiple of 64
+    rope_base: float = 10000.0
+    rope_interp: float = 1.0  # linear position interpolation: positions are divided by this
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mlp_hidden is None:
+            self.mlp_hidden = _round_up(8 * self.d_model / 3, 64)
+        _positive(self, "n_layer", "d_model", "n_head", "max_len", "vocab_size", "mlp_hidden")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must split into n_head ({self.n_head}) heads of even size"
+            )
 
 
 class SwiGLU(nn.Module):

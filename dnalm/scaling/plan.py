@@ -548,7 +548,7 @@ def make_plan(
     cfg = shape.config
     note = ""
     if cfg is None:  # a Transformer++ of the inferred shape stands in for the per-layer count
-        from dnalm.config import TransformerConfig
+        from dnalm.models.transformer import TransformerConfig
 
         n_head = max(1, shape.d_model // 128)
         while shape.d_model % n_head or (shape.d_model // n_head) % 2:

@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 
-from dnalm.config import (
-    ConfigError, DataConfig, RunConfig, TrainConfig, from_dict, model_config_from_dict, read_yaml_mapping, to_dict,
-)
+from dnalm.config import ConfigError, DataConfig, RunConfig, TrainConfig, from_dict, read_yaml_mapping, to_dict
+from dnalm.models import model_config_from_dict
 
 __all__ = ["SweepPoint", "load_grid", "plan_points", "run_sweep", "RESULT_COLUMNS", "read_rows"]
 

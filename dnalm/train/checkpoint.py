@@ -189,7 +189,8 @@ def export_checkpoint(src: str | Path, out: str | Path) -> tuple[Path, Path]:
     import torch.distributed.checkpoint as dcp
 
     from dnalm.checkpoint import load_pretrained, save_pretrained
-    from dnalm.config import ConfigError, model_config_from_dict
+    from dnalm.config import ConfigError
+    from dnalm.models import model_config_from_dict
     from dnalm.models.lm import DNALM
     from dnalm.tokenizer import Tokenizer
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from dnalm.checkpoint import atomic_write_text
-from dnalm.config import DataConfig, HyenaConfig, RunConfig, TrainConfig
+from dnalm.config import DataConfig, RunConfig, TrainConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.eval.likelihood import evaluate_lm, markov_report
 from dnalm.eval.report import format_eval
 
