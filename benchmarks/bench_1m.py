@@ -97,7 +97,7 @@ def main() -> None:
     from dnalm.data.fasta import read_sequences
     from dnalm.eval.longcontext import estimate_memory
     from dnalm.models.lm import DNALM
-    from dnalm.presets import get_preset
+    from dnalm.models import get_preset
     from dnalm.tokenizer import decode
 
     rec = next(read_sequences(GENOME))

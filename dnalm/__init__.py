@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dnalm.models.lm import DNALM
-from dnalm.presets import get_preset, list_presets
+from dnalm.models import get_preset, list_presets
 from dnalm.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -29,11 +29,10 @@ def load(path: str | Path, device: str = "cpu") -> DNALM:
     ``dnalm.checkpoint.CheckpointError`` with a message naming the problem.
     """
     from dnalm.checkpoint import is_native_checkpoint, load_pretrained
-    from dnalm.presets import PRESETS
 
     p = Path(path)
     if not p.exists():
-        if str(path) in PRESETS:
+        if str(path) in list_presets():
             return DNALM(get_preset(str(path))).to(device)
         raise FileNotFoundError(f"{path}: no such file, directory or preset (presets: {', '.join(list_presets())})")
     if is_native_checkpoint(p):

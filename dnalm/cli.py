@@ -137,7 +137,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     torchrun --nproc-per-node N -m dnalm train --config run.yaml --set train.parallel=ddp (or fsdp)."""
     import os
 
-    from dnalm.config import load_run_config
+    from dnalm.train.config import load_run_config
     from dnalm.train.trainer import TrainingError, train as run_train
 
     config = load_run_config(args.config, args.overrides)

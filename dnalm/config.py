@@ -1,8 +1,10 @@
-"""Typed configuration: one dataclass per model family, plus the data and training sections of a run.
+"""Typed configuration machinery, and the data and training sections of a run.
 
-YAML run files are plain data mapped onto these dataclasses. Unknown keys are an error (never silently
-ignored), values are type-checked, and derived values (for example the MLP width) are computed here in
-code, not written in YAML.
+YAML run files are plain data mapped onto dataclasses. Unknown keys are an error (never silently
+ignored), values are type-checked, and derived values (for example the MLP width) are computed in code,
+not written in YAML. Each model family's config dataclass lives in its family file (``dnalm/models/``);
+a whole run file is read by ``dnalm.train.config.load_run_config``, which resolves the model section and
+``preset:`` through the model registry.
 """
 
 from __future__ import annotations
@@ -122,37 +124,6 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        if not isinstance(d, dict):
-            raise ConfigError("a run config must be a mapping with model/data/train sections")
-        d = dict(d)
-        model = d.pop("model", None)
-        preset = d.get("preset")
-        if model is None:
-            if preset is None:
-                raise ConfigError("the run config needs a 'model' section or a 'preset' name")
-            from dnalm.presets import get_preset
-
-            model = to_dict(get_preset(preset))
-        elif preset is not None:
-            from dnalm.presets import get_preset
-
-            # a preset plus a partial model section: the section overrides the preset's fields
-            model = {**to_dict(get_preset(preset)), **model}
-        from dnalm.models import model_config_from_dict
-
-        run = from_dict(cls, d, "")
-        run.model = model_config_from_dict(model)
-        return run
-
-
-def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config and apply ``section.key=value`` overrides (values parsed as YAML scalars)."""
-    data = read_yaml_mapping(path, "config file")
-    apply_overrides(data, overrides or [])
-    return RunConfig.from_dict(data)
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:

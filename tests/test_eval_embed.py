@@ -121,7 +121,7 @@ def test_model_api_delegates(tmp_path):
 def test_other_families_pad_invariant_and_trainable(preset):
     from dnalm.eval.embed import batch_ids
     from dnalm.models.heads import SequenceClassifier
-    from dnalm.presets import get_preset
+    from dnalm.models import get_preset
 
     torch.manual_seed(0)
     m = DNALM(get_preset(preset)).eval()

@@ -265,7 +265,7 @@ def test_short_training_on_ecoli_lowers_the_loss():
 
 
 def test_presets_are_cpu_sized_and_run():
-    from dnalm.presets import get_preset
+    from dnalm.models import get_preset
 
     for name, ratios in (("dnahnet-tiny-32", [3.0, 2.0]), ("dnahnet-tiny-22", [2.0, 2.0]), ("dnahnet-tiny-3", [3.0])):
         cfg = get_preset(name)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dnalm.models.lm import DNALM
-from dnalm.presets import get_preset
+from dnalm.models import get_preset
 
 # name -> published parameter count (SPEC section 1, "Published sizes")
 HYENADNA_PUBLISHED = {

@@ -16,7 +16,7 @@ import torch
 from dnalm.models.hnet import HNetConfig
 from dnalm.models.striped_hyena import StripedHyenaConfig
 from dnalm.models.lm import DNALM
-from dnalm.presets import PRESETS, get_preset
+from dnalm.models import get_preset, list_presets
 from dnalm.scaling.flops import count_params, flops_per_token, measure_flops, rfft_flops
 
 
@@ -108,7 +108,7 @@ def test_evo1_per_layer_count_at_8k_and_131k():
     assert 1.4 < b131.training / b131.six_n < 1.6
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", list_presets())
 def test_count_params_matches_model(name):
     config = get_preset(name)
     with torch.device("meta"):  # 7B/40B presets cost nothing on the meta device

@@ -12,7 +12,7 @@ import torch
 
 from dnalm.cli import main
 from dnalm.models.lm import DNALM
-from dnalm.presets import get_preset
+from dnalm.models import get_preset
 from dnalm.scaling.plan import (
     HARDWARE,
     activation_elements,

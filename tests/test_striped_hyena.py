@@ -16,7 +16,7 @@ from dnalm.models.striped_hyena import StripedHyenaConfig
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.striped_hyena import HyenaMixer, extend_context, modal_filter, modal_state
 from dnalm.ops.fftconv import direct_long_conv, fft_long_conv
-from dnalm.presets import get_preset
+from dnalm.models import get_preset
 from dnalm.tokenizer import BOS
 from realdata import ecoli_ids
 

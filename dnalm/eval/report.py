@@ -12,6 +12,7 @@ import yaml
 
 from dnalm.checkpoint import CheckpointError, atomic_write_text
 from dnalm.config import ConfigError, RunConfig
+from dnalm.train.config import run_config_from_dict
 from dnalm.eval.likelihood import evaluate_lm, markov_report
 
 
@@ -23,7 +24,7 @@ def run_config_of(path: str | Path) -> RunConfig | None:
     for cand in (p, p.parent, p.parent.parent):
         snap = cand / CONFIG_SNAPSHOT
         if snap.is_file():
-            return RunConfig.from_dict(yaml.safe_load(snap.read_text()))
+            return run_config_from_dict(yaml.safe_load(snap.read_text()))
     return None
 
 
@@ -101,12 +102,12 @@ def format_eval(result: dict[str, Any]) -> str:
 def model_config_of(name: str) -> tuple[Any, str]:
     """(model config, description) from a preset name, run directory or checkpoint directory."""
     from dnalm.models import model_config_from_dict
-    from dnalm.presets import PRESETS, get_preset
+    from dnalm.models import get_preset, list_presets
     from dnalm.train.checkpoint import latest_model_dir
 
     p = Path(name)
     if not p.exists():
-        if name in PRESETS:
+        if name in list_presets():
             return get_preset(name), f"preset {name}"
         raise FileNotFoundError(f"{name}: no such run, checkpoint or preset")
     model_dir = p if (p / "config.json").is_file() else latest_model_dir(p)
@@ -119,7 +120,7 @@ def model_config_of(name: str) -> tuple[Any, str]:
 def info_report(name: str | None, seq_len: int | None = None, batch_size: int = 1, list_presets: bool = False) -> str:
     """Parameters, FLOPs per token and memory of a model (built on the meta device: no allocation)."""
     from dnalm.models.lm import DNALM
-    from dnalm.presets import list_presets as presets
+    from dnalm.models import list_presets as presets
 
     if list_presets or name is None:
         return "presets:\n" + "\n".join(f"  {p}" for p in presets())

@@ -35,7 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnalm.config import ConfigError, _positive
-from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
+from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
+from dnalm.models.spec import (
+    ActivationShape, BackboneOutput, FlopTerms, LayerSpec, ModelSpec, fft_conv_flops, layer_params_estimate,
+)
 from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft
 
 # The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
@@ -144,8 +147,6 @@ class ExponentialModulation(nn.Module):
 class HyenaFilter(nn.Module):
     """The implicit long filters of one operator: ``channels`` = (order-1) * d_model filters of length <= l_max,
     plus the per-channel skip ``bias`` (the "D" term: y = h * u + bias * u)."""
-
-    no_weight_decay = True  # filter MLP parameters get no weight decay (SPEC section 1)
 
     def __init__(self, config: HyenaConfig, channels: int):
         super().__init__()
@@ -361,3 +362,80 @@ class HyenaBackbone(nn.Module):
     def step(self, x_t: torch.Tensor, states: list[dict]) -> tuple[torch.Tensor, list[dict]]:
         """One token x_t (B, D) -> (hidden (B, D), states updated in place)."""
         return step_layers(self.layers, x_t, states)
+
+
+# ------------------------------------------------------------------------------------------ the spec
+
+
+def count_params(cfg: HyenaConfig) -> int:
+    """Backbone + final LayerNorm parameters (the shell adds the embedding and an untied head)."""
+    d, N, fo, e = cfg.d_model, cfg.order, cfg.filter_order, cfg.emb_dim
+    k = cfg.short_filter_order
+    filt = (e * fo + fo) + fo + cfg.num_inner_mlps * (fo * fo + fo) + fo * d * (N - 1)  # MLP, sin freq, head
+    mixer = (d * (N + 1) * d + (N + 1) * d) + (N + 1) * d * (k + 1) + filt + d * (N - 1) + (d * d + d)
+    mlp = d * cfg.d_inner + cfg.d_inner + cfg.d_inner * d + d
+    layer = 2 * d + mixer + 2 * d + mlp  # two LayerNorms (weight + bias)
+    return cfg.n_layer * layer + 2 * d  # final LayerNorm
+
+
+def flops(cfg: HyenaConfig, L: int, B: int, causal_savings: bool = False) -> FlopTerms:
+    """Hyena operator of order N, then a GELU MLP, per layer (forward FLOPs per token)."""
+    d, N, fo = cfg.d_model, cfg.order, cfg.filter_order
+    out = FlopTerms()
+    for _ in range(cfg.n_layer):
+        out.layer_kinds.append("hyena")
+        out.add("in_proj", 2 * d * (N + 1) * d)  # D -> (N+1)D
+        out.add("short_conv", 2 * cfg.short_filter_order * (N + 1) * d)  # depthwise, k taps
+        # implicit filter MLP, evaluated at the first L of l_max positions, once per batch
+        mlp = cfg.emb_dim * fo + cfg.num_inner_mlps * fo * fo + fo * d * (N - 1)
+        out.add("filter_mlp", 2 * mlp / B)
+        out.add_fft(fft_conv_flops(d * (N - 1), L, B))
+        out.add("out_proj", 2 * d * d)
+        out.add("mlp", 4 * d * cfg.d_inner)  # D -> d_inner -> D
+    out.add("logits", 2 * d * cfg.vocab_size)
+    return out
+
+
+def activations(cfg: HyenaConfig) -> ActivationShape:
+    """GELU MLP (2 saved hidden tensors), LayerNorm; the implicit filter MLP saves its hidden layers."""
+    fo = cfg.filter_order
+    filt = 3 * fo * (cfg.num_inner_mlps + 1) + cfg.d_model * (cfg.order - 1)
+    return ActivationShape(
+        layers=[LayerSpec("hyena", filter_mlp=filt, mlp_saved=2) for _ in range(cfg.n_layer)],
+        n_layer=cfg.n_layer,
+        mlp_hidden=int(cfg.d_inner),
+        mlp_gated=False,
+        largest_layer_params=layer_params_estimate(cfg.d_model, int(cfg.d_inner), False),
+        norm="layer",
+        order=cfg.order,
+    )
+
+
+def _hyenadna(n_layer: int, d_model: int, context: int):
+    """The published HyenaDNA sizes (Nguyen et al. 2023, Table A.1): l_max = context + 2, as the released
+    checkpoints use (room for the tokenizer's two special tokens)."""
+    return lambda: HyenaConfig(n_layer=n_layer, d_model=d_model, l_max=context + 2)
+
+
+SPEC = ModelSpec(
+    family="hyena",
+    config=HyenaConfig,
+    backbone=HyenaBackbone,
+    final_norm=lambda cfg: nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps),
+    count_params=count_params,
+    flops=flops,
+    activations=activations,
+    length_field="l_max",
+    # the implicit filter (its MLP, Sin frequency and skip bias) gets no weight decay, as in HyenaDNA's
+    # training code (the filter's parameters are registered with weight_decay 0)
+    no_weight_decay=lambda name: ".filter_fn." in f".{name}",
+    presets={
+        "hyenadna-tiny-1k": _hyenadna(2, 128, 1024),
+        "hyenadna-tiny-1k-d256": _hyenadna(2, 256, 1024),
+        "hyenadna-small-32k": _hyenadna(4, 256, 32768),
+        "hyenadna-medium-160k": _hyenadna(8, 256, 160000),
+        "hyenadna-medium-450k": _hyenadna(8, 256, 450000),
+        "hyenadna-large-1m": _hyenadna(8, 256, 1_000_000),
+    },
+    formats=("hyenadna-hf",),
+)

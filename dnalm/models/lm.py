@@ -23,17 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnalm.models.spec import BackboneOutput, spec_of
 from dnalm.tokenizer import PAD, UNK, Tokenizer
-
-
-@dataclass
-class BackboneOutput:
-    """What a family's backbone returns."""
-
-    hidden: torch.Tensor  # (B, L, D), before the final norm
-    hidden_states: list[torch.Tensor] | None = None  # after each block, when requested
-    aux_loss: torch.Tensor | None = None  # added to the LM loss (e.g. H-Net ratio loss)
-    metrics: dict[str, float] = field(default_factory=dict)  # logged by the trainer
 
 
 @dataclass
@@ -42,22 +33,6 @@ class LMOutput:
     hidden_states: list[torch.Tensor] | None = None
     aux_loss: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def build_backbone(config: Any) -> nn.Module:
-    """The family's backbone for ``config`` (imports only the family that is asked for)."""
-    family = config.family
-    if family == "hyena":
-        from dnalm.models.hyena import HyenaBackbone as cls
-    elif family == "transformer":
-        from dnalm.models.transformer import TransformerBackbone as cls
-    elif family == "striped_hyena":
-        from dnalm.models.striped_hyena import StripedHyenaBackbone as cls
-    elif family == "hnet":
-        from dnalm.models.hnet import HNetBackbone as cls
-    else:
-        raise ValueError(f"unknown model family {family!r}")
-    return cls(config)
 
 
 def prefill_layers(layers: nn.ModuleList, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, list[Any]]:
@@ -112,11 +87,9 @@ class DNALM(nn.Module):
         self.config = config
         d, v = config.d_model, config.vocab_size
         self.embed = nn.Embedding(v, d)  # (V, D)
-        self.backbone = build_backbone(config)
-        if config.family == "hyena":
-            self.norm_f = nn.LayerNorm(d, eps=config.ln_eps)
-        else:
-            self.norm_f = nn.RMSNorm(d, eps=getattr(config, "norm_eps", 1e-5))
+        spec = spec_of(config)
+        self.backbone = spec.backbone(config)
+        self.norm_f = spec.final_norm(config)
         self.lm_head = None if config.tie_embeddings else nn.Linear(d, v, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         if self.lm_head is not None:

@@ -57,8 +57,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnalm.config import ConfigError, _positive, _round_up
-from dnalm.models.attention import CausalSelfAttention
-from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
+from dnalm.models.attention import CausalSelfAttention, extend_context
+from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
+from dnalm.models.spec import (
+    ActivationShape, BackboneOutput, FlopTerms, LayerSpec, ModelSpec, attention_block_params, attention_layer_flops,
+    fft_conv_flops, gated_mlp_flops, layer_params_estimate,
+)
 from dnalm.ops.fftconv import fft_long_conv
 
 __all__ = [
@@ -67,7 +71,6 @@ __all__ = [
     "HyenaMixer",
     "GatedMLP",
     "HyenaState",
-    "extend_context",
     "modal_filter",
     "modal_state",
     "fir_step",
@@ -436,26 +439,139 @@ class StripedHyenaBackbone(nn.Module):
         return step_layers(self.layers, x_t, states)
 
 
-# --------------------------------------------------------------------------------- context extension
+# ------------------------------------------------------------------------------------------ the spec
 
 
-def extend_context(config: Any, new_len: int, base_len: int = 8192) -> Any:
-    """The config for a context-extension stage at ``new_len`` (SPEC section 3, Evo 2).
+def count_params(cfg: StripedHyenaConfig) -> int:
+    """Backbone + final RMSNorm parameters (the shell adds the embedding and an untied head)."""
+    d, S, G, k = cfg.d_model, cfg.state_size, cfg.filter_groups, cfg.short_filter_len
+    v1 = cfg.version == 1
+    total = 0
+    for kind in cfg.layers:
+        layer = 2 * d + 3 * d * cfg.mlp_hidden  # two RMSNorms, gated MLP (no biases)
+        if kind == "attn":
+            layer += attention_block_params(d, bias=v1)
+        else:
+            layer += 3 * d * d + (3 * d if v1 else 0)  # in_proj
+            layer += 3 * d * k + (3 * d if v1 else 0)  # short FIR (+ bias in version 1)
+            layer += d * d + d  # out_proj with bias
+            layer += d if kind in ("hyena", "li", "mr") else 0  # skip D
+            layer += {"hyena": 4 * d * S, "li": 2 * d * S, "se": G * cfg.se_len, "mr": G * cfg.mr_len}[kind]
+        total += layer
+    return total + d  # final RMSNorm
 
-    Sets ``max_len = new_len``, linear position interpolation ``rope_interp = new_len / base_len`` and
-    ``rope_base = base * 10 ** log2(new_len / base_len)`` where ``base`` is the RoPE base at ``base_len``
-    (1M from 8K: factor 128, base 1e4 -> 1e11). The base is recovered from the config's current
-    ``rope_interp``, so stages compose: extending an extended config gives the same result as extending
-    the original (this holds for any config made by this function or still at its base length). Returns
-    a new config; the input is not modified.
-    """
-    for name in ("rope_base", "rope_interp", "max_len"):
-        if not hasattr(config, name):
-            raise ConfigError(f"{type(config).__name__} has no {name}; context extension needs RoPE fields")
-    if base_len <= 0 or new_len < base_len:
-        raise ConfigError(f"context extension needs new_len >= base_len > 0 (got new_len={new_len}, base_len={base_len})")
-    factor = new_len / base_len
-    base0 = config.rope_base / 10 ** math.log2(config.rope_interp)
-    return dataclasses.replace(
-        config, max_len=int(new_len), rope_interp=factor, rope_base=base0 * 10 ** math.log2(factor)
+
+def flops(cfg: StripedHyenaConfig, L: int, B: int, causal_savings: bool = False) -> FlopTerms:
+    """Hyena mixers (modal, SE, MR, LI) striped with RoPE attention; gated MLPs (forward FLOPs per token)."""
+    d, S, k = cfg.d_model, cfg.state_size, cfg.short_filter_len
+    out = FlopTerms()
+    for kind in cfg.layers:
+        if kind == "attn":
+            out.layer_kinds.append("attention")
+            attention_layer_flops(out, d, L, causal_savings)
+        else:
+            out.layer_kinds.append("hyena_explicit" if kind == "se" else "hyena")
+            out.add("in_proj", 6 * d * d)
+            out.add("short_conv", 2 * k * 3 * d)
+            if kind == "se":  # direct depthwise convolution, se_len taps
+                out.add("explicit_conv", 2 * cfg.se_len * d)
+            else:
+                out.add_fft(fft_conv_flops(d, L, B, cfg.mr_len if kind == "mr" else L))
+                if kind in ("hyena", "li"):
+                    # h[c, j*c0 + i] = Re sum_n (R p^(j c0))[n] (p^i)[n]: per channel an (m, S) @ (S, c0)
+                    # product on two sqrt(L) power tables (two real products for complex poles), once per batch
+                    c0 = math.isqrt(max(L - 1, 0)) + 1
+                    m = -(-L // c0)
+                    products = 2 if kind == "hyena" else 1
+                    out.add("modal_filter", products * 2 * d * S * m * c0 / (L * B))
+            out.add("out_proj", 2 * d * d)
+        out.add("mlp", gated_mlp_flops(d, cfg.mlp_hidden))
+    out.add("logits", 2 * d * cfg.vocab_size)
+    return out
+
+
+def activations(cfg: StripedHyenaConfig) -> ActivationShape:
+    layers = []
+    for i, kind in enumerate(cfg.layers):
+        saved = 4 if cfg.version == 1 or i == 0 else 3  # Evo 2: GELU in layer 0, bilinear GLU after
+        if kind == "attn":
+            layers.append(LayerSpec("attention", mlp_saved=saved))
+        elif kind == "se":
+            layers.append(LayerSpec("hyena_explicit", mlp_saved=saved))
+        elif kind == "mr":
+            layers.append(LayerSpec("hyena", filter_len=cfg.mr_len, mlp_saved=saved))
+        else:
+            layers.append(LayerSpec("hyena", mlp_saved=saved, modal_states=cfg.state_size, modal_complex=kind == "hyena"))
+    return ActivationShape(
+        layers=layers,
+        n_layer=cfg.n_layer,
+        mlp_hidden=int(cfg.mlp_hidden),
+        mlp_gated=True,
+        largest_layer_params=layer_params_estimate(cfg.d_model, int(cfg.mlp_hidden), True),
     )
+
+
+def no_weight_decay(name: str) -> bool:
+    """The long filters' own parameters (modal poles and residues, Hyena-LI rates, SE/MR taps) are filter
+    coefficients, not projections: like HyenaDNA's implicit filters they get no weight decay."""
+    return name.rsplit(".", 1)[-1] in ("poles", "residues", "log_rate", "h", "w") and ".mixer." in name
+
+
+# ---- presets: Evo 1 and Evo 2 as released. Evo 1: togethercomputer/evo-1-8k-base and evo-1-131k-base
+# config.json (32 layers, 4096 wide, 32 heads, attention at 8/16/24, inner_mlp_size 10928, state 8, byte
+# vocabulary 512; the 131k model divides RoPE positions by 16). Evo 2: ArcInstitute/evo2
+# evo2/configs/evo2-{7b,40b}-{8k,1m}.yml (hcs/hcm/hcl/attn layer indices, 256/512 filter groups, state 16).
+# The released 1M files list a wider MLP than the 8k ones (7B: 11264 vs 11008, 40B: 22528 vs 21888); each
+# preset follows its own file. The 1M RoPE (base 1e11, positions / 128) is what
+# ``extend_context(cfg, 2**20)`` gives from a base-1e4 8k config.
+
+
+def _evo1(max_len: int, rope_interp: float):
+    layers = ["attn" if i in (8, 16, 24) else "hyena" for i in range(32)]
+    return lambda: StripedHyenaConfig(
+        version=1, n_layer=32, d_model=4096, n_head=32, max_len=max_len, vocab_size=512, layers=layers,
+        mlp_hidden=10928, state_size=8, rope_base=10000.0, rope_interp=rope_interp,
+    )  # fmt: skip
+
+
+def _evo2(size: str, max_len: int, mlp_hidden: int, rope_base: float, rope_interp: float):
+    n_layer, d_model, n_head, groups = (32, 4096, 32, 256) if size == "7b" else (50, 8192, 64, 512)
+    attn = [3, 10, 17, 24, 31] if size == "7b" else [3, 10, 17, 24, 31, 35, 42, 49]
+    hyena = [i for i in range(n_layer) if i not in attn]  # the rest cycle SE, MR, LI in depth order
+    kinds = {i: ("se", "mr", "li")[j % 3] for j, i in enumerate(hyena)} | {i: "attn" for i in attn}
+    layers = [kinds[i] for i in range(n_layer)]
+    return lambda: StripedHyenaConfig(
+        version=2, n_layer=n_layer, d_model=d_model, n_head=n_head, max_len=max_len, vocab_size=512,
+        layers=layers, mlp_hidden=mlp_hidden, state_size=16, filter_groups=groups, rope_base=rope_base,
+        rope_interp=rope_interp,
+    )  # fmt: skip
+
+
+def _tiny(version: int, layers: list[str], mlp_hidden: int):
+    return lambda: StripedHyenaConfig(
+        version=version, n_layer=len(layers), d_model=128, n_head=4, max_len=1026, layers=list(layers),
+        mlp_hidden=mlp_hidden,
+    )  # fmt: skip
+
+
+SPEC = ModelSpec(
+    family="striped_hyena",
+    config=StripedHyenaConfig,
+    backbone=StripedHyenaBackbone,
+    final_norm=lambda cfg: nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps),
+    count_params=count_params,
+    flops=flops,
+    activations=activations,
+    no_weight_decay=no_weight_decay,
+    extend_context=extend_context,
+    presets={
+        "striped-hyena-tiny": _tiny(1, ["hyena", "attn", "hyena"], 256),  # ~0.5M, for tests and demos
+        "striped-hyena2-tiny": _tiny(2, ["se", "mr", "li", "attn"], 192),  # ~0.57M
+        "evo-1-8k": _evo1(8192, 1.0),
+        "evo-1-131k": _evo1(131072, 16.0),
+        "evo2-7b-8k": _evo2("7b", 8192, 11008, 1e4, 1.0),
+        "evo2-7b": _evo2("7b", 1_048_576, 11264, 1e11, 128.0),
+        "evo2-40b-8k": _evo2("40b", 8192, 21888, 1e6, 1.0),
+        "evo2-40b": _evo2("40b", 1_048_576, 22528, 1e11, 128.0),
+    },
+)

@@ -16,8 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnalm.config import ConfigError, _positive, _round_up
-from dnalm.models.attention import CausalSelfAttention, KVCache
-from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
+from dnalm.models.attention import CausalSelfAttention, KVCache, extend_context
+from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
+from dnalm.models.spec import (
+    ActivationShape, BackboneOutput, FlopTerms, LayerSpec, ModelSpec, attention_layer_flops, gated_mlp_flops,
+    layer_params_estimate,
+)
 
 
 @dataclass
@@ -138,3 +142,59 @@ class TransformerBackbone(nn.Module):
     def step(self, x_t: torch.Tensor, state: list[KVCache]) -> tuple[torch.Tensor, list[KVCache]]:
         """One token's embedding x_t (B, D) -> (hidden (B, D), the updated caches)."""
         return step_layers(self.layers, x_t, state)  # (B, D); each cache is updated in place
+
+
+# ------------------------------------------------------------------------------------------ the spec
+
+
+def count_params(cfg: TransformerConfig) -> int:
+    """Backbone + final RMSNorm parameters (the shell adds the embedding and an untied head)."""
+    d, f = cfg.d_model, cfg.mlp_hidden
+    layer = d + 4 * d * d + d + 3 * d * f  # RMSNorm, Wqkv + out_proj, RMSNorm, SwiGLU (no biases)
+    return cfg.n_layer * layer + d  # final RMSNorm
+
+
+def flops(cfg: TransformerConfig, L: int, B: int, causal_savings: bool = False) -> FlopTerms:
+    """RMSNorm, RoPE causal attention, SwiGLU, per layer (forward FLOPs per token)."""
+    d = cfg.d_model
+    out = FlopTerms()
+    for _ in range(cfg.n_layer):
+        out.layer_kinds.append("attention")
+        attention_layer_flops(out, d, L, causal_savings)
+        out.add("mlp", gated_mlp_flops(d, cfg.mlp_hidden))
+    out.add("logits", 2 * d * cfg.vocab_size)
+    return out
+
+
+def activations(cfg: TransformerConfig) -> ActivationShape:
+    return ActivationShape(
+        layers=[LayerSpec("attention") for _ in range(cfg.n_layer)],
+        n_layer=cfg.n_layer,
+        mlp_hidden=int(cfg.mlp_hidden),
+        mlp_gated=True,
+        largest_layer_params=layer_params_estimate(cfg.d_model, int(cfg.mlp_hidden), True),
+    )
+
+
+def _matched(n_layer: int, d_model: int, context: int):
+    """A Transformer++ matching a HyenaDNA preset in depth and width (heads of 32), so their parameter counts
+    are close: the baseline of the architecture comparisons."""
+    return lambda: TransformerConfig(n_layer=n_layer, d_model=d_model, n_head=d_model // 32, max_len=context + 2)
+
+
+SPEC = ModelSpec(
+    family="transformer",
+    config=TransformerConfig,
+    backbone=TransformerBackbone,
+    final_norm=lambda cfg: nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps),
+    count_params=count_params,
+    flops=flops,
+    activations=activations,
+    extend_context=extend_context,
+    presets={
+        "transformer-tiny-1k": _matched(2, 128, 1024),
+        "transformer-tiny-1k-d256": _matched(2, 256, 1024),
+        "transformer-small-32k": _matched(4, 256, 32768),
+        "transformer-medium-160k": _matched(8, 256, 160000),
+    },
+)

@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from dnalm.config import ConfigError, DataConfig, RunConfig, TrainConfig, from_dict, read_yaml_mapping, to_dict
-from dnalm.models import model_config_from_dict
+from dnalm.models import get_spec, model_config_from_dict
 
 __all__ = ["SweepPoint", "load_grid", "plan_points", "run_sweep", "RESULT_COLUMNS", "read_rows"]
 
@@ -125,8 +124,7 @@ def plan_points(grid: dict[str, Any], out_dir: str | Path | None = None, store: 
             data = from_dict(DataConfig, dict(grid.get("data") or {}), "data")
             data.store = store if store is not None else data.store
             model_fields = {"family": fam, **fields}
-            length_key = "l_max" if fam == "hyena" else "max_len"
-            model_fields.setdefault(length_key, data.seq_len + 2)
+            model_fields.setdefault(get_spec(fam).length_field, data.seq_len + 2)
             try:
                 model = model_config_from_dict(model_fields, where)
             except ConfigError as e:

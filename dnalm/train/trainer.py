@@ -28,6 +28,7 @@ from dnalm.checkpoint import CheckpointError, atomic_write_text, save_pretrained
 from dnalm.config import ConfigError, RunConfig, to_dict
 from dnalm.eval.likelihood import evaluate_lm, lm_inputs
 from dnalm.models.lm import DNALM, lm_loss
+from dnalm.models.spec import SPECS, spec_of
 from dnalm.train import distributed as dist
 from dnalm.train.checkpoint import (
     FINAL_MODEL_DIR, checkpoint_dirs, is_sharded_checkpoint, load_checkpoint_into, load_training_state,
@@ -103,20 +104,21 @@ def build_schedule(config: RunConfig):
 
 def extension_stage(config: RunConfig) -> RunConfig:
     """For a context-extension stage (``train.extend_from_len`` = L0), the model config at the new
-    length L = ``data.seq_len``, derived in code as SPEC section 3 says: ``max_len = L``, linear RoPE
-    position interpolation by L/L0 and the RoPE base multiplied by 10^log2(L/L0). Idempotent, so a
-    resumed stage derives the same model."""
+    length L = ``data.seq_len``, derived in code by the family's ``extend_context`` (for RoPE families,
+    Evo 2's recipe: ``max_len = L``, linear position interpolation by L/L0 and the RoPE base multiplied by
+    10^log2(L/L0); see ``dnalm.models.attention.extend_context``). Idempotent, so a resumed stage derives
+    the same model."""
     base_len = config.train.extend_from_len
     if base_len is None:
         return config
-    if not hasattr(config.model, "rope_interp"):
+    spec = spec_of(config.model)
+    if spec.extend_context is None:
+        able = sorted(s.family for s in SPECS.values() if s.extend_context is not None)
         raise ConfigError(
-            f"train.extend_from_len: the {config.model.family} family has no RoPE to extend; "
-            "context extension applies to attention-bearing families (striped_hyena, transformer)"
+            f"train.extend_from_len: the {spec.family} family has no RoPE to extend; "
+            f"context extension applies to {', '.join(able)}"
         )
-    from dnalm.models.striped_hyena import extend_context
-
-    return replace(config, model=extend_context(config.model, config.data.seq_len, base_len))
+    return replace(config, model=spec.extend_context(config.model, config.data.seq_len, base_len))
 
 
 def check_config(config: RunConfig) -> None:
@@ -124,9 +126,10 @@ def check_config(config: RunConfig) -> None:
     lengths = [s.seq_len for s in config.data.warmup_stages] or [config.data.seq_len]
     for length in lengths:
         if length > config.model.max_len:
+            field = spec_of(config.model).length_field
             raise ConfigError(
                 f"data.seq_len {length} exceeds the model's maximum length {config.model.max_len} "
-                "(for HyenaDNA raise model.l_max to at least seq_len)"
+                f"(raise model.{field} to at least seq_len)"
             )
         if length < 2:
             raise ConfigError(f"data.seq_len must be >= 2 (got {length})")
