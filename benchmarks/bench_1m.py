@@ -94,7 +94,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from dnalm.data.fasta import read_sequences
+    from dnalm.data.sequences import read_sequences
     from dnalm.eval.longcontext import estimate_memory
     from dnalm.models.lm import DNALM
     from dnalm.models import get_preset

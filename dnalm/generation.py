@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from dnalm.tokenizer import BASES, SEP, Tokenizer, decode
 
@@ -163,8 +164,6 @@ def generate(
         groups.setdefault(len(ids), []).append(i)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=n_tokens * len(groups), desc="generating", unit="tok", file=sys.stderr)
     was_training = model.training
     model.eval()

@@ -20,7 +20,7 @@ import dnalm
 from dnalm.checkpoint import CheckpointError
 from dnalm.cli import main as cli_main
 from dnalm.models.hyena import HyenaConfig
-from dnalm.hf import HyenaDNAClassifier, is_hf_folder, load_hf, save_hf
+from dnalm.formats.hyenadna_hf import HyenaDNAClassifier, is_hf_folder, load_hf, save_hf
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import SEP, UNK
 
@@ -150,9 +150,9 @@ def test_score_and_generate_use_the_checkpoint_conventions(lm):
     ids = exp["in0.input_ids"][0]
     logp = torch.log_softmax(exp["in0.logits"][0].double(), -1)  # (L, V)
     ref = sum(float(logp[t, ids[t + 1]]) for t in range(len(ids) - 2))  # targets: bases 1..n-1
-    assert abs(float(lm.score(x["sequence"])) - ref) < 1e-3
-    assert lm.score(x["sequence"], reduce="none").shape == (len(x["sequence"]) - 1,)
-    out = lm.generate(x["sequence"][:50], n_tokens=3, temperature=0)
+    assert abs(float(dnalm.score(lm, x["sequence"])) - ref) < 1e-3
+    assert dnalm.score(lm, x["sequence"], reduce="none").shape == (len(x["sequence"]) - 1,)
+    out = dnalm.generate(lm, x["sequence"][:50], n_tokens=3, temperature=0)
     with torch.no_grad():
         step = lm(ids[None, :50]).logits[0, -1, 7:11]  # after base 50, over A C G T
     assert out[0] == "ACGT"[int(step.argmax())]

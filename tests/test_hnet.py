@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import dnalm
 from dnalm.config import ConfigError
 from dnalm.models import model_config_from_dict
 from dnalm.models.hnet import HNetConfig
@@ -282,8 +283,8 @@ def test_generate_with_recurrent_steps_equals_recompute():
     torch.manual_seed(3)
     model = DNALM(_small()).eval()
     prompt = "ATGAAACGCATTAGCACCACCATTACCACCACCATCACCATTACCACAGGTAACGGTGCGGGCTGA"  # E. coli thrL CDS (start)
-    fast = model.generate(prompt, 24, seed=7, num_samples=3)
-    slow = model.generate(prompt, 24, seed=7, num_samples=3, use_cache=False)
+    fast = dnalm.generate(model, prompt, 24, seed=7, num_samples=3)
+    slow = dnalm.generate(model, prompt, 24, seed=7, num_samples=3, use_cache=False)
     assert fast == slow and len(fast) == 3 and all(len(s) == 24 for s in fast)
 
 

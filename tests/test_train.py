@@ -15,7 +15,7 @@ import yaml
 from dnalm.config import DataConfig, RunConfig, TrainConfig, to_dict
 from dnalm.models.hyena import HyenaConfig
 from dnalm.models.transformer import TransformerConfig
-from dnalm.train.checkpoint import checkpoint_dirs, latest_model_dir
+from dnalm.checkpoint import checkpoint_dirs, latest_model_dir
 from dnalm.train.optim import lr_at, param_groups
 from dnalm.train.trainer import TrainingError, train
 

@@ -38,11 +38,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from tqdm import tqdm
 
+from dnalm.checkpoint import atomic_dir
 from dnalm.data.annotation import Feature, annotation_format, check_features, gene_features, read_annotations
 from dnalm.data.errors import DataError
-from dnalm.data.fasta import read_sequences, sniff_format
+from dnalm.data.fasta import sniff_format
+from dnalm.data.sequences import read_sequences
 from dnalm.tokenizer import C, G, N
+from dnalm.version import __version__
 
 STORE_FORMAT = "dnalm-token-store"
 STORE_VERSION = 1
@@ -201,8 +205,6 @@ def prepare(
     Returns the manifest; ``manifest["up_to_date"]`` is True when nothing had to be done.
     Raises DataError for bad inputs or options; nothing is written then.
     """
-    from dnalm.checkpoint import atomic_dir
-
     t0 = time.perf_counter()
     out = Path(out)
     inputs = [Path(p) for p in inputs]
@@ -265,8 +267,6 @@ def _build(
     options: dict[str, Any],
     progress: bool,
 ) -> dict:
-    from tqdm import tqdm
-
     records: list[dict[str, Any]] = []
     where: dict[str, Path] = {}
     nruns: list[np.ndarray] = []
@@ -379,7 +379,6 @@ def _build(
     total = int(offset)
     acgt = int(offset) - int(counts[N])  # the reader emits only A/C/G/T/N ids
     split_sizes = {s: {"bases": int(sum(e - b for _, b, e in iv)), "intervals": len(iv)} for s, iv in splits.items()}
-    from dnalm import __version__
 
     return {
         "format": STORE_FORMAT,

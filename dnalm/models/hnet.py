@@ -43,8 +43,16 @@ from dnalm.config import ConfigError, _positive, _round_up
 from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
 from dnalm.models.mamba2 import Mamba2Block, ssd_chunked
 from dnalm.models.spec import (
-    ActivationShape, BackboneOutput, FlopTerms, LayerSpec, ModelSpec, attention_block_params, attention_layer_flops,
-    gated_mlp_flops, layer_params_estimate, ssd_flops,
+    ActivationShape,
+    BackboneOutput,
+    FlopTerms,
+    LayerSpec,
+    ModelSpec,
+    attention_block_params,
+    attention_layer_flops,
+    gated_mlp_flops,
+    layer_params_estimate,
+    ssd_flops,
 )
 from dnalm.models.transformer import TransformerBlock
 
@@ -83,8 +91,6 @@ class HNetConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        import re
-
         _positive(self, "d_model", "attn_head_dim", "d_state", "mamba_expand", "mamba_d_conv", "mamba_headdim")
         _positive(self, "ssd_chunk_size", "max_len", "vocab_size", "rope_base")
         S = len(self.target_ratios)
@@ -133,8 +139,6 @@ class HNetConfig:
     @property
     def n_layers_total(self) -> int:
         """All layers on the path nucleotides -> main -> nucleotides (the GPT-2 init depth)."""
-        import re
-
         layouts = list(self.encoder_layout) + list(self.decoder_layout) + [self.main_layout]
         return sum(int(n) for s in layouts for n in re.findall(r"\d+", s))
 

@@ -37,7 +37,13 @@ from torch import nn
 from dnalm.config import ConfigError, _positive
 from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
 from dnalm.models.spec import (
-    ActivationShape, BackboneOutput, FlopTerms, LayerSpec, ModelSpec, fft_conv_flops, layer_params_estimate,
+    ActivationShape,
+    BackboneOutput,
+    FlopTerms,
+    LayerSpec,
+    ModelSpec,
+    fft_conv_flops,
+    layer_params_estimate,
 )
 from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft
 
@@ -178,6 +184,11 @@ class HyenaOperator(nn.Module):
     Order 2 (HyenaDNA): x0, x1, v = split(short_conv(in_proj(u)));
     y = out_proj(x0 * (h * (x1 v) + bias * (x1 v))). For N > 2 the extra gates x_{N-1}, ..., x_1 are
     applied in that order, gate k using filter bank k (channels k*D .. (k+1)*D) of the filter MLP.
+
+    The stages are methods so that other schedules of the same computation (the memory-lean long-context
+    pass in ``dnalm.eval.longcontext``, context parallelism in ``dnalm.train.distributed``) compose them
+    instead of re-deriving the math: :meth:`short_conv` (after ``in_proj``), :meth:`long_conv` (one gate
+    round's filter bank, optionally a slice of its channels) and :meth:`output`.
     """
 
     def __init__(self, config: HyenaConfig):
@@ -216,24 +227,49 @@ class HyenaOperator(nn.Module):
         self._fft_cache = None  # training changes the weights; free the memory
         return super().train(mode)
 
+    # ---- the stages
+
+    def short_conv(self, z: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """The depthwise causal short convolution of ``z = in_proj(u)`` laid out (B, (N+1)D, L).
+
+        ``history`` (B, (N+1)D, k-1) holds the k-1 inputs before z's first position (zeros by default, as at
+        a sequence start). conv1d's last tap multiplies the current position, as the reference's
+        nn.Conv1d does. Returns (B, (N+1)D, L); split it into x0, gates..., v with ``split(D, dim=1)``.
+        """
+        k = self.short_filter.kernel_size[0]
+        if history is None:
+            history = z.new_zeros(z.shape[0], z.shape[1], k - 1)
+        return F.conv1d(torch.cat([history, z], dim=-1), self.short_filter.weight, self.short_filter.bias,
+                        groups=z.shape[1])  # fmt: skip
+
+    def long_conv(
+        self, v: torch.Tensor, bank: int, h: torch.Tensor | None, channels: slice = slice(None), h_fft=None
+    ) -> torch.Tensor:
+        """Gate round ``bank``'s long convolution ``h * v + bias * v`` of v (B, c, L), c = the ``channels``
+        of d_model it holds (all by default). ``h`` is the full filter table ``long_filter(L')`` (L' >= L;
+        longer filters are cut), or ``h_fft`` its cached transform (see ``_filter_fft``)."""
+        D = self.d_model
+        lo, hi, _ = channels.indices(D)
+        ch = slice(bank * D + lo, bank * D + hi)
+        bias = self.filter_fn.bias[ch]
+        if h_fft is not None:
+            return fft_long_conv(v, None, bias, h_fft=h_fft[ch])
+        return fft_long_conv(v, h[ch], bias)  # (B, c, L), float32 inside
+
+    def output(self, x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The final gate and projection: x0, v (B, D, L) -> out_proj(x0 * v) (B, L, D)."""
+        return self.out_proj((x0 * v).transpose(1, 2))
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, D) -> (B, L, D)."""
         L, D = u.shape[1], self.d_model
-        z = self.in_proj(u).transpose(1, 2)  # (B, (N+1)D, L)
-        z = self.short_filter(z)[..., :L]  # (B, (N+1)D, L), causal
+        z = self.short_conv(self.in_proj(u).transpose(1, 2))  # (B, (N+1)D, L), causal
         x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
         h_fft = self._filter_fft(L)  # (C, n//2+1) or None
         h = self.long_filter(L) if h_fft is None else None  # (C, L)
-        bias = self.filter_fn.bias
         for o, x_i in enumerate(reversed(gates)):  # order 2: just x1
-            ch = slice(o * D, (o + 1) * D)
-            v = self.dropout(v * x_i)  # (B, D, L)
-            if h_fft is None:
-                v = fft_long_conv(v, h[ch], bias[ch])  # (B, D, L)
-            else:
-                v = fft_long_conv(v, None, bias[ch], h_fft=h_fft[ch])  # (B, D, L)
-        y = (x0 * v).transpose(1, 2)  # (B, L, D)
-        return self.out_proj(y)
+            v = self.long_conv(self.dropout(v * x_i), o, h, h_fft=h_fft)  # (B, D, L)
+        return self.output(x0, v)
 
     # ---- generation (dnalm.generation). The implicit filter is used as what it is, an explicit FIR as long
     # as the sequence: the state keeps every past long-conv input (B, D, capacity) per gate plus the filter
@@ -243,22 +279,19 @@ class HyenaOperator(nn.Module):
         """Forward over a prompt u (B, L, D); returns (y (B, L, D), the generation state)."""
         B, L, D = u.shape[0], u.shape[1], self.d_model
         z_pre = self.in_proj(u).transpose(1, 2)  # (B, (N+1)D, L)
-        z = self.short_filter(z_pre)[..., :L]  # (B, (N+1)D, L)
-        x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
+        x0, *gates, v = self.short_conv(z_pre).split(D, dim=1)  # each (B, D, L)
         cap = min(L + 256, self.filter_fn.l_max)
         h = self.long_filter(cap)  # (C, cap) float32
-        bias = self.filter_fn.bias
         hist = []
         for o, x_i in enumerate(reversed(gates)):
-            ch = slice(o * D, (o + 1) * D)
             v = v * x_i  # (B, D, L): the long-conv input, kept for the steps
             hist.append(torch.cat([v.float(), v.new_zeros(B, D, cap - L, dtype=torch.float32)], dim=-1))
-            v = fft_long_conv(v, h[ch, :L], bias[ch])  # (B, D, L)
+            v = self.long_conv(v, o, h)  # (B, D, L)
         k = self.short_filter.kernel_size[0]
         padded = F.pad(z_pre, (max(0, k - 1 - L), 0))  # zeros before the prompt, as the causal conv sees
         fir = padded[..., padded.shape[-1] - (k - 1) :].clone()  # (B, (N+1)D, k-1): the last k-1 inputs
         state = {"fir": fir, "hist": hist, "h": h, "t": L}
-        return self.out_proj((x0 * v).transpose(1, 2)), state
+        return self.output(x0, v), state
 
     def step(self, u_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """One token u_t (B, D) at position state["t"] -> (y_t (B, D), state updated in place)."""
@@ -281,7 +314,7 @@ class HyenaOperator(nn.Module):
             taps = state["h"][ch, : t + 1].flip(-1)  # (D, t+1): lag t ... lag 0, aligned with positions 0 ... t
             v = (hist[..., : t + 1] * taps).sum(-1) + bias[ch].float() * v.float()  # (B, D)
         state["t"] = t + 1
-        return self.out_proj((x0 * v).to(x0.dtype)), state
+        return self.output(x0[..., None], v.to(x0.dtype)[..., None])[:, 0], state
 
 
 class Mlp(nn.Module):
@@ -383,7 +416,7 @@ def flops(cfg: HyenaConfig, L: int, B: int, causal_savings: bool = False) -> Flo
     d, N, fo = cfg.d_model, cfg.order, cfg.filter_order
     out = FlopTerms()
     for _ in range(cfg.n_layer):
-        out.layer_kinds.append("hyena")
+        out.layer_kinds.append("long_conv")
         out.add("in_proj", 2 * d * (N + 1) * d)  # D -> (N+1)D
         out.add("short_conv", 2 * cfg.short_filter_order * (N + 1) * d)  # depthwise, k taps
         # implicit filter MLP, evaluated at the first L of l_max positions, once per batch
@@ -401,7 +434,7 @@ def activations(cfg: HyenaConfig) -> ActivationShape:
     fo = cfg.filter_order
     filt = 3 * fo * (cfg.num_inner_mlps + 1) + cfg.d_model * (cfg.order - 1)
     return ActivationShape(
-        layers=[LayerSpec("hyena", filter_mlp=filt, mlp_saved=2) for _ in range(cfg.n_layer)],
+        layers=[LayerSpec("long_conv", filter_mlp=filt, mlp_saved=2) for _ in range(cfg.n_layer)],
         n_layer=cfg.n_layer,
         mlp_hidden=int(cfg.d_inner),
         mlp_gated=False,

@@ -155,7 +155,7 @@ def layer_params_estimate(d: int, f: int, gated: bool) -> float:
 class LayerSpec:
     """What the memory planner's activation model needs to know about one block."""
 
-    kind: str  # attention | hyena (FFT conv) | hyena_explicit (direct conv) | mamba | routing (dnaHNet)
+    kind: str  # attention | long_conv (Hyena, by FFT) | explicit_conv (short Hyena FIR, direct) | mamba | routing
     filter_len: int | None = None  # FFT filter length (None = the sequence length)
     modal_states: int = 0  # modes per channel of a modal filter (its power tables are saved, per sequence)
     modal_complex: bool = False  # complex poles (Evo 1) or real (Hyena-LI)

@@ -47,7 +47,6 @@ published Evo weights would need a permutation to load; no importer is provided.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -60,8 +59,16 @@ from dnalm.config import ConfigError, _positive, _round_up
 from dnalm.models.attention import CausalSelfAttention, extend_context
 from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
 from dnalm.models.spec import (
-    ActivationShape, BackboneOutput, FlopTerms, LayerSpec, ModelSpec, attention_block_params, attention_layer_flops,
-    fft_conv_flops, gated_mlp_flops, layer_params_estimate,
+    ActivationShape,
+    BackboneOutput,
+    FlopTerms,
+    LayerSpec,
+    ModelSpec,
+    attention_block_params,
+    attention_layer_flops,
+    fft_conv_flops,
+    gated_mlp_flops,
+    layer_params_estimate,
 )
 from dnalm.ops.fftconv import fft_long_conv
 
@@ -470,7 +477,7 @@ def flops(cfg: StripedHyenaConfig, L: int, B: int, causal_savings: bool = False)
             out.layer_kinds.append("attention")
             attention_layer_flops(out, d, L, causal_savings)
         else:
-            out.layer_kinds.append("hyena_explicit" if kind == "se" else "hyena")
+            out.layer_kinds.append("explicit_conv" if kind == "se" else "long_conv")
             out.add("in_proj", 6 * d * d)
             out.add("short_conv", 2 * k * 3 * d)
             if kind == "se":  # direct depthwise convolution, se_len taps
@@ -497,11 +504,11 @@ def activations(cfg: StripedHyenaConfig) -> ActivationShape:
         if kind == "attn":
             layers.append(LayerSpec("attention", mlp_saved=saved))
         elif kind == "se":
-            layers.append(LayerSpec("hyena_explicit", mlp_saved=saved))
+            layers.append(LayerSpec("explicit_conv", mlp_saved=saved))
         elif kind == "mr":
-            layers.append(LayerSpec("hyena", filter_len=cfg.mr_len, mlp_saved=saved))
+            layers.append(LayerSpec("long_conv", filter_len=cfg.mr_len, mlp_saved=saved))
         else:
-            layers.append(LayerSpec("hyena", mlp_saved=saved, modal_states=cfg.state_size, modal_complex=kind == "hyena"))
+            layers.append(LayerSpec("long_conv", mlp_saved=saved, modal_states=cfg.state_size, modal_complex=kind == "hyena"))
     return ActivationShape(
         layers=layers,
         n_layer=cfg.n_layer,

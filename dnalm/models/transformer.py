@@ -19,7 +19,13 @@ from dnalm.config import ConfigError, _positive, _round_up
 from dnalm.models.attention import CausalSelfAttention, KVCache, extend_context
 from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
 from dnalm.models.spec import (
-    ActivationShape, BackboneOutput, FlopTerms, LayerSpec, ModelSpec, attention_layer_flops, gated_mlp_flops,
+    ActivationShape,
+    BackboneOutput,
+    FlopTerms,
+    LayerSpec,
+    ModelSpec,
+    attention_layer_flops,
+    gated_mlp_flops,
     layer_params_estimate,
 )
 

@@ -39,7 +39,6 @@ from dnalm.models import get_preset
 from dnalm.models.spec import LayerSpec, layer_params_estimate, spec_of
 from dnalm.models.transformer import TransformerConfig
 from dnalm.ops.fftconv import fft_size
-from dnalm.scaling.fit import optimal_allocation
 from dnalm.scaling.flops import count_params, flops_per_token
 
 __all__ = [
@@ -255,10 +254,10 @@ def activation_elements(
         fp32 = spec.next_share * (3 * spec.chunk + 4 * d)
     elif spec.kind == "attention":
         half += 2 * d + 3 * d + 2 * d
-    elif spec.kind in ("hyena", "hyena_explicit"):
+    elif spec.kind in ("long_conv", "explicit_conv"):
         n_conv = order - 1
         half += 2 * (order + 1) * d + n_conv * 2 * d + d
-        if spec.kind == "hyena":
+        if spec.kind == "long_conv":
             n = fft_size(L, spec.filter_len or L)
             bins = 2 * (n // 2 + 1) / L  # float32 elements per token and channel of one rfft
             fp32 += n_conv * d * (bins + bins / B + (1 if mixed_precision else 0))
@@ -646,6 +645,8 @@ def plan_command(
     if law is not None or compute is not None:
         if law is None or compute is None:
             raise ValueError("--law and --flops go together: a fitted law recommends N and D for a compute budget")
+        from dnalm.scaling.fit import optimal_allocation  # scipy: imported only when a law is used
+
         fam, coef = load_law(law, family)
         n_opt, d_opt = optimal_allocation(coef, compute, 6.0)
         n_opt, d_opt = float(n_opt), float(d_opt)

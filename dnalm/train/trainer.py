@@ -22,18 +22,32 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from dnalm.checkpoint import CheckpointError, atomic_write_text, save_pretrained
+from dnalm.checkpoint import (
+    FINAL_MODEL_DIR,
+    CheckpointError,
+    atomic_write_text,
+    checkpoint_dirs,
+    latest_model_dir,
+    save_pretrained,
+)
 from dnalm.config import ConfigError, RunConfig, to_dict
-from dnalm.eval.likelihood import evaluate_lm, lm_inputs
+from dnalm.data import samplers as S
+from dnalm.data.schedule import LengthSchedule, Stage
+from dnalm.data.store import TokenStore, default_genome, prepare
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.spec import SPECS, spec_of
 from dnalm.train import distributed as dist
 from dnalm.train.checkpoint import (
-    FINAL_MODEL_DIR, checkpoint_dirs, is_sharded_checkpoint, load_checkpoint_into, load_training_state,
-    save_sharded_checkpoint, save_training_checkpoint,
+    is_sharded_checkpoint,
+    load_checkpoint_into,
+    load_training_state,
+    save_sharded_checkpoint,
+    save_training_checkpoint,
 )
+from dnalm.train.evaluate import EvalResult, evaluate_lm, lm_inputs
 from dnalm.train.optim import lr_at, make_optimizer
 
 CONFIG_SNAPSHOT = "config.yaml"
@@ -57,15 +71,11 @@ class TrainResult:
 
 def prepare_data(config: RunConfig, progress: bool = True):
     """Open the run's token store, preparing it into RUN/store first if the config names inputs."""
-    from dnalm.data.store import TokenStore, prepare
-
     data = config.data
     if data.store is not None:
         return TokenStore.open(data.store)
     inputs, annotations = list(data.inputs), list(data.annotations)
     if not inputs:
-        from dnalm.data.store import default_genome
-
         genome, gff = default_genome()
         inputs, annotations = [str(genome)], annotations or [str(gff)]
     out = Path(config.out_dir) / "store"
@@ -76,8 +86,6 @@ def prepare_data(config: RunConfig, progress: bool = True):
 
 def build_sampler(config: RunConfig, store, rank: int = 0, world_size: int = 1):
     """The training sampler the data section describes (random windows, or a weighted mixture)."""
-    from dnalm.data import samplers as S
-
     data, seed = config.data, config.train.data_seed
     common = dict(seed=seed, rc_augment=data.rc_augment, rank=rank, world_size=world_size)
     if not data.sources:
@@ -94,8 +102,6 @@ def build_sampler(config: RunConfig, store, rank: int = 0, world_size: int = 1):
 
 
 def build_schedule(config: RunConfig):
-    from dnalm.data.schedule import LengthSchedule, Stage
-
     stages = config.data.warmup_stages
     if not stages:
         return LengthSchedule.constant(config.data.seq_len, config.train.batch_size)
@@ -243,8 +249,6 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
         store = prepare_data(config, progress=progress)
     dist.barrier(env)  # rank 0 prepared the store (if the config names inputs); the others open it
     if not main:
-        from dnalm.data.store import TokenStore
-
         store = TokenStore.open(config.data.store or run_dir / "store")
     sampler = build_sampler(config, store, env.rank, env.world_size)
     schedule = build_schedule(config)
@@ -290,8 +294,6 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
             save_training_checkpoint(run_dir, step, model, optimizer, state, tc.keep_last)
 
     def validate() -> dict[str, float]:
-        from dnalm.eval.likelihood import EvalResult
-
         args = (dist.eval_model(model), store, "validation", config.data.seq_len, tc.eval_batch_size, tc.eval_tokens)
         if env.world_size == 1:
             return evaluate_lm(*args).to_dict("val/")
@@ -434,10 +436,6 @@ def _save_final_model(config: RunConfig, model: torch.nn.Module, path: Path, ext
 def _load_init_weights(model: DNALM, source: str | Path) -> None:
     """Copy weights from a checkpoint or run into ``model`` (shapes must match; buffers that depend on
     the context length, such as filter position tables, are rebuilt by the model, not copied)."""
-    from safetensors.torch import load_file
-
-    from dnalm.train.checkpoint import latest_model_dir
-
     src = Path(source)
     found = latest_model_dir(src) or (src if (src / "model.safetensors").is_file() else None)
     if found is None:
