@@ -51,6 +51,8 @@ from dnalm.models import model_config_from_dict
 from dnalm.models.heads import SequenceClassifier
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import UNK, A, T, Tokenizer, encode_bytes
+from dnalm.train.distributed import clip_grad_norm
+from dnalm.train.optim import make_optimizer
 
 CLASSIFIER_FORMAT = "dnalm-classifier"
 
@@ -243,6 +245,95 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32)
 
 
+def _optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters with the trainer's weight-decay groups (no decay on biases, norms,
+    embeddings and filter coefficients; dnalm.train.optim), and PyTorch's default betas."""
+    return make_optimizer(module, lr, weight_decay, betas=(0.9, 0.999))
+
+
+def _train_probe(
+    clf: Any, X: dict, train: LabeledData, dev: LabeledData, cw: torch.Tensor, lr: float, weight_decay: float,
+    steps: int, batch_size: int, progress: bool, history: list,
+) -> str:
+    """Linear probe: features of the frozen model computed once, standardised, a full-batch linear head trained
+    on them; the best dev head (checked every 25 steps) is folded into ``clf.head``. Returns where it was."""
+    for p in clf.lm.parameters():
+        p.requires_grad_(False)
+    clf.lm.eval()
+    feats = {k: _features(clf, v, batch_size, progress, f"features {k}") for k, v in X.items()}
+    mu, sd = feats["train"].mean(0), feats["train"].std(0).clamp_min(1e-6)
+    z = {k: (v - mu) / sd for k, v in feats.items()}
+    head = torch.nn.Linear(z["train"].shape[1], len(cw))
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = _optimizer(head, lr, weight_decay)
+    y = torch.from_numpy(train.labels)
+    best = (-math.inf, None, 0)
+    for step in bar(range(1, steps + 1), desc="probe", enabled=progress):
+        loss = F.cross_entropy(head(z["train"]), y, weight=cw)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0 or step == steps:
+            with torch.no_grad():
+                m = classification_metrics(dev.labels, torch.softmax(head(z["dev"]), -1).numpy())
+            history.append({"step": step, "train_loss": float(loss.detach()), **{f"dev_{k}": v for k, v in m.items()}})
+            if _selection_score(m) > best[0]:
+                best = (_selection_score(m), copy.deepcopy(head.state_dict()), step)
+    head.load_state_dict(best[1])
+    with torch.no_grad():  # fold the standardisation into the saved head: W' = W / sd, b' = b - W' mu
+        w = head.weight / sd
+        clf.head.proj.weight.copy_(w)
+        clf.head.proj.bias.copy_(head.bias - w @ mu)
+    return f"step {best[2]}"
+
+
+def _train_end_to_end(
+    clf: Any, X: dict, train: LabeledData, dev: LabeledData, cw: torch.Tensor, kind: str, lr: float,
+    weight_decay: float, epochs: int, batch_size: int, rng: np.random.Generator, progress: bool, history: list,
+) -> str:
+    """Full fine-tuning, or a soft prompt on the frozen model (``kind``): mini-batch AdamW with linear warm-up
+    over 5% of the steps then linear decay to 0, gradients clipped to norm 1; the best dev epoch is kept."""
+    lm = clf.lm
+    if kind == "soft_prompt":
+        for p in lm.parameters():
+            p.requires_grad_(False)
+    opt = _optimizer(clf, lr, weight_decay)
+    n_steps = epochs * math.ceil(len(X["train"]) / batch_size)
+    warm = max(1, n_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (n_steps - s) / max(n_steps - warm, 1)))
+    )
+    best = (-math.inf, None, 0)
+    trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
+    step = 0
+    for epoch in range(1, epochs + 1):
+        clf.train()
+        if kind == "soft_prompt":
+            lm.eval()  # frozen model: no dropout
+        losses = []
+        for idx in bar(_batches(len(X["train"]), batch_size, rng), desc=f"epoch {epoch}/{epochs}", enabled=progress):
+            x, m = batch_ids(lm, [X["train"][i] for i in idx])
+            logits = clf(x.to(lm.device), m.to(lm.device))
+            y = torch.from_numpy(train.labels[idx]).to(lm.device)
+            loss = F.cross_entropy(logits, y, weight=cw.to(lm.device))
+            opt.zero_grad()
+            loss.backward()
+            clip_grad_norm(clf, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(float(loss.detach()))
+        m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
+        history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
+                        **{f"dev_{k}": v for k, v in m.items()}})  # fmt: skip
+        if _selection_score(m) > best[0]:
+            state = {k: v.detach().clone() for k, v in clf.state_dict().items() if k in trainable or kind == "full"}
+            best = (_selection_score(m), state, epoch)
+    clf.load_state_dict(best[1], strict=False)
+    return f"epoch {best[2]}"
+
+
 def finetune(
     model: Any,
     train: LabeledData,
@@ -289,81 +380,12 @@ def finetune(
     history: list[dict[str, Any]] = []
 
     if kind == "probe":
-        for p in lm.parameters():
-            p.requires_grad_(False)
-        lm.eval()
-        feats = {k: _features(clf, v, batch_size, progress, f"features {k}") for k, v in X.items()}
-        mu, sd = feats["train"].mean(0), feats["train"].std(0).clamp_min(1e-6)
-        z = {k: (v - mu) / sd for k, v in feats.items()}
-        head = torch.nn.Linear(z["train"].shape[1], n_classes)
-        torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
-        opt = torch.optim.AdamW(head.parameters(), lr=lr or 1e-2, weight_decay=weight_decay)
-        y = torch.from_numpy(train.labels)
-        best = (-math.inf, None, 0)
-        for step in bar(range(1, probe_steps + 1), desc="probe", enabled=progress):
-            loss = F.cross_entropy(head(z["train"]), y, weight=cw)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step % 25 == 0 or step == probe_steps:
-                with torch.no_grad():
-                    m = classification_metrics(dev.labels, torch.softmax(head(z["dev"]), -1).numpy())
-                history.append({"step": step, "train_loss": float(loss.detach()),
-                                **{f"dev_{k}": v for k, v in m.items()}})
-                if _selection_score(m) > best[0]:
-                    best = (_selection_score(m), copy.deepcopy(head.state_dict()), step)
-        head.load_state_dict(best[1])
-        with torch.no_grad():  # fold the standardisation into the saved head: W' = W / sd, b' = b - W' mu
-            w = head.weight / sd
-            clf.head.proj.weight.copy_(w)
-            clf.head.proj.bias.copy_(head.bias - w @ mu)
-        best_at = f"step {best[2]}"
+        best_at = _train_probe(clf, X, train, dev, cw, lr or 1e-2, weight_decay, probe_steps, batch_size, progress,
+                               history)  # fmt: skip
     else:
-        if kind == "soft_prompt":
-            for p in lm.parameters():
-                p.requires_grad_(False)
-            params = list(clf.prompt.parameters()) + list(clf.head.parameters())
-        else:
-            params = [p for p in clf.parameters() if p.requires_grad]
         base_lr = lr or (1e-2 if kind == "soft_prompt" else 3e-4)
-        opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=weight_decay)
-        n_steps = epochs * math.ceil(len(X["train"]) / batch_size)
-        warm = max(1, n_steps // 20)
-        # linear warm-up over 5% of the steps, then linear decay to 0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min((s + 1) / warm, max(0.0, (n_steps - s) / max(n_steps - warm, 1)))
-        )
-
-        best = (-math.inf, None, 0)
-        trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
-        step = 0
-        for epoch in range(1, epochs + 1):
-            clf.train()
-            if kind == "soft_prompt":
-                lm.eval()  # frozen model: no dropout
-            losses = []
-            batches = _batches(len(X["train"]), batch_size, rng)
-            for idx in bar(batches, desc=f"epoch {epoch}/{epochs}", enabled=progress):
-                x, m = batch_ids(lm, [X["train"][i] for i in idx])
-                logits = clf(x.to(lm.device), m.to(lm.device))
-                y = torch.from_numpy(train.labels[idx]).to(lm.device)
-                loss = F.cross_entropy(logits, y, weight=cw.to(lm.device))
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                step += 1
-                losses.append(float(loss.detach()))
-            m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
-            history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
-                            **{f"dev_{k}": v for k, v in m.items()}})
-            if _selection_score(m) > best[0]:
-                state = {k: v.detach().clone() for k, v in clf.state_dict().items() if k in trainable or kind == "full"}
-                best = (_selection_score(m), state, epoch)
-        clf.load_state_dict(best[1], strict=False)
-        best_at = f"epoch {best[2]}"
+        best_at = _train_end_to_end(clf, X, train, dev, cw, kind, base_lr, weight_decay, epochs, batch_size, rng,
+                                    progress, history)  # fmt: skip
 
     clf.eval()
     test_m = classification_metrics(test.labels, predict_proba(clf, X["test"], batch_size))

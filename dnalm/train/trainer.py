@@ -233,11 +233,41 @@ def train(
         dist.teardown(env)
 
 
-def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, init_from, stop_after) -> TrainResult:
+@dataclass
+class TrainState:
+    """Where a run stands; ``step``, ``tokens`` and the sampler/schedule/RNG states are what a checkpoint keeps."""
+
+    step: int = 0
+    tokens: int = 0
+    bad_steps: int = 0  # consecutive non-finite losses
+    steps_this_call: int = 0
+    last_val: dict[str, float] = field(default_factory=dict)
+    window_t: float = 0.0  # start of the current tokens/s window
+    window_tokens: int = 0
+
+
+@dataclass
+class _Session:
+    """Everything one training call works with, built once by :func:`_start`."""
+
+    config: RunConfig
+    env: dist.DistEnv
+    run_dir: Path
+    store: Any
+    sampler: Any
+    schedule: Any
+    model: torch.nn.Module  # wrapped for DDP/FSDP when train.parallel says so
+    optimizer: torch.optim.Optimizer
+    metrics: _Metrics
+    progress: bool
+    t_start: float = field(default_factory=time.time)
+
+
+def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, init_from) -> tuple[_Session, TrainState]:
+    """Prepare the data, build (or resume) the model, optimizer, sampler and schedule."""
     tc = config.train
     dist.check_world(config, env)
     main = env.is_main
-    progress = progress and main
     if tc.threads:
         torch.set_num_threads(tc.threads)
     run_dir = Path(config.out_dir)
@@ -246,7 +276,7 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     _write_snapshot(run_dir, config, resume, write=main)
 
     if main:
-        store = prepare_data(config, progress=progress)
+        store = prepare_data(config, progress=progress and main)
     dist.barrier(env)  # rank 0 prepared the store (if the config names inputs); the others open it
     if not main:
         store = TokenStore.open(config.data.store or run_dir / "store")
@@ -261,162 +291,204 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
         dist.apply_activation_checkpointing(model)
     model = dist.wrap_model(model, tc.parallel, env)  # the DNALM itself when parallel is none
     optimizer = make_optimizer(dist.unwrap(model), tc.lr, tc.weight_decay, tc.betas)
-    sharded = tc.parallel != "none"
 
-    step, tokens, bad_steps = 0, 0, 0
+    state = TrainState()
     ckpts = checkpoint_dirs(run_dir) if resume else []
     if ckpts:
-        if sharded or is_sharded_checkpoint(ckpts[-1]):
-            state = load_checkpoint_into(ckpts[-1], model, optimizer)
+        if tc.parallel != "none" or is_sharded_checkpoint(ckpts[-1]):
+            saved = load_checkpoint_into(ckpts[-1], model, optimizer)
         else:
-            model_state, optim_state, state = load_training_state(ckpts[-1])
+            model_state, optim_state, saved = load_training_state(ckpts[-1])
             model.load_state_dict(model_state)
             optimizer.load_state_dict(optim_state)
-        sampler.load_state_dict(state["sampler"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-        step, tokens = state["step"], state["tokens"]
-    metrics = _Metrics(run_dir / METRICS_FILE, step if ckpts else None, enabled=main)
-    if ckpts and progress:
-        tqdm.write(f"resuming {run_dir} from step {step} ({tokens:,} tokens)")
+        sampler.load_state_dict(saved["sampler"])
+        schedule.load_state_dict(saved["schedule"])
+        torch.set_rng_state(torch.tensor(saved["torch_rng"], dtype=torch.uint8))
+        state.step, state.tokens = saved["step"], saved["tokens"]
+    metrics = _Metrics(run_dir / METRICS_FILE, state.step if ckpts else None, enabled=main)
+    if ckpts and progress and main:
+        tqdm.write(f"resuming {run_dir} from step {state.step} ({state.tokens:,} tokens)")
+    session = _Session(config, env, run_dir, store, sampler, schedule, model, optimizer, metrics, progress and main)
+    return session, state
 
-    def checkpoint() -> None:
-        state = {
-            "step": step,
-            "tokens": tokens,
-            "sampler": sampler.state_dict(),
-            "schedule": schedule.state_dict(),
-            "torch_rng": torch.get_rng_state().tolist(),
-        }
-        if sharded:
-            save_sharded_checkpoint(run_dir, step, model, optimizer, state, tc.keep_last, env)
-        else:
-            save_training_checkpoint(run_dir, step, model, optimizer, state, tc.keep_last)
 
-    def validate() -> dict[str, float]:
-        args = (dist.eval_model(model), store, "validation", config.data.seq_len, tc.eval_batch_size, tc.eval_tokens)
-        if env.world_size == 1:
-            return evaluate_lm(*args).to_dict("val/")
-        try:  # each rank scores its share of the tiling; the sums are reduced
-            res = evaluate_lm(*args, rank=env.rank, world_size=env.world_size)
-            nll, count = res.loss * res.n_bases, res.n_bases
-        except ValueError as e:
-            if "no bases" not in str(e):
-                raise
-            nll, count = 0.0, 0  # this rank's share was padding only (a tiny split); the others' is not
-        nll, count = dist.all_reduce(env, [nll, count])
-        return EvalResult(nll / count, int(count)).to_dict("val/")
-
-    last_val: dict[str, float] = {}
-    t_start = time.time()
-    steps_this_call = 0
-    stopped_early = False
-    bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+def train_step(s: _Session, state: TrainState, stage: Any) -> dict[str, Any] | None:
+    """One optimizer step on a batch of ``stage`` (seq_len, batch_size): forward/backward over grad_accum
+    micro-batches, then clip and step. Returns the step's loss, gradient norm, tokens and auxiliary metrics,
+    or None when the loss was not finite (the update is skipped and the step consumed)."""
+    tc, env, model, optimizer = s.config.train, s.env, s.model, s.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(state.step, tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
+    batch = s.sampler.next_batch(stage.batch_size, stage.seq_len)  # this rank's rows of the global batch
+    inputs, targets, weights = lm_inputs(batch.ids, batch.lower, batch.valid, s.config.data.repeat_weight)
+    inputs, targets, weights = inputs.to(env.device), targets.to(env.device), weights.to(env.device)
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
-    window_t, window_tokens = time.time(), 0
-    model.train()
-    try:
-        while step < tc.steps:
-            stage = schedule.at(step, tokens)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
-            batch = sampler.next_batch(stage.batch_size, stage.seq_len)  # this rank's rows of the global batch
-            inputs, targets, weights = lm_inputs(batch.ids, batch.lower, batch.valid, config.data.repeat_weight)
-            inputs, targets, weights = inputs.to(env.device), targets.to(env.device), weights.to(env.device)
-            optimizer.zero_grad(set_to_none=True)
-            micro = inputs.shape[0] // tc.grad_accum
-            loss_sum, aux_metrics = 0.0, {}
-            for m in range(tc.grad_accum):
-                sl = slice(m * micro, (m + 1) * micro)
-                with dist.grad_sync(model, m == tc.grad_accum - 1):  # reduce gradients once per step
-                    with autocast:
-                        out = model(inputs[sl])
-                    loss = lm_loss(out.logits, targets[sl], weights[sl])
-                    if out.aux_loss is not None:
-                        loss = loss + out.aux_loss
-                        aux_metrics = out.metrics
-                    (loss / tc.grad_accum).backward()
-                loss_sum += float(loss.detach()) / tc.grad_accum
-            n_tokens = int(batch.valid.sum())
-            if env.world_size > 1:  # the global batch's mean loss and token count, the same on every rank
-                loss_sum, n_tokens = dist.all_reduce(env, [loss_sum, n_tokens])
-                loss_sum, n_tokens = loss_sum / env.world_size, int(n_tokens)
-            if not math.isfinite(loss_sum):
-                bad_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-                metrics.log({"step": step + 1, "event": "non_finite_loss", "skipped": True, "consecutive": bad_steps})
-                if main:
-                    tqdm.write(f"step {step + 1}: non-finite loss, update skipped ({bad_steps}/{tc.max_bad_steps})")
-                if bad_steps >= tc.max_bad_steps:
-                    raise TrainingError(
-                        f"{bad_steps} consecutive non-finite losses at step {step + 1}; stopping without a new "
-                        f"checkpoint (the last good one is kept). Try a lower train.lr or train.bf16=false."
-                    )
-                step += 1  # the step is consumed: its batch is skipped, the trajectory stays deterministic
-                continue
-            bad_steps = 0
-            grad_norm = dist.clip_grad_norm(model, tc.grad_clip)
-            optimizer.step()
-            step += 1
-            steps_this_call += 1
-            tokens += n_tokens
-            window_tokens += n_tokens
-            bar.update(1)
+    optimizer.zero_grad(set_to_none=True)
+    micro = inputs.shape[0] // tc.grad_accum
+    loss_sum, aux_metrics = 0.0, {}
+    for m in range(tc.grad_accum):
+        sl = slice(m * micro, (m + 1) * micro)
+        with dist.grad_sync(model, m == tc.grad_accum - 1):  # reduce gradients once per step
+            with autocast:
+                out = model(inputs[sl])
+            loss = lm_loss(out.logits, targets[sl], weights[sl])
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss
+                aux_metrics = out.metrics
+            (loss / tc.grad_accum).backward()
+        loss_sum += float(loss.detach()) / tc.grad_accum
+    n_tokens = int(batch.valid.sum())
+    if env.world_size > 1:  # the global batch's mean loss and token count, the same on every rank
+        loss_sum, n_tokens = dist.all_reduce(env, [loss_sum, n_tokens])
+        loss_sum, n_tokens = loss_sum / env.world_size, int(n_tokens)
+    if not math.isfinite(loss_sum):
+        _skip_bad_step(s, state)
+        return None
+    state.bad_steps = 0
+    grad_norm = dist.clip_grad_norm(model, tc.grad_clip)
+    optimizer.step()
+    return {"loss": loss_sum, "grad_norm": grad_norm, "tokens": n_tokens, "aux": aux_metrics}
 
-            if step % tc.log_every == 0 or step == tc.steps:
-                now = time.time()
-                tps = window_tokens / max(now - window_t, 1e-9)
-                window_t, window_tokens = now, 0
-                row = {
-                    "step": step,
-                    "loss": loss_sum,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "grad_norm": grad_norm,
-                    "tokens": tokens,
-                    "tokens_per_s": tps,
-                    "seq_len": stage.seq_len,
-                    "batch_size": stage.batch_size,
-                    "elapsed_s": now - t_start,
-                    **aux_metrics,
-                }
-                metrics.log(row)
-                bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tps:,.0f}", L=stage.seq_len)
-            timed_out = tc.max_time_minutes is not None and (time.time() - t_start) > 60 * tc.max_time_minutes
-            if tc.max_time_minutes is not None and env.world_size > 1:  # every rank stops at the same step
-                timed_out = dist.all_reduce(env, [float(timed_out)], op="max")[0] > 0
-            if step % tc.eval_every == 0 or step == tc.steps or timed_out:
-                last_val = validate()
-                metrics.log({"step": step, "tokens": tokens, **last_val})
-                if main:
-                    tqdm.write(
-                        f"step {step}: validation loss {last_val['val/loss']:.4f}, "
-                        f"{last_val['val/bits_per_base']:.4f} bits/base"
-                    )
-            if step % tc.ckpt_every == 0 or step == tc.steps or timed_out:
-                checkpoint()
+
+def _skip_bad_step(s: _Session, state: TrainState) -> None:
+    tc = s.config.train
+    state.bad_steps += 1
+    s.optimizer.zero_grad(set_to_none=True)
+    s.metrics.log({"step": state.step + 1, "event": "non_finite_loss", "skipped": True, "consecutive": state.bad_steps})
+    if s.env.is_main:
+        tqdm.write(f"step {state.step + 1}: non-finite loss, update skipped ({state.bad_steps}/{tc.max_bad_steps})")
+    if state.bad_steps >= tc.max_bad_steps:
+        raise TrainingError(
+            f"{state.bad_steps} consecutive non-finite losses at step {state.step + 1}; stopping without a new "
+            f"checkpoint (the last good one is kept). Try a lower train.lr or train.bf16=false."
+        )
+    state.step += 1  # the step is consumed: its batch is skipped, the trajectory stays deterministic
+
+
+def _maybe_log(s: _Session, state: TrainState, stage: Any, out: dict[str, Any], bar: Any) -> None:
+    tc = s.config.train
+    if not (state.step % tc.log_every == 0 or state.step == tc.steps):
+        return
+    now = time.time()
+    tps = state.window_tokens / max(now - state.window_t, 1e-9)
+    state.window_t, state.window_tokens = now, 0
+    row = {
+        "step": state.step,
+        "loss": out["loss"],
+        "lr": s.optimizer.param_groups[0]["lr"],
+        "grad_norm": out["grad_norm"],
+        "tokens": state.tokens,
+        "tokens_per_s": tps,
+        "seq_len": stage.seq_len,
+        "batch_size": stage.batch_size,
+        "elapsed_s": now - s.t_start,
+        **out["aux"],
+    }
+    s.metrics.log(row)
+    bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:,.0f}", L=stage.seq_len)
+
+
+def _timed_out(s: _Session) -> bool:
+    """train.max_time_minutes has passed (decided together by every rank, so all stop at the same step)."""
+    limit = s.config.train.max_time_minutes
+    timed_out = limit is not None and (time.time() - s.t_start) > 60 * limit
+    if limit is not None and s.env.world_size > 1:
+        timed_out = dist.all_reduce(s.env, [float(timed_out)], op="max")[0] > 0
+    return timed_out
+
+
+def validate(s: _Session) -> dict[str, float]:
+    """Held-out loss on the validation split (each rank scores its share of the tiling; sums are reduced)."""
+    tc, env = s.config.train, s.env
+    args = (dist.eval_model(s.model), s.store, "validation", s.config.data.seq_len, tc.eval_batch_size, tc.eval_tokens)
+    if env.world_size == 1:
+        return evaluate_lm(*args).to_dict("val/")
+    try:
+        res = evaluate_lm(*args, rank=env.rank, world_size=env.world_size)
+        nll, count = res.loss * res.n_bases, res.n_bases
+    except ValueError as e:
+        if "no bases" not in str(e):
+            raise
+        nll, count = 0.0, 0  # this rank's share was padding only (a tiny split); the others' is not
+    nll, count = dist.all_reduce(env, [nll, count])
+    return EvalResult(nll / count, int(count)).to_dict("val/")
+
+
+def _maybe_evaluate(s: _Session, state: TrainState, force: bool) -> None:
+    tc = s.config.train
+    if not (force or state.step % tc.eval_every == 0 or state.step == tc.steps):
+        return
+    state.last_val = validate(s)
+    s.metrics.log({"step": state.step, "tokens": state.tokens, **state.last_val})
+    if s.env.is_main:
+        tqdm.write(
+            f"step {state.step}: validation loss {state.last_val['val/loss']:.4f}, "
+            f"{state.last_val['val/bits_per_base']:.4f} bits/base"
+        )
+
+
+def _maybe_checkpoint(s: _Session, state: TrainState, force: bool) -> None:
+    tc = s.config.train
+    if not (force or state.step % tc.ckpt_every == 0 or state.step == tc.steps):
+        return
+    saved = {
+        "step": state.step,
+        "tokens": state.tokens,
+        "sampler": s.sampler.state_dict(),
+        "schedule": s.schedule.state_dict(),
+        "torch_rng": torch.get_rng_state().tolist(),
+    }
+    if tc.parallel != "none":
+        save_sharded_checkpoint(s.run_dir, state.step, s.model, s.optimizer, saved, tc.keep_last, s.env)
+    else:
+        save_training_checkpoint(s.run_dir, state.step, s.model, s.optimizer, saved, tc.keep_last)
+
+
+def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, init_from, stop_after) -> TrainResult:
+    tc = config.train
+    s, state = _start(config, env, resume, progress, init_from)
+    stopped_early = False
+    bar = tqdm(total=tc.steps, initial=state.step, desc="train", unit="step", disable=not s.progress, dynamic_ncols=True)
+    state.window_t = time.time()
+    s.model.train()
+    try:
+        while state.step < tc.steps:
+            stage = s.schedule.at(state.step, state.tokens)
+            out = train_step(s, state, stage)
+            if out is None:
+                continue
+            state.step += 1
+            state.steps_this_call += 1
+            state.tokens += out["tokens"]
+            state.window_tokens += out["tokens"]
+            bar.update(1)
+            _maybe_log(s, state, stage, out, bar)
+            timed_out = _timed_out(s)
+            _maybe_evaluate(s, state, force=timed_out)
+            _maybe_checkpoint(s, state, force=timed_out)
             if timed_out:
-                if main:
-                    tqdm.write(f"stopping after {tc.max_time_minutes} min (train.max_time_minutes) at step {step}")
+                if env.is_main:
+                    tqdm.write(f"stopping after {tc.max_time_minutes} min (train.max_time_minutes) at step {state.step}")
                 stopped_early = True
                 break
-            if stop_after is not None and steps_this_call >= stop_after:
+            if stop_after is not None and state.steps_this_call >= stop_after:
                 stopped_early = True
                 break
     finally:
         bar.close()
-        if metrics.rows and main:
-            plot_metrics(run_dir / METRICS_FILE, run_dir / "loss.png")
+        if s.metrics.rows and env.is_main:
+            plot_metrics(s.run_dir / METRICS_FILE, s.run_dir / "loss.png")
 
     if not stopped_early:
-        _save_final_model(config, model, run_dir / FINAL_MODEL_DIR, {"step": step, "tokens": tokens}, env)
+        _save_final_model(config, s.model, s.run_dir / FINAL_MODEL_DIR, {"step": state.step, "tokens": state.tokens}, env)
     return TrainResult(
-        run_dir=run_dir,
-        steps=step,
-        tokens=tokens,
-        val_loss=last_val.get("val/loss"),
-        val_bits_per_base=last_val.get("val/bits_per_base"),
+        run_dir=s.run_dir,
+        steps=state.step,
+        tokens=state.tokens,
+        val_loss=state.last_val.get("val/loss"),
+        val_bits_per_base=state.last_val.get("val/bits_per_base"),
         stopped_early=stopped_early,
-        history=metrics.rows,
+        history=s.metrics.rows,
     )
 
 
