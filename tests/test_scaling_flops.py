@@ -79,7 +79,7 @@ def test_batch_amortises_per_sequence_work():
 
 
 def test_fft_terms_follow_spec_estimate():
-    """SPEC section 4: an FFT long convolution costs about 10 d log2(L) per token (filter FFT amortised)."""
+    """docs/architectures.md §4: an FFT long convolution costs about 10 d log2(L) per token (filter FFT amortised)."""
     cfg = get_preset("hyenadna-small-32k")
     for L in (4096, 32768):
         bd = flops_per_token(cfg, L, batch_size=1024)

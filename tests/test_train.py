@@ -217,7 +217,7 @@ def test_length_warmup_stages_and_resume(tmp_path, store):
 
 def test_staged_context_extension(tmp_path, store):
     """Stage 2 starts from stage 1's weights at a longer length with RoPE interpolation/base derived
-    from SPEC section 3, and a fresh optimizer and learning-rate schedule."""
+    from docs/architectures.md §3, and a fresh optimizer and learning-rate schedule."""
     from dnalm.checkpoint import load_pretrained
     from dnalm.models.striped_hyena import StripedHyenaConfig
     from dnalm.models.striped_hyena import extend_context

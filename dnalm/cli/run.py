@@ -284,7 +284,7 @@ def info_report(name: str | None, seq_len: int | None = None, batch_size: int = 
 
 
 def _flops_and_memory_lines(config: Any, n_params: int, seq_len: int, batch_size: int) -> list[str]:
-    """FLOPs per token (analytic, SPEC section 4 terms) and the planner's single-process memory model."""
+    """FLOPs per token (analytic, docs/architectures.md §4 terms) and the planner's single-process memory model."""
     flops = flops_per_token(config, seq_len, batch_size)
     lines = [
         f"  FLOPs per token   forward {flops.forward:.4g} (matmul {flops.matmul:.4g}, FFT {flops.fft:.4g}), "

@@ -1,4 +1,4 @@
-"""Where a dnaHNet model puts its chunk boundaries on annotated sequence (SPEC section 5, "learned
+"""Where a dnaHNet model puts its chunk boundaries on annotated sequence (docs/architectures.md §5, "learned
 boundaries": codon periodicity at stage 0, promoters / intergenic regions at deeper stages).
 
 Conventions (owned here):

@@ -1,6 +1,6 @@
 """Zero-shot variant-effect scoring: delta log-likelihood (alt - ref) of a window centred on each variant.
 
-Protocol (Evo 2's BRCA1 protocol, SPEC section 6):
+Protocol (Evo 2's BRCA1 protocol, docs/architectures.md §6):
 
 - For each variant take a window of ``W`` bases centred on it (clipped to the chromosome: near an end the
   window is shifted inwards, never shortened, unless the record itself is shorter than ``W``).

@@ -1,7 +1,7 @@
 """Task heads on a DNA language model (backbone + head, gReLU style): pooling, a classification head,
 learned soft prompts, and the ``SequenceClassifier`` that joins them with a ``DNALM``.
 
-Padding and pooling (SPEC section 7, pitfall 4). Our backbones take no attention mask, so a pad token
+Padding and pooling (docs/architectures.md §7, §7.4). Our backbones take no attention mask, so a pad token
 *before* a real token would change that token's hidden state (a causal convolution or attention sees it).
 Batches are therefore padded on the **right**: in a causal model nothing after a token can affect it, so
 every real token's hidden state is exactly what it would be without padding. Pooling then reads only

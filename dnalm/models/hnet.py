@@ -1,7 +1,7 @@
 """dnaHNet: a tokenizer-free hierarchy with learned dynamic chunking (H-Net) on Mamba-2 and attention.
 
 One *stage* reads a sequence, decides where chunks start, runs a deeper network on the chunks only,
-and returns to its own resolution (SPEC section 5):
+and returns to its own resolution (docs/architectures.md §5):
 
     x (B, L, d_s) -> encoder -> h
     router:    p_t = ½(1 - cos(Wq h_t, Wk h_{t-1})), p_0 = 1;  b_t = p_t > 0.5    (Wq = Wk = I at init)
@@ -61,7 +61,7 @@ _LAYOUT = re.compile(r"([mt])(\d+)")
 
 @dataclass
 class HNetConfig:
-    """dnaHNet (SPEC section 5): H-Net dynamic chunking over nucleotides; see dnalm/models/hnet.py.
+    """dnaHNet (docs/architectures.md §5): H-Net dynamic chunking over nucleotides; see dnalm/models/hnet.py.
 
     The hierarchy has ``len(target_ratios)`` stages. Stage s runs ``encoder_layout[s]`` at width
     ``widths[s]``, chunks with target ratio ``target_ratios[s]``, hands the chunks to stage s+1 and

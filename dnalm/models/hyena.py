@@ -1,4 +1,4 @@
-"""HyenaDNA: the Hyena operator (implicit long convolutions) and its pre-norm block (SPEC section 1).
+"""HyenaDNA: the Hyena operator (implicit long convolutions) and its pre-norm block (docs/architectures.md §1).
 
 Read top to bottom: positional features -> implicit filter MLP -> exponential window (together the
 ``HyenaFilter``, which yields one causal filter per channel) -> ``HyenaOperator`` (projection, short
@@ -54,7 +54,7 @@ FILTER_CACHE_MAX_BYTES = 128 * 2**20
 
 @dataclass
 class HyenaConfig:
-    """HyenaDNA (SPEC section 1): Hyena operator blocks with implicit long filters."""
+    """HyenaDNA (docs/architectures.md §1): Hyena operator blocks with implicit long filters."""
 
     family: Literal["hyena"] = "hyena"
     n_layer: int = 2

@@ -1,6 +1,6 @@
 """StripedHyena (Evo) and StripedHyena 2 (Evo 2): gated-convolution Hyena blocks striped with attention.
 
-Every depth holds one pre-norm residual block (SPEC sections 2-3)::
+Every depth holds one pre-norm residual block (docs/architectures.md §2-3)::
 
     x = x + mixer(RMSNorm(x))             mixer: a Hyena operator or RoPE attention
     x = x + GatedMLP(RMSNorm(x))          l3(act(l1 z) * l2 z)
@@ -19,7 +19,7 @@ The Hyena operator is one featurizer followed by a per-kind long convolution::
                                                          grouped; r_g log-spaced over [1e-2, 1e2], a fixed buffer
     "li"     h * u + D * u   (version 2)                 sum_n R[d,n] exp(lambda[d,n] t), lambda = -exp(a) < 0
 
-Filter convention (SPEC pitfall 1): ``h[..., j]`` is the tap for lag j, so h[..., 0] multiplies the current
+Filter convention (docs/architectures.md §7.1): ``h[..., j]`` is the tap for lag j, so h[..., 0] multiplies the current
 input, as in the FFT path. ``F.conv1d`` is a cross-correlation (its LAST weight multiplies the current input),
 so short FIRs are flipped before conv1d and the recurrent FIR step multiplies the newest input by h[0].
 Modal poles, residues, their powers and the FFT run in float32 (complex64) whatever the model dtype.
@@ -86,7 +86,7 @@ __all__ = [
 
 @dataclass
 class StripedHyenaConfig:
-    """StripedHyena (Evo, ``version`` 1) and StripedHyena 2 (Evo 2, ``version`` 2): SPEC sections 2-3.
+    """StripedHyena (Evo, ``version`` 1) and StripedHyena 2 (Evo 2, ``version`` 2): docs/architectures.md §2-3.
 
     ``layers`` names the block at each depth (n_layer names). Version 1: "hyena" (gated convolution with
     the modal pole/residue long filter) and "attn" (RoPE attention). Version 2: "se" (explicit length
@@ -169,7 +169,7 @@ def _power_table(log_p: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
     """p^e = exp(log_p * e) for log_p (C, S) and exponents (n,): (C, S, n) in complex64 / float32.
 
     Computed in float64 and rounded once: at t ~ 1e5 a float32 product log_p * t is already off by
-    ~1e-3 rad in phase (SPEC pitfall 3); the tables are small (n ~ sqrt(L)), so this costs nothing.
+    ~1e-3 rad in phase (docs/architectures.md §7.3); the tables are small (n ~ sqrt(L)), so this costs nothing.
     """
     wide = torch.complex128 if log_p.is_complex() else torch.float64
     out = torch.exp(log_p.to(wide)[..., None] * exponents.to(torch.float64))
@@ -203,7 +203,7 @@ def modal_filter(log_p: torch.Tensor, residues: torch.Tensor, L: int) -> torch.T
 def modal_state(u: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     """Modal state after reading u (B, C, L): s[b, c, n] = sum_k p[c, n]^(L-1-k) u[b, c, k], p = exp(log_p).
 
-    This is the convolution of u with p^t read at the last position (SPEC section 2), computed as one
+    This is the convolution of u with p^t read at the last position (docs/architectures.md §2), computed as one
     dot product per (channel, mode). To keep the power tables small at long L, positions are split into
     m chunks of c ~ sqrt(L): k = j*c + i needs p^((m-1-j)*c) * p^(c-1-i), so two contractions with a
     (C, S, c) and a (C, S, m) table suffice. Returns (B, C, S), complex64 if log_p is complex, else float32.

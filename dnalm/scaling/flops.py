@@ -1,4 +1,4 @@
-"""Analytic FLOPs per token for every model family, term by term (SPEC section 4).
+"""Analytic FLOPs per token for every model family, term by term (docs/architectures.md §4).
 
 Conventions (owned here):
 
