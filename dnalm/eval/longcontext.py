@@ -26,7 +26,7 @@ available to this process (``MemAvailable`` and any cgroup limit) and raises
 :class:`LongContextMemoryError`, a :class:`dnalm.data.errors.DataError`, so the command line prints it
 as one line.
 
-Scoring convention (as ``DNALM.score``): natural-log likelihoods; position t of the output scores token
+Scoring convention (as ``dnalm.eval.scoring``): natural-log likelihoods; position t of the output scores token
 t+1 of the input, so with [BOS] prepended every base is scored; special tokens other than [UNK] are not.
 """
 
@@ -348,7 +348,7 @@ class RecordScore:
     length: int  # bases in the record
     scored: int  # positions scored (bases and [UNK]; the first base only with [BOS])
     loglik_sum: float  # natural log
-    one_pass: bool  # True: forward_long; False: batched DNALM.score
+    one_pass: bool  # True: forward_long; False: batched dnalm.score
 
     @property
     def loglik_mean(self) -> float:
@@ -374,7 +374,7 @@ def score_records(
     progress: bool = False,
 ) -> list[RecordScore]:
     """Log-likelihood of each record (``dnalm.data.fasta.SeqRecord``): records of ``long_from`` tokens or
-    more go through :func:`forward_long` one at a time, shorter ones through batched ``DNALM.score``."""
+    more go through :func:`forward_long` one at a time, shorter ones through batched ``dnalm.score``."""
     limit = int(model.config.max_len)
     toks = [tokens_for(model, r.ids, r.lower) for r in records]
     for r, t in zip(records, toks):
@@ -401,7 +401,7 @@ def score_records(
         for i in long_idx:
             t = torch.from_numpy(toks[i])
             lp = forward_long(model, t, "logprobs", check=False)  # (L-1,)
-            scored = (t[1:] >= UNK).to(lp.device)  # bases and [UNK], as DNALM.score
+            scored = (t[1:] >= UNK).to(lp.device)  # bases and [UNK], as dnalm.score
             out[i] = RecordScore(records[i].name, len(records[i]), int(scored.sum()),
                                  float(lp[scored].double().sum()), True)
             bar.update(len(records[i]))

@@ -236,11 +236,10 @@ class HyenaOperator(nn.Module):
         a sequence start). conv1d's last tap multiplies the current position, as the reference's
         nn.Conv1d does. Returns (B, (N+1)D, L); split it into x0, gates..., v with ``split(D, dim=1)``.
         """
-        k = self.short_filter.kernel_size[0]
-        if history is None:
-            history = z.new_zeros(z.shape[0], z.shape[1], k - 1)
-        return F.conv1d(torch.cat([history, z], dim=-1), self.short_filter.weight, self.short_filter.bias,
-                        groups=z.shape[1])  # fmt: skip
+        if history is None:  # padded k-1 on both sides, first L outputs kept: causal (as the reference does)
+            return self.short_filter(z)[..., : z.shape[-1]]
+        w, b = self.short_filter.weight, self.short_filter.bias
+        return F.conv1d(torch.cat([history, z], dim=-1), w, b, groups=z.shape[1])  # no padding: the history is it
 
     def long_conv(
         self, v: torch.Tensor, bank: int, h: torch.Tensor | None, channels: slice = slice(None), h_fft=None
