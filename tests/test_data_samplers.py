@@ -18,7 +18,6 @@ from dnalm.data.samplers import (
     TilingSampler,
     _complement,
     _reversed,
-    loss_weights,
 )
 from dnalm.data.store import TokenStore, prepare
 from dnalm.tokenizer import COMPLEMENT_ID, N, PAD, reverse_complement_ids
@@ -210,14 +209,6 @@ def test_tiling_resume(store):
     again = TilingSampler(store, "test", 2_000)
     again.load_state_dict(state)
     assert [b.start.tolist() for b in again.batches(2)] == rest
-
-
-def test_loss_weights():
-    lower = np.array([[True, False, True], [False, False, False]])
-    w = loss_weights(lower, 0.1)
-    assert w.dtype == np.float32 and np.allclose(w, [[0.1, 1.0, 0.1], [1.0, 1.0, 1.0]])
-    with pytest.raises(DataError):
-        loss_weights(lower, -1.0)
 
 
 def test_genic_needs_annotation(tmp_path):

@@ -61,16 +61,6 @@ class Batch:
     strand: np.ndarray | None = None  # (B,) int8: +1 as stored, -1 reverse-complemented
 
 
-def loss_weights(lower: np.ndarray, repeat_weight: float) -> np.ndarray:
-    """Per-token loss weights from the case mask: ``repeat_weight`` where lower case, 1.0 elsewhere (float32).
-
-    Evo 2 uses repeat_weight 0.1; the loss renormalises by the weight sum, so 1.0 means no reweighting.
-    """
-    if not 0.0 <= repeat_weight:
-        raise DataError(f"repeat_weight must be >= 0 (got {repeat_weight})")
-    return np.where(np.asarray(lower, dtype=bool), np.float32(repeat_weight), np.float32(1.0)).astype(np.float32)
-
-
 @dataclass
 class Windows:
     """Coordinates of drawn windows (no sequence yet)."""

@@ -32,8 +32,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dnalm.data.errors import DataError
-from dnalm.eval.variants import _listing, _model_window_limit, window_logliks
+from dnalm.data.errors import DataError, listing
+from dnalm.data.sequences import read_sequences
+from dnalm.eval.metrics import progress as bar
+from dnalm.eval.metrics import spearman
+from dnalm.eval.scoring import window_bases, window_logliks
 from dnalm.tokenizer import decode, encode_bytes
 
 # ------------------------------------------------------------------------------------------ data tables
@@ -180,7 +183,7 @@ def read_mutants(
             continue
         rows.append({"line": lineno, "variant": cols[iv], "mutations": muts, "cols": cols})
     if bad:
-        raise DataError(f"{path}: " + _listing(bad, "malformed rows"))
+        raise DataError(f"{path}: " + listing(bad, "malformed rows"))
     if baseline_columns is None:
         base_idx = []
         for j, h in enumerate(header):
@@ -239,10 +242,6 @@ def score_dms(
     variant, codons (wt>mut per mutation, ``|`` between tied choices), nt_changes, n_choices, dna
     (e.g. ``c.61G>C``), delta_sum, delta_mean, fitness, blosum62 and the baseline columns.
     """
-    from dnalm.data.fasta import read_sequences
-    from dnalm.eval.metrics import progress as bar
-    from dnalm.eval.metrics import spearman
-
     if ties not in ("first", "mean"):
         raise DataError(f"--ties must be 'first' or 'mean' (got {ties!r})")
     recs = list(read_sequences(cds))
@@ -264,9 +263,9 @@ def score_dms(
             elif protein[m.pos - 1] != m.wt:
                 mismatch.append(f"line {r['line']}: {r['variant']}: the CDS encodes {protein[m.pos - 1]} at {m.pos}")
     if mismatch:
-        raise DataError(f"{variants}: " + _listing(mismatch, "mutants whose wild-type residue does not match the CDS"))
+        raise DataError(f"{variants}: " + listing(mismatch, "mutants whose wild-type residue does not match the CDS"))
 
-    limit = _model_window_limit(model)
+    limit = window_bases(model)
     wl = min(len(wt), limit)
 
     def window_of(positions: list[int]) -> int:
@@ -354,33 +353,3 @@ def score_dms(
         "delta = LL(mutant CDS window) - LL(wild-type window), natural log; delta_mean = delta_sum / window",
     ]
     return {"rows": out_rows, "meta": meta, "notes": notes, "spearman": rho, "n_windows": len(keys), "window": wl}
-
-
-def dms_command(
-    model_path: str, cds: str, variants: str, *, out: str | None = None, ties: str = "first",
-    record: str | None = None, variant_column: str | None = None, fitness_column: str | None = None,
-    baseline_columns: Sequence[str] | None = None, batch_size: int = 8, device: str = "cpu", progress: bool = True,
-) -> str:
-    """``dnalm dms``: score mutants, write the TSV, return a summary with Spearman correlations."""
-    import time
-
-    import dnalm
-    from dnalm.eval.metrics import write_tsv
-
-    model = dnalm.load(model_path, device=device)
-    t0 = time.perf_counter()
-    res = score_dms(model, cds, variants, ties=ties, record=record, variant_column=variant_column,
-                    fitness_column=fitness_column, baseline_columns=baseline_columns, batch_size=batch_size,
-                    progress=progress)
-    secs = time.perf_counter() - t0
-    out_path = Path(out) if out else Path(Path(variants).stem + ".dms.tsv")
-    header = ["variant", "codons", "nt_changes", "n_choices", "dna", "delta_sum", "delta_mean", "fitness",
-              "blosum62", *res["meta"]["baselines"]]
-    write_tsv(out_path, header, ([r[c] for c in header] for r in res["rows"]), res["notes"])
-    lines = [f"scored {len(res['rows'])} mutants ({res['n_windows']} distinct windows) in {secs:.1f} s -> {out_path}",
-             *res["notes"]]
-    if res["spearman"]:
-        n = sum(np.isfinite(r["fitness"]) for r in res["rows"])
-        lines.append(f"Spearman with {res['meta']['fitness']} (n = {n}):")
-        lines += [f"  {k:<14} {v:+.4f}" for k, v in res["spearman"].items()]
-    return "\n".join(lines)

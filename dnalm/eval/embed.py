@@ -20,6 +20,7 @@ written to temporary names and renamed at the end.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 from dataclasses import dataclass, field
@@ -29,8 +30,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dnalm.data.errors import DataError
-from dnalm.tokenizer import BOS, PAD, encode_bytes
+from dnalm.checkpoint import atomic_write_bytes
+from dnalm.data.errors import DataError, listing
+from dnalm.data.sequences import read_sequences
+from dnalm.eval.metrics import AtomicWriter
+from dnalm.eval.metrics import progress as bar
+from dnalm.eval.scoring import window_bases
+from dnalm.models.heads import count_hidden_states, pool_hidden
+from dnalm.tokenizer import BOS, PAD, UNK, encode_bytes
 
 
 @dataclass
@@ -45,9 +52,6 @@ class Embeddings:
 
     def save(self, out: str | Path) -> tuple[Path, Path]:
         """Write ``out`` (.npy added if missing) and the metadata JSON beside it, atomically."""
-        from dnalm.checkpoint import atomic_write_bytes
-        from dnalm.eval.metrics import AtomicWriter
-
         out = Path(out)
         npy = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
         meta_path = npy.with_suffix(".json")
@@ -84,7 +88,6 @@ def read_sequence_file(
             toks.append(t)
             lows.append(lo)
         return ids, toks, lows
-    from dnalm.data.fasta import read_sequences
 
     recs = list(read_sequences(path))
     return [r.name for r in recs], [r.ids for r in recs], [r.lower for r in recs]
@@ -97,7 +100,6 @@ def read_table(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    import gzip
 
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", newline="") as fh:
@@ -125,22 +127,12 @@ def read_table(
     rows = list(reader)
     bad = [f"row {i + 2}" for i, r in enumerate(rows) if not (r.get(sc) or "").strip()]
     if bad:
-        from dnalm.eval.variants import _listing
-
-        raise DataError(f"{path}: " + _listing(bad, f"rows with an empty {sc!r}"))
+        raise DataError(f"{path}: " + listing(bad, f"rows with an empty {sc!r}"))
     if lc is not None:
         empty = [f"row {i + 2}" for i, r in enumerate(rows) if not (r.get(lc) or "").strip()]
         if empty:
-            from dnalm.eval.variants import _listing
-
-            raise DataError(f"{path}: " + _listing(empty, f"rows with an empty label ({lc!r})"))
+            raise DataError(f"{path}: " + listing(empty, f"rows with an empty label ({lc!r})"))
     return rows, header, sc, lc
-
-
-def window_bases(model: Any) -> int:
-    """Bases per window: the model's max length minus the special tokens its tokenizer adds."""
-    tok = model.tokenizer
-    return int(model.config.max_len) - int(tok.prepend_bos) - int(tok.append_sep)
 
 
 def split_windows(ids: np.ndarray, w: int) -> list[np.ndarray]:
@@ -176,13 +168,8 @@ def embed_sequences(
     progress: bool = False,
 ) -> Embeddings:
     """Embed sequences (strings or token-id arrays); see the module docstring for layers/pooling/windows."""
-    from dnalm.eval.metrics import progress as bar
-    from dnalm.models.heads import pool_hidden
-    from dnalm.tokenizer import UNK
-
     if pool not in ("mean", "last", "none"):
         raise DataError(f"--pool must be mean, last or none (got {pool!r})")
-    from dnalm.models.heads import count_hidden_states
 
     n_states = count_hidden_states(model)
     if not -n_states <= layer < n_states:
@@ -243,29 +230,3 @@ def embed_sequences(
             elif wi == n_windows[si] - 1:
                 arr[si] = piece_out[k]
     return Embeddings(arr.astype(np.float32), ids, lengths, n_windows, meta)
-
-
-def embed_command(
-    model_path: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
-    out: str | None = None, layer: int = -1, pool: str = "mean", batch_size: int = 8, device: str = "cpu",
-    progress: bool = True,
-) -> str:
-    """``dnalm embed``: embed every sequence of a FASTA or CSV and write .npy + .json; return a summary."""
-    import dnalm
-
-    if (fasta is None) == (csv_path is None):
-        raise DataError("give exactly one of --fasta or --csv")
-    src = fasta or csv_path
-    ids, toks, lows = read_sequence_file(src, column=column)
-    model = dnalm.load(model_path, device=device)
-    if model.tokenizer.lowercase == "unk":
-        from dnalm.tokenizer import UNK
-
-        toks = [np.where(lo, UNK, t).astype(np.uint8) for t, lo in zip(toks, lows)]
-    emb = embed_sequences(model, toks, ids=ids, layer=layer, pool=pool, batch_size=batch_size, progress=progress)
-    emb.meta.update(model=str(model_path), source=str(src))
-    npy, meta = emb.save(out or Path(src).name.split(".")[0] + ".emb.npy")
-    n_split = sum(1 for w in emb.windows if w > 1)
-    return (f"embedded {len(ids)} sequences -> {npy} {tuple(emb.array.shape)} float32, metadata {meta}"
-            + (f"; {n_split} sequences were longer than {emb.meta['window_bases']} bases and used several windows"
-               if n_split else ""))

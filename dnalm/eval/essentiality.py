@@ -33,8 +33,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dnalm.data.errors import DataError
-from dnalm.eval.variants import _listing, resolve_window, window_logliks
+from dnalm.data.annotation import read_annotations
+from dnalm.data.errors import DataError, listing
+from dnalm.data.sequences import read_sequences
+from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot
+from dnalm.eval.metrics import progress as bar
+from dnalm.eval.scoring import window_logliks
+from dnalm.eval.variants import resolve_window
 from dnalm.tokenizer import decode, encode_bytes, reverse_complement_ids
 
 DEFAULT_CASSETTE = "TAATAATAATAGTGA"
@@ -58,8 +63,6 @@ class Gene:
 
 def genes_from_gff(path: str | Path, zero_based_starts: bool = False) -> list[Gene]:
     """Protein-coding genes (from CDS features) of a GFF3/GTF file, in file order."""
-    from dnalm.data.annotation import read_annotations
-
     feats = read_annotations(path, zero_based_starts=zero_based_starts)
     by_key: dict[str, Gene] = {}
     for f in feats:
@@ -118,7 +121,7 @@ def read_labels(path: str | Path, columns: Sequence[str] | None = None) -> tuple
             labels[c] = int(v)
         out[row[key_col]] = labels
     if bad:
-        raise DataError(f"{path}: " + _listing(bad, "labels that are not 0/1"))
+        raise DataError(f"{path}: " + listing(bad, "labels that are not 0/1"))
     return out, cols
 
 
@@ -155,9 +158,6 @@ def score_essentiality(
     (1-based genome position of the base after which the cassette goes, in gene orientation),
     window_start/window_end (1-based genome), delta_sum, delta_mean and the labels.
     """
-    from dnalm.data.fasta import read_sequences
-    from dnalm.eval.metrics import progress as bar
-
     ids_c, _ = encode_bytes(cassette.encode(), "cassette")
     if len(ids_c) == 0:
         raise DataError("--cassette is empty")
@@ -260,8 +260,6 @@ def score_essentiality(
 
 def essentiality_report(result: dict[str, Any], plot: str | Path | None = None) -> list[dict[str, Any]]:
     """AUROC (with a bootstrap 95% interval) of -delta_sum and of gene length for each label column."""
-    from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot
-
     rows = result["rows"]
     out, curves = [], {}
     for c in result["label_columns"]:
@@ -281,37 +279,3 @@ def essentiality_report(result: dict[str, Any], plot: str | Path | None = None) 
     if plot is not None and curves:
         save_roc_plot(plot, curves, title="gene essentiality (stop insertion)")
     return out
-
-
-def essentiality_command(
-    model_path: str, fasta: str, gff: str, *, labels: str | None = None, label_columns: Sequence[str] | None = None,
-    out: str | None = None, plot: str | None = None, window: int | None = None, cassette: str = DEFAULT_CASSETTE,
-    insert_offset: int = 12, zero_based_gff: bool = False, max_genes: int | None = None, batch_size: int = 8,
-    device: str = "cpu", progress: bool = True,
-) -> str:
-    """``dnalm essentiality``: score genes, write the per-gene TSV (+ ROC plot with labels), return a summary."""
-    import time
-
-    import dnalm
-    from dnalm.eval.metrics import write_tsv
-
-    model = dnalm.load(model_path, device=device)
-    t0 = time.perf_counter()
-    res = score_essentiality(model, fasta, gff, labels, label_columns=label_columns, window=window, cassette=cassette,
-                             insert_offset=insert_offset, zero_based_gff=zero_based_gff, max_genes=max_genes,
-                             batch_size=batch_size, progress=progress)
-    secs = time.perf_counter() - t0
-    out_path = Path(out) if out else Path("essentiality.tsv")
-    header = ["locus_tag", "gene", "seqid", "start", "end", "strand", "length", "insert_after", "window_start",
-              "window_end", "delta_sum", "delta_mean", *res["label_columns"]]
-    write_tsv(out_path, header, ([r[c] for c in header] for r in res["rows"]), res["notes"])
-    lines = [f"scored {len(res['rows'])} genes in {secs:.1f} s -> {out_path}", *res["notes"]]
-    if res["label_columns"]:
-        plot_path = Path(plot) if plot else out_path.with_suffix(".roc.png")
-        for r in essentiality_report(res, plot_path):
-            lines.append(
-                f"{r['label']}: AUROC {r['auroc']:.4f} (95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}; "
-                f"{r['n_pos']} essential of {r['n']}); gene-length baseline AUROC {r['auroc_gene_length']:.4f}"
-            )
-        lines.append(f"ROC plot -> {plot_path}")
-    return "\n".join(lines)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from dnalm.checkpoint import atomic_write_bytes
 
@@ -213,6 +214,4 @@ def progress(
     iterable: Iterable | None = None, total: int | None = None, desc: str = "", enabled: bool = True
 ) -> Iterator:
     """A tqdm progress bar on stderr (silent when ``enabled`` is False)."""
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, unit="it", dynamic_ncols=True, leave=False)

@@ -33,6 +33,9 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import minimize, nnls
 from scipy.special import logsumexp
+from tqdm import tqdm
+
+from dnalm.checkpoint import atomic_write_text
 
 __all__ = [
     "LawFit",
@@ -206,8 +209,6 @@ def bootstrap_law(
     fits = []
     it = range(n_boot)
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, desc="bootstrap", leave=False)
     for _ in it:
         idx = rng.integers(0, len(N), len(N))
@@ -478,7 +479,6 @@ def fit_results(
     out_dir.mkdir(parents=True, exist_ok=True)
     if plot:
         summary["plots"] = _plot(families, fits, out_dir)
-    from dnalm.checkpoint import atomic_write_text
 
     atomic_write_text(out_dir / "fit.json", json.dumps(summary, indent=2, default=float) + "\n")
     summary["out_dir"] = str(out_dir)
