@@ -10,7 +10,7 @@ Runs, in this order (the same model each time):
 
 - ``one_pass``: the 1,000,000 bases as one record (1,000,001 tokens with [BOS]): ``forward_long``.
 - ``windows``: the first ``--window-bases`` of those bases cut into records of ``--window`` bases, each
-  scored by the ordinary forward (``DNALM.score``, batch 1); context does not cross window boundaries.
+  scored by the ordinary forward (``dnalm.score``, batch 1); context does not cross window boundaries.
   Windows are scored one after another, so the peak is that of one window: 8 windows show the same
   peak as all 31 (pass ``--window-bases 0`` to score them all; the time then grows about 4x).
 - ``plain@N`` and ``lean@N`` (N = ``--side-length``): one record of N bases through the ordinary forward
@@ -94,10 +94,10 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from dnalm.data.fasta import read_sequences
+    from dnalm.data.sequences import read_sequences
     from dnalm.eval.longcontext import estimate_memory
     from dnalm.models.lm import DNALM
-    from dnalm.presets import get_preset
+    from dnalm.models import get_preset
     from dnalm.tokenizer import decode
 
     rec = next(read_sequences(GENOME))

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.models.hyena import HyenaBlock
 from dnalm.models.transformer import TransformerBlock
 from dnalm.ops.fftconv import fft_long_conv, fft_size

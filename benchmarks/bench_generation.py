@@ -39,7 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dnalm.config import HyenaConfig, StripedHyenaConfig  # noqa: E402
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.striped_hyena import StripedHyenaConfig
 from dnalm.generation import prefill_logits, step_logits  # noqa: E402
 from dnalm.models.attention import KVCache  # noqa: E402
 from dnalm.models.lm import DNALM  # noqa: E402

@@ -47,7 +47,7 @@ def ecoli_ids() -> np.ndarray:
 def matched_transformer(n_params: int, max_len: int, d_model: int = 128):
     """A Transformer++ of width ``d_model`` (head size 32) with ``n_params`` parameters: the depth whose
     exact-match SwiGLU width is closest to the standard 8/3 * d_model, that width rounded to 8."""
-    from dnalm.config import TransformerConfig
+    from dnalm.models.transformer import TransformerConfig
     from dnalm.models.lm import DNALM
 
     def count(n_layer: int, mlp: int) -> int:
@@ -77,7 +77,7 @@ def _stage_metrics(model, ids: torch.Tensor) -> dict[str, float]:
 def speed(args: argparse.Namespace) -> dict:
     import dnalm
     from dnalm.models.lm import DNALM
-    from dnalm.presets import get_preset
+    from dnalm.models import get_preset
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,7 +158,7 @@ def _validation_nll(model, genome: np.ndarray, seq_len: int, n_windows: int) -> 
 
 def train(args: argparse.Namespace) -> dict:
     from dnalm.models.lm import DNALM, lm_loss
-    from dnalm.presets import get_preset
+    from dnalm.models import get_preset
     from dnalm.tokenizer import BOS
     from dnalm.train.optim import param_groups
 

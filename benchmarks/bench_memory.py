@@ -44,8 +44,8 @@ def rss_bytes() -> int:
 def child(model_name: str, length: int, checkpointed: bool) -> dict:
     import torch
 
-    from dnalm.config import model_config_from_dict
-    from dnalm.data.fasta import read_sequences
+    from dnalm.models import model_config_from_dict
+    from dnalm.data.sequences import read_sequences
     from dnalm.models.lm import DNALM, lm_loss
     from dnalm.train.distributed import apply_activation_checkpointing
 

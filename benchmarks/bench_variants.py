@@ -39,7 +39,7 @@ FASTA = SHARED if SHARED.is_file() else REPO / "tests/data/brca1_chr17_43044001-
 
 def main() -> int:
     import dnalm
-    from dnalm.config import HyenaConfig
+    from dnalm.models.hyena import HyenaConfig
     from dnalm.eval.variants import read_variants, score_variants
     from dnalm.models.lm import DNALM
 

@@ -3,52 +3,32 @@
 Public API::
 
     import dnalm
-    model = dnalm.load("hyenadna-tiny-1k")        # a preset name builds a fresh model
-    model = dnalm.load("runs/demo")               # a run directory, a checkpoint, or a HyenaDNA -hf folder
-    model.score(["ACGT..."], reduce="mean")        # log-likelihoods
+    model = dnalm.load("hyenadna-tiny-1k")          # a preset name builds a fresh model
+    model = dnalm.load("runs/demo")                 # a run directory, a checkpoint, or a foreign checkpoint
+    dnalm.score(model, ["ACGT..."], reduce="mean")   # log-likelihoods
+    dnalm.generate(model, "ACGT", 100)               # sampled bases
+    out = model(input_ids, output_hidden_states=True)
+
+This module is the top of the package's layers (see docs/architecture.md): it only gathers what the
+layers below offer.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from dnalm.eval.dms import score_dms
+from dnalm.eval.embed import embed_sequences
+from dnalm.eval.essentiality import score_essentiality
+from dnalm.eval.finetune import finetune_files as finetune
+from dnalm.eval.scoring import score
+from dnalm.eval.variants import score_variants
+from dnalm.formats import load
+from dnalm.generation import generate
+from dnalm.models import get_preset, list_presets
 from dnalm.models.lm import DNALM
-from dnalm.presets import get_preset, list_presets
 from dnalm.tokenizer import Tokenizer
+from dnalm.version import __version__
 
-__version__ = "0.1.0"
-__all__ = ["DNALM", "Tokenizer", "load", "get_preset", "list_presets", "__version__"]
-
-
-def load(path: str | Path, device: str = "cpu") -> DNALM:
-    """Load a model from a preset name (fresh weights), a checkpoint directory or a run directory.
-
-    A run directory resolves to its newest checkpoint. A HyenaDNA Hugging Face folder (``config.json`` with
-    ``model_type: "hyenadna"``) loads through ``dnalm.hf.load_hf``: a DNALM for a causal LM, a
-    ``dnalm.hf.HyenaDNAClassifier`` for a sequence-classification checkpoint. Raises ``FileNotFoundError`` or
-    ``dnalm.checkpoint.CheckpointError`` with a message naming the problem.
-    """
-    from dnalm.checkpoint import CheckpointError, is_native_checkpoint, load_pretrained, read_config_json
-    from dnalm.presets import PRESETS
-
-    p = Path(path)
-    if not p.exists():
-        if str(path) in PRESETS:
-            return DNALM(get_preset(str(path))).to(device)
-        raise FileNotFoundError(f"{path}: no such file, directory or preset (presets: {', '.join(list_presets())})")
-    if not p.is_dir():
-        raise CheckpointError(f"{path}: is a file; expected a checkpoint or run directory, or a preset name")
-    if (p / "config.json").is_file():
-        read_config_json(p / "config.json")  # a damaged config.json is named as such, not as "no checkpoint"
-    if is_native_checkpoint(p):
-        return load_pretrained(p, device)
-    from dnalm import hf
-
-    if hf.is_hf_folder(p) or hf.is_converted_classifier(p):
-        return hf.load(p, device)  # a HyenaDNA "-hf" download or its converted classifier (dnalm/hf.py)
-    from dnalm.train.checkpoint import latest_model_dir
-
-    run_model = latest_model_dir(p)
-    if run_model is not None:
-        return load_pretrained(run_model, device)
-    raise CheckpointError(f"{path}: not a dnalm checkpoint or run directory (no config.json + model.safetensors)")
+__all__ = [
+    "DNALM", "Tokenizer", "load", "get_preset", "list_presets", "score", "generate", "score_variants",
+    "embed_sequences", "score_essentiality", "score_dms", "finetune", "__version__",
+]  # fmt: skip

@@ -8,6 +8,7 @@ checkpoint that looks complete. Weights are safetensors only; nothing here unpic
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
-from dnalm.config import ConfigError, model_config_from_dict, to_dict
+from dnalm.config import ConfigError, to_dict
+from dnalm.models import model_config_from_dict
+from dnalm.models.lm import DNALM
 from dnalm.outputs import atomic_dir, atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from dnalm.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "dnalm"
+CKPT_DIR = "checkpoints"  # RUN/checkpoints/step-NNNNNNN/: training checkpoints (dnalm.train.checkpoint)
+FINAL_MODEL_DIR = "model"  # RUN/model/: the final model of a run
+_STEP_RE = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointError(ValueError):
@@ -75,6 +81,26 @@ def read_config_json(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if (p / "state.json").is_file()]
+
+
+def latest_model_dir(run_dir: str | Path) -> Path | None:
+    """The model a run directory stands for: its final model, else its newest checkpoint."""
+    run_dir = Path(run_dir)
+    if is_native_checkpoint(run_dir / FINAL_MODEL_DIR):
+        return run_dir / FINAL_MODEL_DIR
+    for ckpt in reversed(checkpoint_dirs(run_dir)):
+        if is_native_checkpoint(ckpt):
+            return ckpt
+    return None
+
+
 def read_checkpoint_meta(path: str | Path, fmt: str, wrong_format: str) -> dict[str, Any]:
     """config.json of a checkpoint directory whose ``format`` must be ``fmt`` (``wrong_format`` says what
     to do otherwise); the weights file must exist too."""
@@ -118,8 +144,6 @@ def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a native checkpoint directory into a DNALM (strict: every key must match)."""
-    from dnalm.models.lm import DNALM
-
     meta = read_checkpoint_meta(path, FORMAT, "not a dnalm checkpoint (config.json + model.safetensors)")
     try:
         config = model_config_from_dict(meta["model"], where=f"{Path(path) / CONFIG_FILE}:model")

@@ -1,8 +1,10 @@
-"""Typed configuration: one dataclass per model family, plus the data and training sections of a run.
+"""Typed configuration machinery, and the data and training sections of a run.
 
-YAML run files are plain data mapped onto these dataclasses. Unknown keys are an error (never silently
-ignored), values are type-checked, and derived values (for example the MLP width) are computed here in
-code, not written in YAML.
+YAML run files are plain data mapped onto dataclasses. Unknown keys are an error (never silently
+ignored), values are type-checked, and derived values (for example the MLP width) are computed in code,
+not written in YAML. Each model family's config dataclass lives in its family file (``dnalm/models/``);
+a whole run file is read by ``dnalm.train.config.load_run_config``, which resolves the model section and
+``preset:`` through the model registry.
 """
 
 from __future__ import annotations
@@ -24,245 +26,6 @@ class ConfigError(ValueError):
 
 def _round_up(x: float, multiple: int) -> int:
     return int(math.ceil(x / multiple) * multiple)
-
-
-# ----------------------------------------------------------------------------------------------- models
-
-
-@dataclass
-class HyenaConfig:
-    """HyenaDNA (SPEC section 1): Hyena operator blocks with implicit long filters."""
-
-    family: Literal["hyena"] = "hyena"
-    n_layer: int = 2
-    d_model: int = 128
-    l_max: int = 1026  # filter table length; time is normalised to l_max (train length + 2)
-    vocab_size: int = 16
-    order: int = 2  # Hyena order N: N-1 long convolutions, N+1 projections
-    filter_order: int = 64  # width of the implicit filter MLP
-    emb_dim: int = 5  # positional features: t plus (emb_dim-1)/2 cos/sin bands
-    num_inner_mlps: int = 2
-    activation_freq: float = 10.0
-    modulation_shift: float = 0.05
-    short_filter_order: int = 3
-    d_inner: int | None = None  # MLP width; None means 4 * d_model
-    ln_eps: float = 1e-5  # final LayerNorm
-    block_ln_eps: float = 1e-5  # LayerNorms inside blocks (HyenaDNA hard-codes 1e-5)
-    dropout: float = 0.0
-    tie_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        if self.d_inner is None:
-            self.d_inner = 4 * self.d_model
-        _positive(self, "n_layer", "d_model", "l_max", "vocab_size", "filter_order", "emb_dim", "d_inner")
-        if self.order < 2:
-            raise ConfigError(f"model.order must be >= 2 (got {self.order})")
-        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
-            raise ConfigError(f"model.emb_dim must be odd and >= 3 (got {self.emb_dim})")
-
-    @property
-    def max_len(self) -> int:
-        """Longest input the model accepts (the filter table length)."""
-        return self.l_max
-
-
-@dataclass
-class TransformerConfig:
-    """Transformer++ baseline: RMSNorm, SwiGLU, RoPE, causal scaled-dot-product attention."""
-
-    family: Literal["transformer"] = "transformer"
-    n_layer: int = 2
-    d_model: int = 128
-    n_head: int = 4
-    max_len: int = 1026
-    vocab_size: int = 16
-    mlp_hidden: int | None = None  # None means 8/3 * d_model rounded up to a multiple of 64
-    rope_base: float = 10000.0
-    rope_interp: float = 1.0  # linear position interpolation: positions are divided by this
-    norm_eps: float = 1e-5
-    dropout: float = 0.0
-    tie_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mlp_hidden is None:
-            self.mlp_hidden = _round_up(8 * self.d_model / 3, 64)
-        _positive(self, "n_layer", "d_model", "n_head", "max_len", "vocab_size", "mlp_hidden")
-        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
-            raise ConfigError(
-                f"model.d_model ({self.d_model}) must split into n_head ({self.n_head}) heads of even size"
-            )
-
-
-@dataclass
-class StripedHyenaConfig:
-    """StripedHyena (Evo, ``version`` 1) and StripedHyena 2 (Evo 2, ``version`` 2): SPEC sections 2-3.
-
-    ``layers`` names the block at each depth (n_layer names). Version 1: "hyena" (gated convolution with
-    the modal pole/residue long filter) and "attn" (RoPE attention). Version 2: "se" (explicit length
-    ``se_len`` grouped FIR), "mr" (explicit length ``mr_len`` grouped, decay-regularised), "li" (implicit
-    real modal filter, full length) and "attn". Left out, it is derived: version 1 puts attention at
-    every 8th layer from layer 8 (Evo 1 7B: 8, 16, 24), version 2 repeats SE, MR, LI, MHA, SE, MR, LI
-    (Evo 2 7B). See dnalm/models/striped_hyena.py for the blocks.
-    """
-
-    family: Literal["striped_hyena"] = "striped_hyena"
-    version: Literal[1, 2] = 1
-    n_layer: int = 4
-    d_model: int = 128
-    n_head: int = 4
-    max_len: int = 1026
-    vocab_size: int = 16
-    layers: list[str] | None = None  # block name per depth; None = the published pattern (see above)
-    mlp_hidden: int | None = None  # gated-MLP width; None means 8/3 * d_model rounded up to a multiple of 64
-    state_size: int | None = None  # modes per channel of modal filters; None = 8 (version 1) or 16 (version 2)
-    short_filter_len: int = 3  # depthwise FIR on the 3D projections
-    se_len: int = 7
-    mr_len: int = 128
-    filter_groups: int | None = None  # SE/MR filter groups; None = d_model // 16 (Evo 2: 256 at d_model 4096)
-    rope_base: float = 10000.0
-    rope_interp: float = 1.0  # linear position interpolation: positions are divided by this
-    norm_eps: float = 1e-6
-    tie_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mlp_hidden is None:
-            self.mlp_hidden = _round_up(8 * self.d_model / 3, 64)
-        if self.state_size is None:
-            self.state_size = 8 if self.version == 1 else 16
-        if self.filter_groups is None:
-            self.filter_groups = max(1, self.d_model // 16)
-        _positive(self, "n_layer", "d_model", "n_head", "max_len", "vocab_size", "mlp_hidden", "state_size")
-        _positive(self, "short_filter_len", "se_len", "mr_len", "filter_groups", "rope_base", "rope_interp")
-        if self.layers is None:
-            if self.version == 1:
-                self.layers = ["attn" if i and i % 8 == 0 else "hyena" for i in range(self.n_layer)]
-            else:
-                self.layers = [("se", "mr", "li", "attn", "se", "mr", "li")[i % 7] for i in range(self.n_layer)]
-        allowed = ("hyena", "attn") if self.version == 1 else ("se", "mr", "li", "attn")
-        if len(self.layers) != self.n_layer:
-            raise ConfigError(f"model.layers has {len(self.layers)} names but model.n_layer is {self.n_layer}")
-        for i, kind in enumerate(self.layers):
-            if kind not in allowed:
-                raise ConfigError(f"model.layers[{i}] is {kind!r}; version {self.version} allows {list(allowed)}")
-        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
-            raise ConfigError(
-                f"model.d_model ({self.d_model}) must split into n_head ({self.n_head}) heads of even size"
-            )
-        if self.d_model % self.filter_groups:
-            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by filter_groups ({self.filter_groups})")
-
-
-@dataclass
-class HNetConfig:
-    """dnaHNet (SPEC section 5): H-Net dynamic chunking over nucleotides; see dnalm/models/hnet.py.
-
-    The hierarchy has ``len(target_ratios)`` stages. Stage s runs ``encoder_layout[s]`` at width
-    ``widths[s]``, chunks with target ratio ``target_ratios[s]``, hands the chunks to stage s+1 and
-    decodes with ``decoder_layout[s]``; the innermost level runs ``main_layout``. Widths:
-    ``d_model`` at the nucleotide level, then ``inner_d_model`` (one per stage, the last is the main
-    network's), never shrinking. Layouts are strings like "t1m4" (m = Mamba-2 block, t = attention block).
-    """
-
-    family: Literal["hnet"] = "hnet"
-    d_model: int = 64  # nucleotide-level width (the embedding width)
-    inner_d_model: list[int] = field(default_factory=lambda: [96, 128])  # widths of stage 1.. and the main network
-    target_ratios: list[float] = field(default_factory=lambda: [3.0, 2.0])  # N per stage; (3,2) as in the paper
-    encoder_layout: list[str] = field(default_factory=lambda: ["t1m4", "t1m4"])  # per stage
-    decoder_layout: list[str] = field(default_factory=lambda: ["m4t1", "m4t1"])  # per stage
-    main_layout: str = "t2"
-    attn_head_dim: int = 32  # attention heads = width // attn_head_dim
-    d_state: int = 128  # Mamba-2
-    mamba_expand: int = 2
-    mamba_d_conv: int = 4
-    mamba_headdim: int = 64
-    ssd_chunk_size: int = 256
-    ratio_loss_alpha: float = 0.03  # total loss = NLL + alpha * sum of per-stage ratio losses
-    max_len: int = 1026
-    vocab_size: int = 16
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        import re
-
-        _positive(self, "d_model", "attn_head_dim", "d_state", "mamba_expand", "mamba_d_conv", "mamba_headdim")
-        _positive(self, "ssd_chunk_size", "max_len", "vocab_size", "rope_base")
-        S = len(self.target_ratios)
-        if S < 1:
-            raise ConfigError("model.target_ratios needs one ratio per stage (at least one stage)")
-        for name in ("inner_d_model", "encoder_layout", "decoder_layout"):
-            if len(getattr(self, name)) != S:
-                raise ConfigError(
-                    f"model.{name} has {len(getattr(self, name))} entries but model.target_ratios has {S} (one per stage)"
-                )
-        for i, r in enumerate(self.target_ratios):
-            if not r > 1:
-                raise ConfigError(f"model.target_ratios[{i}] must be > 1 (got {r})")
-        if self.ratio_loss_alpha < 0:
-            raise ConfigError(f"model.ratio_loss_alpha must be >= 0 (got {self.ratio_loss_alpha})")
-        if self.attn_head_dim % 2:
-            raise ConfigError(f"model.attn_head_dim must be even for RoPE (got {self.attn_head_dim})")
-        widths = self.widths
-        for i in range(1, len(widths)):
-            if widths[i] < widths[i - 1]:
-                raise ConfigError(f"model.inner_d_model must never shrink (widths by level: {widths})")
-        levels = [(f"encoder_layout[{s}]", self.encoder_layout[s], widths[s]) for s in range(S)]
-        levels += [(f"decoder_layout[{s}]", self.decoder_layout[s], widths[s]) for s in range(S)]
-        levels.append(("main_layout", self.main_layout, widths[S]))
-        for name, layout, d in levels:
-            s = str(layout).replace(" ", "").lower()
-            if not s or re.sub(r"[mt]\d+", "", s):
-                raise ConfigError(f"model.{name} is {layout!r}; expected groups like 'm4t1' (m = Mamba-2, t = attention)")
-            if "t" in s and d % self.attn_head_dim:
-                raise ConfigError(f"model.{name}: width {d} is not a multiple of attn_head_dim ({self.attn_head_dim})")
-            if "m" in s and (self.mamba_expand * d) % self.mamba_headdim:
-                raise ConfigError(
-                    f"model.{name}: mamba_expand * width ({self.mamba_expand * d}) is not a multiple of "
-                    f"mamba_headdim ({self.mamba_headdim})"
-                )
-
-    @property
-    def n_stages(self) -> int:
-        return len(self.target_ratios)
-
-    @property
-    def widths(self) -> list[int]:
-        """Width per level: nucleotides, stage 1, ..., main network."""
-        return [self.d_model] + list(self.inner_d_model)
-
-    @property
-    def n_layers_total(self) -> int:
-        """All layers on the path nucleotides -> main -> nucleotides (the GPT-2 init depth)."""
-        import re
-
-        layouts = list(self.encoder_layout) + list(self.decoder_layout) + [self.main_layout]
-        return sum(int(n) for s in layouts for n in re.findall(r"\d+", s))
-
-    def attn_mlp_hidden(self, d: int) -> int:
-        """SwiGLU width of the attention blocks at width d: 8/3 d rounded up to a multiple of 64."""
-        return _round_up(8 * d / 3, 64)
-
-
-ModelConfig = Union[HyenaConfig, TransformerConfig, StripedHyenaConfig, HNetConfig]
-
-# family name -> config class; each family file documents its own fields
-MODEL_CONFIGS: dict[str, type] = {
-    "hyena": HyenaConfig,
-    "transformer": TransformerConfig,
-    "striped_hyena": StripedHyenaConfig,
-    "hnet": HNetConfig,
-}
-
-
-def model_config_from_dict(d: dict[str, Any], where: str = "model") -> Any:
-    """Build the family's config from a plain dict (``family`` picks the class)."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
-    family = d.get("family")
-    if family not in MODEL_CONFIGS:
-        raise ConfigError(f"{where}.family must be one of {sorted(MODEL_CONFIGS)} (got {family!r})")
-    return from_dict(MODEL_CONFIGS[family], d, where)
 
 
 # ------------------------------------------------------------------------------------------- data/train
@@ -353,7 +116,7 @@ class TrainConfig:
 class RunConfig:
     """A whole training run: model, data, train, and where to write it."""
 
-    model: Any = field(default_factory=HyenaConfig)
+    model: Any = None  # a family's config dataclass (dnalm/models/)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "runs/demo"
@@ -361,35 +124,6 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        if not isinstance(d, dict):
-            raise ConfigError("a run config must be a mapping with model/data/train sections")
-        d = dict(d)
-        model = d.pop("model", None)
-        preset = d.get("preset")
-        if model is None:
-            if preset is None:
-                raise ConfigError("the run config needs a 'model' section or a 'preset' name")
-            from dnalm.presets import get_preset
-
-            model = to_dict(get_preset(preset))
-        elif preset is not None:
-            from dnalm.presets import get_preset
-
-            # a preset plus a partial model section: the section overrides the preset's fields
-            model = {**to_dict(get_preset(preset)), **model}
-        run = from_dict(cls, d, "")
-        run.model = model_config_from_dict(model)
-        return run
-
-
-def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config and apply ``section.key=value`` overrides (values parsed as YAML scalars)."""
-    data = read_yaml_mapping(path, "config file")
-    apply_overrides(data, overrides or [])
-    return RunConfig.from_dict(data)
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:

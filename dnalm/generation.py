@@ -1,6 +1,6 @@
 """Sampling DNA from a language model: prefill the prompt once, then one recurrent step per new token.
 
-Generation protocol (every family that supports it): the backbone has
+Generation protocol (every family that supports it; ``dnalm.models.spec.RecurrentBackbone``): the backbone has
 ``prefill(x: (B, L, D)) -> (hidden: (B, L, D), state)`` and ``step(x_t: (B, D), state) -> (hidden_t: (B, D),
 state)``, hidden states taken before the final norm, like ``forward``. The state is whatever the family
 needs (a KV cache, FIR histories, modal states) and may be updated in place. The step path equals the
@@ -29,7 +29,9 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from dnalm.models.spec import RecurrentBackbone
 from dnalm.tokenizer import BASES, SEP, Tokenizer, decode
 
 __all__ = ["GenerationError", "generate", "prefill_logits", "step_logits", "sample_next", "supports_recurrent"]
@@ -40,8 +42,8 @@ class GenerationError(ValueError):
 
 
 def supports_recurrent(model: Any) -> bool:
-    """Whether the model's backbone implements ``prefill`` and ``step``."""
-    return callable(getattr(model.backbone, "prefill", None)) and callable(getattr(model.backbone, "step", None))
+    """Whether the model's backbone implements ``prefill`` and ``step`` (``dnalm.models.spec.RecurrentBackbone``)."""
+    return isinstance(model.backbone, RecurrentBackbone)
 
 
 def _logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
@@ -163,8 +165,6 @@ def generate(
         groups.setdefault(len(ids), []).append(i)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=n_tokens * len(groups), desc="generating", unit="tok", file=sys.stderr)
     was_training = model.training
     model.eval()

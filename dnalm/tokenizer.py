@@ -99,12 +99,6 @@ def reverse_complement_ids(ids: np.ndarray) -> np.ndarray:
     return COMPLEMENT_ID[ids][..., ::-1].copy()
 
 
-def reverse_complement(seq: str) -> str:
-    """Reverse complement of a DNA string, keeping case; IUPAC codes become N/n."""
-    ids, lower = encode_bytes(seq.encode())
-    return decode(reverse_complement_ids(ids), lower[::-1])
-
-
 @dataclass
 class Tokenizer:
     """Turns DNA strings into model inputs.

@@ -409,13 +409,13 @@ def _run_yaml(run_dir: Path | str, steps: int = 2) -> str:
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory) -> Path:
     """A tiny training run (phiX174, 2 steps) with checkpoints, once per session."""
-    from dnalm.config import RunConfig
-    from dnalm.train.trainer import train
-
     import yaml
 
+    from dnalm.train.config import run_config_from_dict
+    from dnalm.train.trainer import train
+
     run = tmp_path_factory.mktemp("run") / "run"
-    train(RunConfig.from_dict(yaml.safe_load(_run_yaml(run))), progress=False)
+    train(run_config_from_dict(yaml.safe_load(_run_yaml(run))), progress=False)
     return run
 
 

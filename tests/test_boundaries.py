@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dnalm.cli import main
-from dnalm.config import HNetConfig
+from dnalm.models.hnet import HNetConfig
 from dnalm.data.annotation import read_annotations
 from dnalm.eval.boundaries import REGIONS, codon_positions, predict_boundaries, region_labels
 from dnalm.models.hnet import nucleotide_boundaries

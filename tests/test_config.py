@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from dnalm.config import ConfigError, HyenaConfig, RunConfig, load_run_config, to_dict
+from dnalm.config import ConfigError, to_dict
+from dnalm.train.config import load_run_config, run_config_from_dict
+from dnalm.models.hyena import HyenaConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +22,7 @@ def test_roundtrip_and_overrides(tmp_path):
                           ["train.lr=3e-4", "data.seq_len=512", "model.n_layer=3"])
     assert cfg.train.lr == 3e-4 and cfg.data.seq_len == 512 and cfg.model.n_layer == 3
     assert cfg.train.warmup_steps == 1  # derived in code: 1% of steps, at least 1
-    again = RunConfig.from_dict(to_dict(cfg))
+    again = run_config_from_dict(to_dict(cfg))
     assert to_dict(again) == to_dict(cfg)
 
 

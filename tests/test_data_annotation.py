@@ -14,7 +14,7 @@ from Bio.Seq import Seq
 
 from dnalm.data.annotation import feature_ids, gene_features, read_annotations
 from dnalm.data.errors import DataError
-from dnalm.data.fasta import read_sequences
+from dnalm.data.sequences import read_sequences
 from dnalm.tokenizer import decode
 
 DATA = Path(__file__).parent / "data"

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import dnalm.data.fasta as fasta_mod
 from dnalm.data.errors import DataError
-from dnalm.data.fasta import read_fasta, read_sequences
+from dnalm.data.fasta import read_fasta
+from dnalm.data.sequences import read_sequences
 from dnalm.tokenizer import A, C, G, N, T, decode
 
 DATA = Path(__file__).parent / "data"

@@ -3,6 +3,7 @@ placement rules, N filter, reverse complement, genic windows, mixtures, rank sha
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from dnalm.data.samplers import (
     MixtureSampler,
     RandomWindowSampler,
     TilingSampler,
-    loss_weights,
+    _complement,
+    _reversed,
 )
 from dnalm.data.store import TokenStore, prepare
-from dnalm.tokenizer import N, PAD, reverse_complement_ids
+from dnalm.tokenizer import COMPLEMENT_ID, N, PAD, reverse_complement_ids
 
 DATA = Path(__file__).parent / "data"
 
@@ -209,15 +211,106 @@ def test_tiling_resume(store):
     assert [b.start.tolist() for b in again.batches(2)] == rest
 
 
-def test_loss_weights():
-    lower = np.array([[True, False, True], [False, False, False]])
-    w = loss_weights(lower, 0.1)
-    assert w.dtype == np.float32 and np.allclose(w, [[0.1, 1.0, 0.1], [1.0, 1.0, 1.0]])
-    with pytest.raises(DataError):
-        loss_weights(lower, -1.0)
-
-
 def test_genic_needs_annotation(tmp_path):
     prepare([DATA / "phage_lambda.fa"], tmp_path / "s", progress=False)
     with pytest.raises(DataError, match="no annotated genes; prepare it with --gff"):
         GenicWindowSampler(TokenStore.open(tmp_path / "s"))
+
+
+def _samplers(store):
+    """One of each kind, with reverse complement and (genic, mixture) as rank 1 of 2."""
+    mixture = MixtureSampler(
+        [
+            (RandomWindowSampler(store, seed=11, exclude=["chr2*"], rc_augment=True), 0.5),
+            (RandomWindowSampler(store, seed=12, exclude=["NC_*", "gi|*"], rc_augment=True), 0.3),
+            (GenicWindowSampler(store, seed=13, rc_augment=True), 0.2),
+        ],
+        seed=5, rank=1, world_size=2,
+    )
+    return {
+        "random": RandomWindowSampler(store, "train", seed=3, rc_augment=True, max_n_fraction=0.1),
+        "genic": GenicWindowSampler(store, "train", flank=200, seed=2, rc_augment=True, rank=1, world_size=2),
+        "mixture": mixture,
+    }
+
+
+def _digest(batches) -> str:
+    h = hashlib.sha256()
+    for b in batches:
+        for a, dtype in ((b.ids, np.uint8), (b.lower, np.bool_), (b.record, np.int64), (b.start, np.int64),
+                         (b.strand, np.int8)):
+            h.update(np.ascontiguousarray(a, dtype=dtype).tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_outputs_unchanged_for_the_same_seed(store):
+    """The same seed gives the same windows as before the speed work of issue 16 (digests recorded with the
+    sampler of commit ae844fa): changing them would silently change the training data of every run."""
+    want = {"random": "23e834f70f21d7c0", "genic": "9558b0f3d24644ff", "mixture": "cc757d105513bff0"}
+    shapes = {"random": [(64, 2_000), (8, 300)], "genic": [(40, 1_500), (8, 300)], "mixture": [(64, 400), (8, 1_000)]}
+    for kind, sampler in _samplers(store).items():
+        batches = [sampler.next_batch(n, L) for n, L in shapes[kind]]
+        assert _digest(batches) == want[kind], kind
+        for b, (n, L) in zip(batches, shapes[kind]):  # and every row is what a plain per-row read gives
+            assert b.ids.shape == (n // sampler.world_size, L) and b.valid.all()
+            for i, (r, s, strand) in enumerate(zip(b.record.tolist(), b.start.tolist(), b.strand.tolist())):
+                ids, low = store.window(r, s, s + L)
+                if strand == -1:
+                    ids, low = reverse_complement_ids(ids), low[::-1]
+                assert np.array_equal(b.ids[i], ids) and np.array_equal(b.lower[i], low), (kind, i)
+
+
+def test_case_mask_only_when_asked(store):
+    """case_mask=False reads no mask (lower is None) and leaves everything else, and the stream, unchanged."""
+    for kind, with_mask in _samplers(store).items():
+        without = _samplers(store)[kind]
+        for n, L in ((16, 700), (4, 2_000)):
+            a, b = with_mask.next_batch(n, L), without.next_batch(n, L, case_mask=False)
+            assert b.lower is None and a.lower is not None and a.lower.shape == a.ids.shape
+            for field in ("ids", "valid", "record", "start", "strand"):
+                assert np.array_equal(getattr(a, field), getattr(b, field)), (kind, field)
+        assert json.dumps(with_mask.state_dict()) == json.dumps(without.state_dict())
+
+
+def test_batches_share_constants_and_own_their_sequence(store):
+    """valid (and strand without reverse complement) are zero-stride read-only views, not per-batch copies;
+    ids and lower are the batch's own arrays, so writing to them cannot reach the memory-mapped store."""
+    sampler = RandomWindowSampler(store, "train", seed=4)
+    batch = sampler.next_batch(32, 1_000)
+    assert batch.valid.all() and batch.valid.strides == (0, 0) and not batch.valid.flags.writeable
+    assert np.all(batch.strand == 1) and batch.strand.strides == (0,) and not batch.strand.flags.writeable
+    r, s = int(batch.record[0]), int(batch.start[0])
+    before = store.window(r, s, s + 1_000)[0].copy()
+    assert batch.ids.flags.writeable and batch.ids.flags.owndata and batch.lower.flags.owndata
+    batch.ids[0] = PAD
+    batch.lower[0] = True
+    assert np.array_equal(store.window(r, s, s + 1_000)[0], before)
+    assert np.array_equal(sampler.next_batch(32, 1_000).valid, np.ones((32, 1_000), dtype=bool))
+
+
+def test_complement_and_reverse_match_the_tokenizer():
+    every_byte = np.arange(256, dtype=np.uint8).reshape(4, 64)
+    assert np.array_equal(_complement(every_byte.copy()), COMPLEMENT_ID[every_byte])
+    assert np.array_equal(_reversed(every_byte), every_byte[:, ::-1])
+    assert np.array_equal(_reversed(every_byte > 100), (every_byte > 100)[:, ::-1])
+
+
+def test_n_count_matches_a_direct_count(store):
+    """The N filter's count (from the N-run index) against counting N in the tokens themselves."""
+    rng = np.random.default_rng(0)
+    tokens = np.asarray(store.tokens)
+    assert len(store._n_start) >= 1  # the hg38 slice's 10 kb N block (and any other runs)
+    for L in (1, 100, 2_000, 20_000):
+        starts = rng.integers(0, len(store) - L + 1, size=300)
+        near = np.concatenate([store._n_start, store._n_end]) - L // 2  # windows cutting into N runs
+        starts = np.concatenate([starts, np.clip(near, 0, len(store) - L)])
+        want = [int(np.count_nonzero(tokens[s : s + L] == N)) for s in starts.tolist()]
+        assert store.n_count(starts, L).tolist() == want, L
+
+
+def test_n_filter_gives_up_with_a_clear_error(tmp_path):
+    (tmp_path / "n.fa").write_text(">mostly_n\n" + "ACGT" * 10 + "N" * 3_000 + "\n")
+    prepare([tmp_path / "n.fa"], tmp_path / "s", val_fraction=0.0, test_fraction=0.0, progress=False)
+    sampler = RandomWindowSampler(TokenStore.open(tmp_path / "s"), "train", max_n_fraction=0.1)
+    with pytest.raises(DataError, match="random windows of length 1000 with at most 10% N after 100 rounds"):
+        sampler.next_batch(4, 1_000)

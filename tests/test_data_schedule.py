@@ -1,4 +1,4 @@
-"""The length schedule: HyenaDNA's warm-up example (SPEC: 1k/256, 2k/128, ... 32k/8), stage boundaries
+"""The length schedule: HyenaDNA's warm-up example (docs/architectures.md §1: 1k/256, 2k/128, ... 32k/8), stage boundaries
 by steps and by tokens, and resuming."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 
 from dnalm.cli import main
 from dnalm.data.errors import DataError
-from dnalm.data.fasta import read_sequences
+from dnalm.data.sequences import read_sequences
 from dnalm.data.store import TokenStore, prepare
 
 DATA = Path(__file__).parent / "data"

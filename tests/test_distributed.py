@@ -14,10 +14,11 @@ import pytest
 import torch
 import yaml
 
-from dnalm.config import (
-    ConfigError, DataConfig, HNetConfig, HyenaConfig, RunConfig, StripedHyenaConfig, TrainConfig, TransformerConfig,
-    to_dict,
-)
+from dnalm.config import ConfigError, DataConfig, RunConfig, TrainConfig, to_dict
+from dnalm.models.hnet import HNetConfig
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.striped_hyena import StripedHyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.train import distributed as D
 from dnalm.train.checkpoint import checkpoint_dirs, is_sharded_checkpoint
@@ -172,7 +173,7 @@ FAMILIES = {
 def test_activation_checkpointing_same_loss_and_gradients(family):
     """Recomputing each block in backward gives the same loss and gradients (dropout replayed), and the
     parameter names (hence checkpoints) do not change."""
-    from dnalm.data.fasta import read_sequences
+    from dnalm.data.sequences import read_sequences
 
     ids = torch.from_numpy(next(read_sequences(DATA / "phage_lambda.fa")).ids[:2 * 96].astype("int64")).view(2, 96)
 
@@ -208,8 +209,8 @@ def test_activation_checkpointing_trains_the_same(tmp_path, store, reference):
 
 CP_WORKER = r'''
 import json, sys, torch, torch.distributed as dist
-from dnalm.config import HyenaConfig
-from dnalm.data.fasta import read_sequences
+from dnalm.models.hyena import HyenaConfig
+from dnalm.data.sequences import read_sequences
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.tokenizer import PAD
 from dnalm.train.distributed import cp_forward

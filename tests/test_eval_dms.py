@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+import dnalm
 from dnalm.cli import main
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.data.errors import DataError
 from dnalm.eval.dms import BLOSUM62, CODON_TABLE, closest_codons, parse_mutant, read_mutants, score_dms, translate
 from dnalm.models.lm import DNALM
@@ -95,7 +96,7 @@ def test_delta_against_direct_scoring(model):
     assert rows["G21E"]["codons"] == "GGC>GAA|GAG" and rows["G21E"]["n_choices"] == 2
     for name, codon in (("G21A", "GCC"), ("G21E", "GAA")):  # codon 21 = nt 61-63; ties: the first codon
         mut = wt[:60] + codon + wt[63:]
-        direct = float(model.score(mut) - model.score(wt))
+        direct = float(dnalm.score(model, mut) - dnalm.score(model, wt))
         assert rows[name]["delta_sum"] == pytest.approx(direct, abs=2e-4)
     assert set(res["spearman"]) == {"model delta", "BLOSUM62", "dE", "-nt_changes"}
     assert res["window"] == len(wt)
@@ -105,7 +106,7 @@ def test_ties_mean_averages_tied_codons(model):
     first = {r["variant"]: r for r in score_dms(model, CDS, MUTANTS, progress=False)["rows"]}
     mean = {r["variant"]: r for r in score_dms(model, CDS, MUTANTS, ties="mean", progress=False)["rows"]}
     wt = cds_text()
-    d = [float(model.score(wt[:60] + c + wt[63:]) - model.score(wt)) for c in ("GAA", "GAG")]
+    d = [float(dnalm.score(model, wt[:60] + c + wt[63:]) - dnalm.score(model, wt)) for c in ("GAA", "GAG")]
     assert mean["G21E"]["delta_sum"] == pytest.approx(np.mean(d), abs=2e-4)
     assert mean["G21A"]["delta_sum"] == pytest.approx(first["G21A"]["delta_sum"], abs=1e-9)
 
@@ -126,7 +127,7 @@ def test_long_cds_uses_a_window_around_the_codon(tmp_path):
     ref = wt[start : start + 129]
     mut = (wt[:i] + codon + wt[i + 3 :])[start : start + 129]
     assert ref != mut and len(ref) == 129
-    assert res["rows"][0]["delta_sum"] == pytest.approx(float(small.score(mut) - small.score(ref)), abs=2e-4)
+    assert res["rows"][0]["delta_sum"] == pytest.approx(float(dnalm.score(small, mut) - dnalm.score(small, ref)), abs=2e-4)
 
 
 def test_bad_mutants(tmp_path, model):
@@ -237,7 +238,7 @@ def test_flanks_and_offset_numbering_against_hand_checked_codons(tmp_path, tiny)
         assert lo < 100  # upstream flank bases are in the scored window
         ref = rec[lo : lo + 257]
         mut = (rec[:i] + codon + rec[i + 3 :])[lo : lo + 257]
-        assert rows[name]["delta_sum"] == pytest.approx(float(tiny.score(mut) - tiny.score(ref)), abs=2e-4)
+        assert rows[name]["delta_sum"] == pytest.approx(float(dnalm.score(tiny, mut) - dnalm.score(tiny, ref)), abs=2e-4)
 
 
 def test_without_the_offset_the_frame_is_found_and_the_numbering_flagged(tmp_path, tiny):

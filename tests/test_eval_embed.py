@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+import dnalm
 from dnalm.cli import main
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.data.errors import DataError
 from dnalm.eval.embed import embed_sequences
 from dnalm.models.heads import pool_hidden
@@ -105,19 +106,17 @@ def test_cli_writes_npy_and_metadata(tmp_path, capsys):
     assert not (tmp_path / "x.npy").exists()
 
 
-def test_model_api_delegates(tmp_path):
-    import dnalm
-
+def test_facade_offers_the_applications(tmp_path):
     m = dnalm.load(DATA / "ecoli_hyena_tiny")
-    e = m.embed_sequences([LAMBDA[:50], LAMBDA[50:80]], pool="last")
+    e = dnalm.embed_sequences(m, [LAMBDA[:50], LAMBDA[50:80]], pool="last").array
     assert e.shape == (2, 32)
     np.testing.assert_allclose(e[1], reference(m, LAMBDA[50:80], -1)[-1].numpy(), rtol=1e-5, atol=1e-5)
-    res = m.score_variants(DATA / "brca1_chr17_43044001-43064000.fa", DATA / "brca1_findlay2018_demo40.tsv",
+    res = dnalm.score_variants(m, DATA / "brca1_chr17_43044001-43064000.fa", DATA / "brca1_findlay2018_demo40.tsv",
                            window=64, progress=False)
     assert len(res.rows) == 40
-    dms = m.score_dms(DATA / "aph3II_nt.fasta", DATA / "MERGE_kka2_klepn_head.csv", progress=False)
+    dms = dnalm.score_dms(m, DATA / "aph3II_nt.fasta", DATA / "MERGE_kka2_klepn_head.csv", progress=False)
     assert dms["window"] == 257 and len(dms["rows"]) == 120
-    clf, rep = m.finetune(DATA / "gue_prom_core_tata_small" / "train.csv", probe_steps=20, kmer_ks=(2,), progress=False)
+    clf, rep = dnalm.finetune(m, DATA / "gue_prom_core_tata_small" / "train.csv", probe_steps=20, kmer_ks=(2,), progress=False)
     assert rep["sizes"] == {"train": 160, "dev": 20, "test": 20} and rep["split"]["seed"] == 0
 
 
@@ -125,7 +124,7 @@ def test_model_api_delegates(tmp_path):
 def test_other_families_pad_invariant_and_trainable(preset):
     from dnalm.eval.embed import batch_ids
     from dnalm.models.heads import SequenceClassifier
-    from dnalm.presets import get_preset
+    from dnalm.models import get_preset
 
     torch.manual_seed(0)
     m = DNALM(get_preset(preset)).eval()

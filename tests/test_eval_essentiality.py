@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import dnalm
 from dnalm.cli import main
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.data.errors import DataError
 from dnalm.eval.essentiality import DEFAULT_CASSETTE, genes_from_gff, read_labels, score_essentiality
 from dnalm.models.lm import DNALM
@@ -68,7 +69,7 @@ def test_cassette_in_frame_on_both_strands_and_direct_delta(model, genome):
             cut = e - r["insert_after"] + 1
             assert ref[cut - 12 : cut - 9] == rc(genome[r["end"] - 3 : r["end"]]) == "ATG"
         mut = (ref[:cut] + DEFAULT_CASSETTE + ref[cut:])[:200]
-        direct = float(model.score(mut) - model.score(ref))
+        direct = float(dnalm.score(model, mut) - dnalm.score(model, ref))
         assert r["delta_sum"] == pytest.approx(direct, abs=2e-4)
         assert r["delta_mean"] == pytest.approx(r["delta_sum"] / 200)
     assert set(res["label_columns"]) == {"essential_baba2006_keio", "essential_gerdes2003", "essential_PEC_curated"}

@@ -14,7 +14,7 @@ import torch
 
 import dnalm
 from dnalm.cli import main
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.data.errors import DataError
 from dnalm.eval.variants import Variant, read_variants, score_variants
 from dnalm.models.lm import DNALM
@@ -58,8 +58,8 @@ def test_delta_matches_direct_two_pass(model):
         ref = seq[start : start + w]
         assert ref[w // 2] == r["ref"]
         alt = ref[: w // 2] + r["alt"] + ref[w // 2 + 1 :]
-        fwd = float(model.score(alt) - model.score(ref))
-        rev = float(model.score(rc(alt)) - model.score(rc(ref)))
+        fwd = float(dnalm.score(model, alt) - dnalm.score(model, ref))
+        rev = float(dnalm.score(model, rc(alt)) - dnalm.score(model, rc(ref)))
         assert r["window_start"] == REGION_START + start and r["window_len"] == w
         assert r["delta_sum_fwd"] == pytest.approx(fwd, abs=2e-4)
         assert r["delta_sum_rc"] == pytest.approx(rev, abs=2e-4)
@@ -86,7 +86,7 @@ def test_window_shifted_inwards_at_record_ends(model):
     first, last = res.rows
     assert first["window_start"] == REGION_START and first["window_len"] == 100
     assert last["window_end"] == REGION_START + len(seq) - 1 and last["window_len"] == 100
-    direct = float(model.score(seq[:3] + vs[0].alt + seq[4:100]) - model.score(seq[:100]))
+    direct = float(dnalm.score(model, seq[:3] + vs[0].alt + seq[4:100]) - dnalm.score(model, seq[:100]))
     assert first["delta_sum"] == pytest.approx(direct, abs=2e-4)
 
 
@@ -103,8 +103,8 @@ def test_indels_use_same_length_windows(model):
     alt_del = (seq[s:i] + seq[i] + seq[i + 4 :])[:80]
     alt_ins = (seq[s:i] + seq[i] + "GATTACA" + seq[i + 1 :])[:80]
     assert len(alt_del) == len(alt_ins) == 80
-    assert res.rows[0]["delta_sum"] == pytest.approx(float(model.score(alt_del) - model.score(ref)), abs=2e-4)
-    assert res.rows[1]["delta_sum"] == pytest.approx(float(model.score(alt_ins) - model.score(ref)), abs=2e-4)
+    assert res.rows[0]["delta_sum"] == pytest.approx(float(dnalm.score(model, alt_del) - dnalm.score(model, ref)), abs=2e-4)
+    assert res.rows[1]["delta_sum"] == pytest.approx(float(dnalm.score(model, alt_ins) - dnalm.score(model, ref)), abs=2e-4)
 
 
 def test_vcf_reading(tmp_path):
@@ -227,7 +227,7 @@ def test_interrupted_run_leaves_no_table(tmp_path, monkeypatch):
 def _stop_and_synonymous_snvs(n_genes: int) -> list[Variant]:
     """For genes in the held-out last 10% of the genome: one codon where one SNV makes a stop codon and
     another (third position) is synonymous; both SNVs, in genome coordinates."""
-    from dnalm.data.fasta import read_sequences
+    from dnalm.data.sequences import read_sequences
     from dnalm.eval.dms import CODON_TABLE
     from dnalm.eval.essentiality import genes_from_gff
     from dnalm.tokenizer import decode
@@ -288,4 +288,4 @@ def test_lowercase_follows_the_tokenizer_rule(tmp_path):
     res = score_variants(m, fa, v, window=64, progress=False)
     ref = masked[168:232]
     alt = ref[:32] + v[0].alt + ref[33:]
-    assert res.rows[0]["delta_sum"] == pytest.approx(float(m.score(alt) - m.score(ref)), abs=2e-4)
+    assert res.rows[0]["delta_sum"] == pytest.approx(float(dnalm.score(m, alt) - dnalm.score(m, ref)), abs=2e-4)

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import dnalm
 from dnalm.checkpoint import save_pretrained
 from dnalm.cli import main
-from dnalm.config import HyenaConfig, StripedHyenaConfig, TransformerConfig
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.striped_hyena import StripedHyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.generation import GenerationError, generate, prefill_logits, sample_next, step_logits, supports_recurrent
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import BOS
@@ -130,9 +133,9 @@ def test_seeded_generation_is_reproducible_and_alphabet_is_respected():
     a = generate(model, prompt, 40, seed=3)
     assert a == generate(model, prompt, 40, seed=3) and a != generate(model, prompt, 40, seed=4)
     assert isinstance(a, str) and len(a) == 40 and set(a) <= set("ACGT")
-    at = model.generate(prompt, 40, seed=3, alphabet="AT")
+    at = dnalm.generate(model, prompt, 40, seed=3, alphabet="AT")
     assert set(at) <= {"A", "T"}
-    out = model.generate([prompt, ecoli(10, 500), prompt], 20, seed=1, num_samples=2, top_k=3)
+    out = dnalm.generate(model, [prompt, ecoli(10, 500), prompt], 20, seed=1, num_samples=2, top_k=3)
     assert isinstance(out, list) and len(out) == 6 and all(len(s) == 20 for s in out)
 
 
@@ -227,5 +230,5 @@ def test_step_logits_match_full_forward_on_gpu(family):
             logits, state = step_logits(model, ids[:, t], state)
             got.append(logits[:, None])
     torch.testing.assert_close(torch.cat(got, dim=1), full, rtol=0, atol=1e-4)
-    a = model.generate(ecoli(40), 30, seed=2)
-    assert a == model.generate(ecoli(40), 30, seed=2) and set(a) <= set("ACGT")
+    a = dnalm.generate(model, ecoli(40), 30, seed=2)
+    assert a == dnalm.generate(model, ecoli(40), 30, seed=2) and set(a) <= set("ACGT")

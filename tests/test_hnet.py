@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from dnalm.config import ConfigError, HNetConfig, model_config_from_dict
+import dnalm
+from dnalm.config import ConfigError
+from dnalm.models import model_config_from_dict
+from dnalm.models.hnet import HNetConfig
 from dnalm.models.hnet import (
     Router,
     chunk,
@@ -263,7 +266,7 @@ def test_short_training_on_ecoli_lowers_the_loss():
 
 
 def test_presets_are_cpu_sized_and_run():
-    from dnalm.presets import get_preset
+    from dnalm.models import get_preset
 
     for name, ratios in (("dnahnet-tiny-32", [3.0, 2.0]), ("dnahnet-tiny-22", [2.0, 2.0]), ("dnahnet-tiny-3", [3.0])):
         cfg = get_preset(name)
@@ -280,8 +283,8 @@ def test_generate_with_recurrent_steps_equals_recompute():
     torch.manual_seed(3)
     model = DNALM(_small()).eval()
     prompt = "ATGAAACGCATTAGCACCACCATTACCACCACCATCACCATTACCACAGGTAACGGTGCGGGCTGA"  # E. coli thrL CDS (start)
-    fast = model.generate(prompt, 24, seed=7, num_samples=3)
-    slow = model.generate(prompt, 24, seed=7, num_samples=3, use_cache=False)
+    fast = dnalm.generate(model, prompt, 24, seed=7, num_samples=3)
+    slow = dnalm.generate(model, prompt, 24, seed=7, num_samples=3, use_cache=False)
     assert fast == slow and len(fast) == 3 and all(len(s) == 24 for s in fast)
 
 

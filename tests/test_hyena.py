@@ -1,5 +1,5 @@
 """HyenaDNA operator, block and backbone: shapes, causality on real E. coli sequence, the implicit filter
-against its SPEC formula, the operator against a naive direct-convolution reference (orders 2 and 3),
+against its published formula (docs/architectures.md §1), the operator against a naive direct-convolution reference (orders 2 and 3),
 the eval-mode filter-FFT cache, and the checkpoint layout."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnalm.config import HyenaConfig
+from dnalm.models.hyena import HyenaConfig
 from dnalm.models.hyena import HyenaBackbone, HyenaBlock, HyenaOperator
 from dnalm.models.lm import DNALM
 from dnalm.ops.fftconv import direct_long_conv
@@ -49,7 +49,7 @@ def test_lm_is_causal_on_real_sequence():
 
 
 def _filter_from_spec(op: HyenaOperator, cfg: HyenaConfig, L: int) -> torch.Tensor:
-    """SPEC section 1, written out: features at l_max positions, sin MLP with one freq, window."""
+    """docs/architectures.md §1, written out: features at l_max positions, sin MLP with one freq, window."""
     lm = cfg.l_max
     i = torch.arange(lm, dtype=torch.float64)
     t = i / (lm - 1)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import dnalm
 from dnalm.checkpoint import CheckpointError, load_pretrained, save_pretrained
-from dnalm.config import HyenaConfig, TransformerConfig
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.data.fasta import read_fasta
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.tokenizer import PAD
@@ -51,18 +52,18 @@ def test_score_matches_forward_and_is_batch_invariant(config, lam):
     torch.manual_seed(0)
     model = DNALM(config).eval()
     seqs = [decode(lam.ids[i : i + n]) for i, n in [(0, 200), (5000, 57), (9000, 130)]]
-    ll = model.score(seqs, reduce="sum", batch_size=3)
+    ll = dnalm.score(model, seqs, reduce="sum", batch_size=3)
     for s, got in zip(seqs, ll):
         ids = torch.tensor([[2] + [ "ACGTN".index(c) + 7 for c in s]])
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
         want = logp.gather(-1, ids[0, 1:, None]).sum().item()
         assert got == pytest.approx(want, abs=1e-3)
-    alone = [model.score(s) for s in seqs]
+    alone = [dnalm.score(model, s) for s in seqs]
     np.testing.assert_allclose(ll, alone, atol=1e-3)  # right padding leaves a causal model's scores unchanged
-    mean = model.score(seqs, reduce="mean")
+    mean = dnalm.score(model, seqs, reduce="mean")
     np.testing.assert_allclose(mean, ll / np.array([len(s) for s in seqs]), rtol=1e-6)
-    per = model.score(seqs[1], reduce="none")
+    per = dnalm.score(model, seqs[1], reduce="none")
     assert per.shape == (57,) and per.sum() == pytest.approx(ll[1], abs=1e-6)
 
 
@@ -82,7 +83,7 @@ def test_too_long_input_is_an_error():
     with pytest.raises(ValueError, match="exceeds the model's maximum length 66"):
         model(torch.randint(7, 11, (1, 67)))
     with pytest.raises(ValueError, match="exceed the model's maximum of 66"):
-        model.score("A" * 80)
+        dnalm.score(model, "A" * 80)
 
 
 def test_save_load_roundtrip_and_errors(tmp_path):

@@ -14,9 +14,9 @@ import torch
 
 from dnalm.checkpoint import save_pretrained
 from dnalm.cli import main
-from dnalm.config import HyenaConfig
 from dnalm.data.errors import DataError
 from dnalm.eval.embed import embed_sequences, fit_to_context
+from dnalm.models.hyena import HyenaConfig
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import encode_bytes
 

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from dnalm.config import HyenaConfig, TransformerConfig
+import dnalm
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.data.errors import DataError
-from dnalm.data.fasta import SeqRecord, read_sequences
+from dnalm.data.fasta import SeqRecord
+from dnalm.data.sequences import read_sequences
 from dnalm.eval import longcontext as LC
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import BOS, Tokenizer
@@ -107,7 +110,7 @@ def test_score_records_one_pass_equals_batched():
         assert a.one_pass and not b.one_pass
         assert a.scored == b.scored == len(r)
         assert a.loglik_sum == pytest.approx(b.loglik_sum, rel=1e-6)
-    direct = model.score(["".join("ACGTN"[i - 7] for i in phix().ids)], reduce="sum")[0]
+    direct = dnalm.score(model, ["".join("ACGTN"[i - 7] for i in phix().ids)], reduce="sum")[0]
     assert one[0].loglik_sum == pytest.approx(direct, rel=1e-6)
 
 

@@ -1,4 +1,4 @@
-"""Preset parameter counts against the published HyenaDNA sizes (SPEC section 1 table; HyenaDNA paper,
+"""Preset parameter counts against the published HyenaDNA sizes (docs/architectures.md §1 table; HyenaDNA paper,
 Nguyen et al. 2023) and Transformer++ presets matched to them."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dnalm.models.lm import DNALM
-from dnalm.presets import get_preset
+from dnalm.models import get_preset
 
-# name -> published parameter count (SPEC section 1, "Published sizes")
+# name -> published parameter count (docs/architectures.md §1, "Published sizes")
 HYENADNA_PUBLISHED = {
     "hyenadna-tiny-1k": 0.44e6,
     "hyenadna-tiny-1k-d256": 1.6e6,

@@ -13,9 +13,10 @@ import math
 import pytest
 import torch
 
-from dnalm.config import HNetConfig, StripedHyenaConfig
+from dnalm.models.hnet import HNetConfig
+from dnalm.models.striped_hyena import StripedHyenaConfig
 from dnalm.models.lm import DNALM
-from dnalm.presets import PRESETS, get_preset
+from dnalm.models import get_preset, list_presets
 from dnalm.scaling.flops import count_params, flops_per_token, measure_flops, rfft_flops
 
 
@@ -78,7 +79,7 @@ def test_batch_amortises_per_sequence_work():
 
 
 def test_fft_terms_follow_spec_estimate():
-    """SPEC section 4: an FFT long convolution costs about 10 d log2(L) per token (filter FFT amortised)."""
+    """docs/architectures.md §4: an FFT long convolution costs about 10 d log2(L) per token (filter FFT amortised)."""
     cfg = get_preset("hyenadna-small-32k")
     for L in (4096, 32768):
         bd = flops_per_token(cfg, L, batch_size=1024)
@@ -107,7 +108,7 @@ def test_evo1_per_layer_count_at_8k_and_131k():
     assert 1.4 < b131.training / b131.six_n < 1.6
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", list_presets())
 def test_count_params_matches_model(name):
     config = get_preset(name)
     with torch.device("meta"):  # 7B/40B presets cost nothing on the meta device

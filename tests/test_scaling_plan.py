@@ -12,7 +12,7 @@ import torch
 
 from dnalm.cli import main
 from dnalm.models.lm import DNALM
-from dnalm.presets import get_preset
+from dnalm.models import get_preset
 from dnalm.scaling.plan import (
     HARDWARE,
     activation_elements,
@@ -179,7 +179,7 @@ def test_activation_model_hnet_whole_model():
     stage lengths the router really chose."""
     import copy
 
-    from dnalm.config import HNetConfig
+    from dnalm.models.hnet import HNetConfig
 
     cfg = HNetConfig(
         d_model=32, inner_d_model=[48, 64], encoder_layout=["t1m1", "m1"], decoder_layout=["m1t1", "m1"],

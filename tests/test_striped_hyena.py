@@ -1,7 +1,7 @@
 """StripedHyena 1/2 (dnalm/models/striped_hyena.py): the modal filter against its power series and its
 explicit-FIR expansion, the prefill modal state against the recurrence, grouped SE/MR convolutions
 against a naive loop, recurrent step vs parallel forward for every block kind, causality on real E. coli
-sequence, presets against the published parameter counts, and context extension (SPEC sections 2-3)."""
+sequence, presets against the published parameter counts, and context extension (docs/architectures.md §2-3)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from dnalm.checkpoint import load_pretrained, save_pretrained
-from dnalm.config import ConfigError, StripedHyenaConfig
+from dnalm.config import ConfigError
+from dnalm.models.striped_hyena import StripedHyenaConfig
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.striped_hyena import HyenaMixer, extend_context, modal_filter, modal_state
 from dnalm.ops.fftconv import direct_long_conv, fft_long_conv
-from dnalm.presets import get_preset
+from dnalm.models import get_preset
 from dnalm.tokenizer import BOS
 from realdata import ecoli_ids
 
@@ -67,7 +68,7 @@ def test_modal_filter_matches_power_series(kind):
 
 
 def test_modal_filter_stays_accurate_at_long_length():
-    """At t ~ 1e5 a float32 phase log(p) * t is off by ~1e-2 rad (SPEC pitfall 3); the filter must not be."""
+    """At t ~ 1e5 a float32 phase log(p) * t is off by ~1e-2 rad (docs/architectures.md §7.3); the filter must not be."""
     g = torch.Generator().manual_seed(9)
     log_p = torch.complex(-1e-5 * torch.rand(4, 4, generator=g), 3 * torch.rand(4, 4, generator=g))
     r = torch.randn(4, 4, dtype=torch.complex64, generator=g)

@@ -12,8 +12,10 @@ import pytest
 import torch
 import yaml
 
-from dnalm.config import HyenaConfig, RunConfig, TrainConfig, DataConfig, TransformerConfig, to_dict
-from dnalm.train.checkpoint import checkpoint_dirs, latest_model_dir
+from dnalm.config import DataConfig, RunConfig, TrainConfig, to_dict
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.transformer import TransformerConfig
+from dnalm.checkpoint import checkpoint_dirs, latest_model_dir
 from dnalm.train.optim import lr_at, param_groups
 from dnalm.train.trainer import TrainingError, train
 
@@ -110,6 +112,26 @@ def test_non_finite_loss_stops_without_broken_checkpoint(tmp_path, store, monkey
     assert not (tmp_path / "nan" / "model").exists()
 
 
+def test_case_mask_read_only_when_repeats_are_reweighted(tmp_path, store, monkeypatch):
+    """The sampler reads the case mask only when data.repeat_weight != 1 (the loss's only use of it)."""
+    from dnalm.data.samplers import RandomWindowSampler
+
+    asked = []
+    real = RandomWindowSampler.next_batch
+
+    def spy(self, *args, **kwargs):
+        batch = real(self, *args, **kwargs)
+        asked.append(batch.lower is not None)
+        return batch
+
+    monkeypatch.setattr(RandomWindowSampler, "next_batch", spy)
+    for weight in (1.0, 0.5):
+        cfg = tiny_run(tmp_path / f"w{weight}", store, steps=2)
+        cfg.data.repeat_weight = weight
+        train(cfg, progress=False)
+    assert asked == [False, False, True, True]
+
+
 def test_transformer_trains_and_loss_falls(tmp_path, store):
     model = TransformerConfig(n_layer=1, d_model=32, n_head=2, max_len=130)
     res = train(tiny_run(tmp_path / "tf", store, steps=30, model=model), progress=False)
@@ -158,6 +180,44 @@ def test_no_weight_decay_on_filters_norms_biases():
     assert any("in_proj.weight" in n for n in decayed)
 
 
+# Expected parameter groups, family by family, written out by hand (not read from the specs): the
+# no-decay names are filter coefficients, norms, biases, skip terms, the embedding and the router.
+_NO_DECAY = {
+    "hyenadna-tiny-1k": ("embed.weight", ".filter_fn.", "norm", ".bias"),
+    "transformer-tiny-1k": ("embed.weight", "norm"),
+    "striped-hyena-tiny": ("embed.weight", "norm", ".bias", ".short_bias", ".skip", ".poles", ".residues"),
+    "striped-hyena2-tiny": ("embed.weight", "norm", ".bias", ".skip", ".log_rate", ".residues", ".mixer.h", ".mixer.w"),
+    "dnahnet-tiny-3": ("embed.weight", "norm", ".router.", ".pad", "A_log", "dt_bias", ".D", "conv1d.bias"),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(_NO_DECAY))
+def test_parameter_groups_per_family(preset):
+    """Every family's parameters split into decayed projections and undecayed filters/norms/biases; the
+    classifier used by fine-tuning gets the same groups for its language model (plus its head)."""
+    from dnalm.models import get_preset
+    from dnalm.models.heads import SequenceClassifier
+    from dnalm.models.lm import DNALM
+
+    torch.manual_seed(0)
+    model = DNALM(get_preset(preset))
+    for module, prefix in ((model, ""), (SequenceClassifier(model, 2), "lm.")):
+        decay, plain = param_groups(module, 0.1)
+        names = {id(p): n for n, p in module.named_parameters()}
+        assert len(decay["params"]) + len(plain["params"]) == len(names)
+        for p in plain["params"]:
+            name = names[id(p)]
+            if not name.startswith(prefix):  # the classifier's head bias
+                assert name == "head.proj.bias"
+                continue
+            assert any(k in "." + name[len(prefix):] for k in _NO_DECAY[preset]), f"{preset}: {name} not decayed"
+        for p in decay["params"]:
+            name = names[id(p)]
+            if name.startswith(prefix):
+                assert not any(k in "." + name[len(prefix):] for k in _NO_DECAY[preset]), f"{preset}: {name} decayed"
+        assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+
+
 def test_length_warmup_stages_and_resume(tmp_path, store):
     from dnalm.config import StageConfig
 
@@ -177,9 +237,9 @@ def test_length_warmup_stages_and_resume(tmp_path, store):
 
 def test_staged_context_extension(tmp_path, store):
     """Stage 2 starts from stage 1's weights at a longer length with RoPE interpolation/base derived
-    from SPEC section 3, and a fresh optimizer and learning-rate schedule."""
+    from docs/architectures.md §3, and a fresh optimizer and learning-rate schedule."""
     from dnalm.checkpoint import load_pretrained
-    from dnalm.config import StripedHyenaConfig
+    from dnalm.models.striped_hyena import StripedHyenaConfig
     from dnalm.models.striped_hyena import extend_context
 
     small = StripedHyenaConfig(version=2, n_layer=4, d_model=32, n_head=2, max_len=64, mlp_hidden=64)
@@ -202,7 +262,7 @@ def test_staged_context_extension(tmp_path, store):
 
 
 def test_context_extension_example_configs_agree():
-    from dnalm.config import load_run_config
+    from dnalm.train.config import load_run_config
     from dnalm.train.trainer import extension_stage
 
     repo = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnalm.config import TransformerConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.transformer import SwiGLU, TransformerBackbone, TransformerBlock
 from dnalm.tokenizer import BOS

@@ -247,13 +247,3 @@ def read_fasta(path: str | Path) -> Iterator[SeqRecord]:
     if name is None:
         raise DataError(f"{path}: no FASTA header ('>name' line) found; the file holds no records")
     yield _finish(path, name, desc, header_line, chunks, seen)
-
-
-def read_sequences(path: str | Path) -> Iterator[SeqRecord]:
-    """Yield the records of a FASTA or GenBank file (format from the extension, or sniffed; .gz ok)."""
-    fmt = sniff_format(path)
-    if fmt == "genbank":
-        from dnalm.data.genbank import read_genbank
-
-        return read_genbank(path)
-    return read_fasta(path)

@@ -40,14 +40,6 @@ class Stage:
             return -(-self.tokens // self.tokens_per_step())
         return None
 
-    def num_tokens(self) -> int | None:
-        """Tokens this stage lasts (None = open-ended)."""
-        if self.tokens is not None:
-            return self.tokens
-        if self.steps is not None:
-            return self.steps * self.tokens_per_step()
-        return None
-
 
 class LengthSchedule:
     """Stages of (sequence length, batch size) that the trainer queries each step."""

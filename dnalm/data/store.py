@@ -39,12 +39,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from tqdm import tqdm
 
+from dnalm.checkpoint import atomic_dir
 from dnalm.data.annotation import Feature, annotation_format, check_features, gene_features, read_annotations
 from dnalm.data.errors import DataError
-from dnalm.data.fasta import read_sequences, sniff_format
+from dnalm.data.fasta import sniff_format
+from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import check_input_file
+from dnalm.outputs import clean_stale, is_temporary
 from dnalm.tokenizer import C, G, N
+from dnalm.version import __version__
 
 STORE_FORMAT = "dnalm-token-store"
 STORE_VERSION = 1
@@ -203,9 +208,6 @@ def prepare(
     Returns the manifest; ``manifest["up_to_date"]`` is True when nothing had to be done.
     Raises DataError for bad inputs or options; nothing is written then.
     """
-    from dnalm.checkpoint import atomic_dir
-    from dnalm.outputs import clean_stale
-
     t0 = time.perf_counter()
     out = Path(out)
     clean_stale(out)  # temporaries of a killed prepare, also when the store is up to date
@@ -259,6 +261,21 @@ def prepare(
     return manifest
 
 
+@dataclass
+class _Sequences:
+    """What reading the sequence files gave: record rows for the index, base counts, and GenBank features."""
+
+    records: list[dict[str, Any]]
+    counts: np.ndarray  # (256,) occurrences of C, G and N token ids
+    lower: int  # lower-case bases
+    features: list[Feature]  # GenBank features (always used for genes)
+    inputs: list[dict[str, Any]]  # per input file, for the manifest
+
+    @property
+    def bases(self) -> int:
+        return sum(r["length"] for r in self.records)
+
+
 def _build(
     tmp: Path,
     inputs: list[Path],
@@ -268,12 +285,24 @@ def _build(
     options: dict[str, Any],
     progress: bool,
 ) -> dict:
-    from tqdm import tqdm
+    """Write the store's files into ``tmp``; returns the manifest (without its fingerprint and timing)."""
+    seqs = _write_sequences(tmp, inputs, input_sums, options, progress)
+    gene_rows, annot_info = _read_genes(seqs, annotations, annot_sums, options)
+    splits = _split_records(
+        seqs.records, options["val_fraction"], options["test_fraction"], options["val_records"], options["test_records"]
+    )
+    index = {"records": seqs.records, "splits": splits, "genes": [list(g) for g in gene_rows]}
+    (tmp / INDEX_FILE).write_text(json.dumps(index) + "\n")
+    return _manifest(seqs, gene_rows, annot_info, splits, options)
 
+
+def _write_sequences(tmp: Path, inputs: list[Path], input_sums: list[str], options: dict[str, Any], progress: bool
+                     ) -> _Sequences:  # fmt: skip
+    """Stream every record of ``inputs`` into tokens.u8 / lower.u8 and the runs of N into nruns.npy."""
     records: list[dict[str, Any]] = []
     where: dict[str, Path] = {}
     nruns: list[np.ndarray] = []
-    genbank_features: list[Feature] = []
+    features: list[Feature] = []
     input_info: list[dict[str, Any]] = []
     counts = np.zeros(256, dtype=np.int64)
     lower_total, offset = 0, 0
@@ -319,7 +348,7 @@ def _build(
                             "lower": n_lower,
                         }
                     )
-                    genbank_features.extend(rec.features)
+                    features.extend(rec.features)
                     offset += n
                     n_rec += 1
                     n_bases += n
@@ -337,8 +366,14 @@ def _build(
     finally:
         bar.close()
     np.save(tmp / NRUNS_FILE, np.concatenate(nruns) if nruns else np.zeros((0, 2), dtype=np.int64))
+    return _Sequences(records, counts, lower_total, features, input_info)
 
-    # Annotations: features on records of this store are checked against their lengths.
+
+def _read_genes(seqs: _Sequences, annotations: list[Path], annot_sums: list[str], options: dict[str, Any]
+                ) -> tuple[list[tuple], list[dict[str, Any]]]:  # fmt: skip
+    """Genes from the annotation files and the GenBank features, checked against the records' lengths:
+    (sorted (record index, start, end, strand, name) rows, per-annotation-file manifest entries)."""
+    records = seqs.records
     lengths = {r["name"]: r["length"] for r in records}
     circ = {r["name"] for r in records if r["circular"]}
     index_of = {r["name"]: i for i, r in enumerate(records)}
@@ -366,35 +401,30 @@ def _build(
                 "skipped_features": len(feats) - len(known),  # on sequences not among the inputs
             }
         )
-    if genbank_features:
-        check_features(genbank_features, lengths, circ, "GenBank features")
-        genes.extend(gene_features(genbank_features))
+    if seqs.features:
+        check_features(seqs.features, lengths, circ, "GenBank features")
+        genes.extend(gene_features(seqs.features))
     gene_rows = sorted(
         (index_of[f.seqid], f.start, f.end, f.strand, f.name or f.id or f"{f.type}@{f.start}") for f in genes
     )
+    return gene_rows, annot_info
 
-    splits = _split_records(
-        records, options["val_fraction"], options["test_fraction"], options["val_records"], options["test_records"]
-    )
-    index = {"records": records, "splits": splits, "genes": [list(g) for g in gene_rows]}
-    (tmp / INDEX_FILE).write_text(json.dumps(index) + "\n")
 
-    total = int(offset)
-    acgt = int(offset) - int(counts[N])  # the reader emits only A/C/G/T/N ids
+def _manifest(seqs: _Sequences, gene_rows: list, annot_info: list, splits: dict, options: dict[str, Any]) -> dict:
+    counts, total, lower_total = seqs.counts, seqs.bases, seqs.lower
+    acgt = total - int(counts[N])  # the reader emits only A/C/G/T/N ids
     split_sizes = {s: {"bases": int(sum(e - b for _, b, e in iv)), "intervals": len(iv)} for s, iv in splits.items()}
-    from dnalm import __version__
-
     return {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
         "complete": True,
         "dnalm_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": input_info,
+        "inputs": seqs.inputs,
         "annotations": annot_info,
         "options": options,
         "counts": {
-            "records": len(records),
+            "records": len(seqs.records),
             "bases": total,
             "gc_bases": int(counts[C] + counts[G]),
             "n_bases": int(counts[N]),
@@ -428,14 +458,13 @@ class TokenStore:
         self._n_start = np.ascontiguousarray(nruns[:, 0])
         self._n_end = np.ascontiguousarray(nruns[:, 1])
         self._n_before = np.concatenate([[0], np.cumsum(self._n_end - self._n_start)]).astype(np.int64)
+        self._n_start_or_max = np.append(self._n_start, np.iinfo(np.int64).max)  # a run "after the end"
         self._by_name = {r.name: i for i, r in enumerate(self.records)}
         self._window_views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def open(cls, path: str | Path) -> TokenStore:
         """Open a store directory; DataError when it is missing, incomplete or damaged."""
-        from dnalm.outputs import is_temporary
-
         path = Path(path)
         if not path.is_dir():
             raise DataError(f"{path}: no token store here; create one with `dnalm prepare INPUT... --out {path}`")
@@ -527,12 +556,8 @@ class TokenStore:
         """Number of N bases in ``[0, pos)`` of the concatenated arrays, for an array of global offsets."""
         pos = np.asarray(pos, dtype=np.int64)
         k = np.searchsorted(self._n_end, pos, side="right")  # runs that end at or before pos
-        count = self._n_before[k]
-        if len(self._n_start):
-            kk = np.minimum(k, len(self._n_start) - 1)
-            inside = (k < len(self._n_start)) & (self._n_start[kk] < pos)
-            count = count + np.where(inside, pos - self._n_start[kk], 0)
-        return count
+        # Run k ends after pos: its part before pos, if it starts before pos (the sampler's N filter is hot).
+        return self._n_before[k] + np.maximum(pos - self._n_start_or_max[k], 0)
 
     def n_count(self, global_start: np.ndarray, length: int) -> np.ndarray:
         """Number of N bases in each ``[g, g + length)`` (global offsets)."""

@@ -38,23 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from dnalm.data.errors import DataError
+from dnalm.data.errors import DataError, listing  # noqa: F401 (listing: re-exported for the table readers)
 
 STDIN = "-"
 _GZIP_MAGIC = b"\x1f\x8b"
-MAX_LISTED = 12  # offending rows listed in one error message
 
 
 def gzip_error_types() -> tuple[type[BaseException], ...]:
     """What a truncated or corrupt gzip stream raises while it is read."""
     return (EOFError, gzip.BadGzipFile, zlib.error)
-
-
-def listing(items: list[str], what: str) -> str:
-    """``"3 bad rows: line 4: ...; line 9: ..."``, at most MAX_LISTED items shown."""
-    shown = "; ".join(items[:MAX_LISTED])
-    more = f"; ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return f"{len(items)} {what}: {shown}{more}"
 
 
 def display_name(path: str | Path) -> str:

@@ -1,4 +1,4 @@
-"""Where a dnaHNet model puts its chunk boundaries on annotated sequence (SPEC section 5, "learned
+"""Where a dnaHNet model puts its chunk boundaries on annotated sequence (docs/architectures.md §5, "learned
 boundaries": codon periodicity at stage 0, promoters / intergenic regions at deeper stages).
 
 Conventions (owned here):
@@ -23,13 +23,20 @@ Conventions (owned here):
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from dnalm.data.annotation import read_annotations
+from dnalm.data.errors import DataError
+from dnalm.data.sequences import read_sequences
+from dnalm.models.hnet import nucleotide_boundaries
+from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
 from dnalm.tokenizer import BOS, reverse_complement_ids
 
 REGIONS = ("CDS", "upstream", "intergenic", "noncoding_gene")
@@ -54,8 +61,6 @@ def predict_boundaries(
     overlap by ``context`` bases, which are run but not counted (the first window has no overlap).
     ``progress(n)`` is called with the number of bases finished after each batch.
     """
-    from dnalm.models.hnet import nucleotide_boundaries
-
     if window <= context:
         raise ValueError(f"window ({window}) must be larger than context ({context})")
     L = len(ids)
@@ -227,11 +232,7 @@ def analyze_boundaries(
     ``context`` to a quarter of it. ``max_bases`` caps the bases analysed per record (from its start).
     Raises DataError when no FASTA record has annotation or the model is not a dnaHNet.
     """
-    from dnalm.data.annotation import read_annotations
-    from dnalm.data.errors import DataError
-    from dnalm.data.fasta import read_sequences
-
-    if getattr(model.config, "family", None) != "hnet":
+    if not callable(getattr(model.backbone, "boundaries", None)):
         raise DataError(f"boundary analysis needs a dnaHNet model (family 'hnet'), got {model.config.family!r}")
     window = window or min(model.config.max_len - 1, 4096)
     if window + 1 > model.config.max_len:
@@ -262,8 +263,6 @@ def analyze_boundaries(
     total = sum(min(len(r), max_bases or len(r)) for r in records) * (2 if reverse else 1)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, unit="nt", unit_scale=True, desc="boundaries", leave=False)
     try:
         for rec in records:
@@ -307,10 +306,6 @@ def analyze_boundaries(
 
 
 def _atomic_save_figure(fig: Any, path: Path) -> None:
-    import io
-
-    from dnalm.outputs import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
@@ -323,15 +318,13 @@ def write_report(rep: BoundaryReport, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dnalm.outputs import atomic_write_text, output_group
-
     out = Path(out_dir)
     with output_group():  # the four files appear together, or none of them
-        _write_report(rep, out, plt, atomic_write_text)
+        _write_report(rep, out, plt)
     return [out / n for n in ("boundaries.tsv", "gene_profile.tsv", "codon_positions.png", "gene_profile.png")]
 
 
-def _write_report(rep: BoundaryReport, out: Path, plt: Any, atomic_write_text: Any) -> None:
+def _write_report(rep: BoundaryReport, out: Path, plt: Any) -> None:
     lines = ["stage\ttable\tcategory\tpositions\tboundaries\trate"]
     lines += [f"{s}\t{t}\t{c}\t{n}\t{b}\t{r:.6f}" for s, t, c, n, b, r in rep.rows()]
     atomic_write_text(out / "boundaries.tsv", "\n".join(lines) + "\n")
@@ -379,38 +372,3 @@ def format_summary(rep: BoundaryReport) -> str:
         reg = "  ".join(f"{rep.region[s][r].rate:14.4f}" for r in REGIONS)
         lines.append(f"{s:<5}  {rep.overall[s].rate:6.4f}  {cod}  {reg}")
     return "\n".join(lines)
-
-
-def boundaries_command(
-    model_path: str,
-    fasta: str,
-    gff: str,
-    *,
-    out: str = "boundaries",
-    window: int | None = None,
-    context: int | None = None,
-    upstream: int = 100,
-    max_bases: int | None = None,
-    reverse: bool = True,
-    batch_size: int = 8,
-    zero_based_gff: bool = False,
-    device: str = "cpu",
-    progress: bool = True,
-) -> str:
-    """``dnalm boundaries``: analyse, write the TSVs and plots into ``out``, return a summary."""
-    import time
-
-    import dnalm
-    from dnalm.data.errors import DataError
-
-    model = dnalm.load(model_path, device=device)
-    if getattr(model.config, "family", None) != "hnet":
-        raise DataError(f"{model_path}: boundary analysis needs a dnaHNet model (family 'hnet'), not {model.config.family!r}")
-    t0 = time.perf_counter()
-    rep = analyze_boundaries(
-        model, fasta, gff, window=window, context=context, upstream=upstream, max_bases=max_bases, reverse=reverse,
-        batch_size=batch_size, zero_based_starts=zero_based_gff, progress=progress,
-    )  # fmt: skip
-    secs = time.perf_counter() - t0
-    files = write_report(rep, out)
-    return "\n".join([format_summary(rep), f"({secs:.1f} s) wrote " + ", ".join(str(f) for f in files)])

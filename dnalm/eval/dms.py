@@ -32,10 +32,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dnalm.data.errors import DataError
-from dnalm.data.tables import listing as _listing
+from dnalm.data.errors import DataError, listing
+from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import read_table
-from dnalm.eval.variants import _model_window_limit, window_logliks
+from dnalm.eval.metrics import progress as bar
+from dnalm.eval.metrics import spearman
+from dnalm.eval.scoring import window_bases, window_logliks
 from dnalm.tokenizer import decode, encode_bytes, reverse_complement_ids
 
 # ------------------------------------------------------------------------------------------ data tables
@@ -170,7 +172,7 @@ def read_mutants(
                 bad.append(f"line {lineno}: {header[j]} {cols[j]!r} is not a number")
         rows.append(row)
     if bad:
-        raise DataError(f"{name}: " + _listing(bad, "malformed rows"))
+        raise DataError(f"{name}: " + listing(bad, "malformed rows"))
     for r in rows:
         r["fitness"] = _num(r["cols"][iy]) if iy is not None else float("nan")
         r["baselines"] = {header[j]: _num(r["cols"][j]) for j in base_idx}
@@ -323,8 +325,6 @@ def place_cds(
     """Find (or take from ``cds_start``/``cds_end``, 1-based inclusive record positions; start > end means
     the reverse strand) the coding sequence the mutants of ``rows`` refer to, and check every mutant's
     wild-type residue against it. Returns the placement and the oriented record sequence."""
-    from dnalm.data.fasta import read_sequences
-
     recs = [(r.name, decode(r.ids)) for r in read_sequences(cds)]
     if record is not None:
         recs = [r for r in recs if r[0] == record]
@@ -387,7 +387,7 @@ def place_cds(
                 bad.append(f"line {r['line']}: {r['variant']}: the CDS encodes {protein[c - 1]} at {m.pos}")
     if bad:
         raise DataError(
-            f"{source}: " + _listing(bad, "mutants whose wild-type residue does not match the CDS")
+            f"{source}: " + listing(bad, "mutants whose wild-type residue does not match the CDS")
             + f" ({place.describe()}{numbering}; give --cds-start/--cds-end or --numbering-offset if this is not the CDS)"
         )
     return place, oriented
@@ -426,9 +426,6 @@ def score_dms(
     dna (e.g. ``c.61G>C``, numbered from the first base of codon 1), delta_sum, delta_mean, fitness, blosum62
     and the baseline columns.
     """
-    from dnalm.eval.metrics import progress as bar
-    from dnalm.eval.metrics import spearman
-
     if ties not in ("first", "mean"):
         raise DataError(f"--ties must be 'first' or 'mean' (got {ties!r})")
     rows, meta = mutants if mutants is not None else read_mutants(variants, variant_column, fitness_column,
@@ -436,7 +433,7 @@ def score_dms(
     place, seq = place_cds(cds, rows, record=record, cds_start=cds_start, cds_end=cds_end,
                            offset=numbering_offset, source=meta.get("source", str(variants)))
     seq_ids = encode_bytes(seq.encode())[0]
-    limit = _model_window_limit(model)
+    limit = window_bases(model)
     wl = min(len(seq), limit)
 
     def window_of(positions: list[int]) -> int:
@@ -535,40 +532,3 @@ def score_dms(
         notes.append(f"{meta['missing_fitness']} mutants have no fitness value (empty or NA): left out of the Spearman")
     return {"rows": out_rows, "meta": meta, "notes": notes, "spearman": rho, "n_windows": len(keys), "window": wl,
             "cds": place}
-
-
-def dms_command(
-    model_path: str, cds: str, variants: str, *, out: str | None = None, ties: str = "first",
-    record: str | None = None, cds_start: int | None = None, cds_end: int | None = None, numbering_offset: int = 0,
-    variant_column: str | None = None, fitness_column: str | None = None,
-    baseline_columns: Sequence[str] | None = None, batch_size: int = 8, device: str = "cpu", progress: bool = True,
-) -> str:
-    """``dnalm dms``: score mutants, write the TSV, return a summary with Spearman correlations."""
-    import time
-
-    import dnalm
-    from dnalm.data.tables import is_regular_file
-    from dnalm.eval.metrics import write_tsv
-    from dnalm.outputs import check_output
-
-    # the table, the CDS and the output are checked before the model is loaded
-    mutants = read_mutants(variants, variant_column, fitness_column, baseline_columns)
-    place_cds(cds, mutants[0], record=record, cds_start=cds_start, cds_end=cds_end, offset=numbering_offset,
-              source=mutants[1]["source"])
-    stem = Path(variants).stem if is_regular_file(variants) else "mutants"
-    out_path = check_output(Path(out) if out else Path(stem + ".dms.tsv"), "file", "output TSV")
-    model = dnalm.load(model_path, device=device)
-    t0 = time.perf_counter()
-    res = score_dms(model, cds, variants, ties=ties, record=record, cds_start=cds_start, cds_end=cds_end,
-                    numbering_offset=numbering_offset, batch_size=batch_size, progress=progress, mutants=mutants)
-    secs = time.perf_counter() - t0
-    header = ["variant", "codons", "nt_changes", "n_choices", "dna", "delta_sum", "delta_mean", "fitness",
-              "blosum62", *res["meta"]["baselines"]]
-    write_tsv(out_path, header, ([r[c] for c in header] for r in res["rows"]), res["notes"])
-    lines = [f"scored {len(res['rows'])} mutants ({res['n_windows']} distinct windows) in {secs:.1f} s -> {out_path}",
-             *res["notes"]]
-    if res["spearman"]:
-        n = sum(np.isfinite(r["fitness"]) for r in res["rows"])
-        lines.append(f"Spearman with {res['meta']['fitness']} (n = {n}):")
-        lines += [f"  {k:<14} {v:+.4f}" for k, v in res["spearman"].items()]
-    return "\n".join(lines)

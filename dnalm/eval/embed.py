@@ -30,8 +30,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dnalm.data.errors import DataError
-from dnalm.tokenizer import BOS, PAD, encode_bytes
+from dnalm.data.errors import DataError, listing
+from dnalm.data.sequences import read_sequences
+from dnalm.data.tables import check_input_file, is_regular_file, read_table
+from dnalm.eval.metrics import progress as bar
+from dnalm.eval.scoring import window_bases
+from dnalm.models.heads import count_hidden_states, pool_hidden
+from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
+from dnalm.tokenizer import BOS, PAD, UNK, encode_bytes
 
 
 @dataclass
@@ -46,8 +52,6 @@ class Embeddings:
 
     def save(self, out: str | Path) -> tuple[Path, Path]:
         """Write ``out`` (.npy added if missing) and the metadata JSON beside it, atomically and together."""
-        from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
-
         npy, meta_path = embedding_paths(out)
         buf = io.BytesIO()
         np.save(buf, self.array, allow_pickle=False)
@@ -74,8 +78,6 @@ def read_sequence_file(
     CSV: the sequence column is ``column`` or the first of sequence/seq/seqs/sequences; ids come from
     ``id_column``/``id``/``name`` or are ``line<N>`` (the 1-based file line).
     """
-    from dnalm.data.tables import check_input_file, is_regular_file
-
     name = Path(path).name.lower().removesuffix(".gz")
     if name.endswith((".csv", ".tsv", ".txt")) or not is_regular_file(path):
         table, sc, _ = read_sequence_table(path, column, None, seq_option="--column")
@@ -83,7 +85,6 @@ def read_sequence_file(
         ids = [r[idc] if idc is not None else f"line{ln}" for ln, r in zip(table.lines, table.rows)]
         toks, lows = encode_column(table, sc)
         return ids, toks, lows
-    from dnalm.data.fasta import read_sequences
 
     check_input_file(path, "sequence file")
     recs = list(read_sequences(path))
@@ -96,8 +97,6 @@ def read_sequence_table(
 ):
     """A CSV/TSV of sequences (:func:`dnalm.data.tables.read_table`) -> (Table, sequence column index, label
     column index or None). Empty sequences and empty labels are errors naming the lines."""
-    from dnalm.data.tables import listing, read_table
-
     table = read_table(path, "sequence table", delimiters=("\t", ","))
     sc = table.column(seq_column, ("sequence", "seq", "seqs", "sequences"), "sequence", option=seq_option)
     lc = table.column(label_column, ("label", "labels", "class", "y"), "label", required=need_label,
@@ -121,12 +120,6 @@ def encode_column(table: Any, j: int) -> tuple[list[np.ndarray], list[np.ndarray
     return toks, lows
 
 
-def window_bases(model: Any) -> int:
-    """Bases per window: the model's max length minus the special tokens its tokenizer adds."""
-    tok = model.tokenizer
-    return int(model.config.max_len) - int(tok.prepend_bos) - int(tok.append_sep)
-
-
 def split_windows(ids: np.ndarray, w: int) -> list[np.ndarray]:
     """Consecutive non-overlapping windows of at most ``w`` bases (the last may be shorter)."""
     if len(ids) == 0:
@@ -146,8 +139,6 @@ def fit_to_context(
     A sequence that fits is one window. A longer one is an error (the default, listing them), or with
     ``crop`` keeps one window: ``center`` (the middle ``limit`` bases), ``left`` (the first) or ``right``
     (the last); or with ``windows`` is tiled into consecutive windows (the last may be shorter)."""
-    from dnalm.data.tables import listing
-
     if crop is not None and windows:
         raise DataError("give --crop or --windows, not both")
     if crop not in (None, "center", "left", "right"):
@@ -210,13 +201,8 @@ def embed_sequences(
     A sequence longer than ``window`` bases (default: the model's context) is an error unless ``crop``
     (center, left or right: keep one window of it) or ``windows`` (tile it, pool over the windows) says
     what to do (:func:`fit_to_context`); ``source`` names the input in that error."""
-    from dnalm.eval.metrics import progress as bar
-    from dnalm.models.heads import pool_hidden
-    from dnalm.tokenizer import UNK
-
     if pool not in ("mean", "last", "none"):
         raise DataError(f"--pool must be mean, last or none (got {pool!r})")
-    from dnalm.models.heads import count_hidden_states
 
     n_states = count_hidden_states(model)
     if not -n_states <= layer < n_states:
@@ -281,36 +267,3 @@ def embed_sequences(
             elif wi == n_windows[si] - 1:
                 arr[si] = piece_out[k]
     return Embeddings(arr.astype(np.float32), ids, lengths, n_windows, meta)
-
-
-def embed_command(
-    model_path: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
-    out: str | None = None, layer: int = -1, pool: str = "mean", batch_size: int = 8, crop: str | None = None,
-    windows: bool = False, device: str = "cpu", progress: bool = True,
-) -> str:
-    """``dnalm embed``: embed every sequence of a FASTA or CSV and write .npy + .json; return a summary."""
-    import dnalm
-    from dnalm.data.tables import is_regular_file
-    from dnalm.outputs import check_output
-
-    if (fasta is None) == (csv_path is None):
-        raise DataError("give exactly one of --fasta or --csv")
-    src = fasta or csv_path
-    ids, toks, lows = read_sequence_file(src, column=column)
-    stem = Path(src).name.split(".")[0] if is_regular_file(src) else "sequences"
-    npy, meta_path = embedding_paths(out or stem + ".emb.npy")
-    check_output(npy, "file", "embedding array")
-    check_output(meta_path, "file", "embedding metadata")
-    model = dnalm.load(model_path, device=device)
-    if model.tokenizer.lowercase == "unk":
-        from dnalm.tokenizer import UNK
-
-        toks = [np.where(lo, UNK, t).astype(np.uint8) for t, lo in zip(toks, lows)]
-    emb = embed_sequences(model, toks, ids=ids, layer=layer, pool=pool, batch_size=batch_size, crop=crop,
-                          windows=windows, progress=progress, source=str(src))
-    emb.meta.update(model=str(model_path), source=str(src))
-    npy, meta = emb.save(npy)
-    n_long = emb.meta["longer_than_window"]
-    how = "were cropped" if crop else "used several windows"
-    return (f"embedded {len(ids)} sequences -> {npy} {tuple(emb.array.shape)} float32, metadata {meta}"
-            + (f"; {n_long} sequences were longer than {emb.meta['window_bases']} bases and {how}" if n_long else ""))

@@ -33,10 +33,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dnalm.data.errors import DataError
-from dnalm.data.tables import listing as _listing
+from dnalm.data.annotation import read_annotations
+from dnalm.data.errors import DataError, listing
+from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import read_table
-from dnalm.eval.variants import resolve_window, window_logliks
+from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot
+from dnalm.eval.metrics import progress as bar
+from dnalm.eval.scoring import window_logliks
+from dnalm.eval.variants import resolve_window
 from dnalm.tokenizer import decode, encode_bytes, reverse_complement_ids
 
 DEFAULT_CASSETTE = "TAATAATAATAGTGA"
@@ -65,8 +69,6 @@ def genes_from_gff(
     """Protein-coding genes (from CDS features) of a GFF3/GTF file, in file order. With ``lengths`` (record
     name -> length) a CDS that lies outside its record is an error, as in ``dnalm prepare``, unless the
     record is in ``circular`` and the CDS crosses its origin."""
-    from dnalm.data.annotation import read_annotations
-
     feats = read_annotations(path, zero_based_starts=zero_based_starts, lengths=lengths, circular=circular)
     by_key: dict[str, Gene] = {}
     for f in feats:
@@ -124,9 +126,9 @@ def read_labels(path: str | Path, columns: Sequence[str] | None = None) -> tuple
         out.setdefault(key, labels)
         first_line.setdefault(key, lineno)
     if bad:
-        raise DataError(f"{table.name}: " + _listing(bad, "labels that are not 0/1"))
+        raise DataError(f"{table.name}: " + listing(bad, "labels that are not 0/1"))
     if twice:
-        raise DataError(f"{table.name}: " + _listing(twice, "genes listed again with other labels"))
+        raise DataError(f"{table.name}: " + listing(twice, "genes listed again with other labels"))
     return out, cols
 
 
@@ -170,9 +172,6 @@ def score_essentiality(
     (1-based genome position of the base after which the cassette goes, in gene orientation),
     window_start/window_end (1-based genome), delta_sum, delta_mean and the labels.
     """
-    from dnalm.data.fasta import read_sequences
-    from dnalm.eval.metrics import progress as bar
-
     ids_c, _ = encode_bytes(cassette.encode(), "cassette")
     if len(ids_c) == 0:
         raise DataError("--cassette is empty")
@@ -291,8 +290,6 @@ def score_essentiality(
 
 def essentiality_report(result: dict[str, Any], plot: str | Path | None = None) -> list[dict[str, Any]]:
     """AUROC (with a bootstrap 95% interval) of -delta_sum and of gene length for each label column."""
-    from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot
-
     rows = result["rows"]
     out, curves = [], {}
     for c in result["label_columns"]:
@@ -312,41 +309,3 @@ def essentiality_report(result: dict[str, Any], plot: str | Path | None = None) 
     if plot is not None and curves:
         save_roc_plot(plot, curves, title="gene essentiality (stop insertion)")
     return out
-
-
-def essentiality_command(
-    model_path: str, fasta: str, gff: str, *, labels: str | None = None, label_columns: Sequence[str] | None = None,
-    out: str | None = None, plot: str | None = None, window: int | None = None, cassette: str = DEFAULT_CASSETTE,
-    insert_offset: int = 12, zero_based_gff: bool = False, max_genes: int | None = None, batch_size: int = 8,
-    circular: Sequence[str] = (), device: str = "cpu", progress: bool = True,
-) -> str:
-    """``dnalm essentiality``: score genes, write the per-gene TSV (+ ROC plot with labels), return a summary."""
-    import time
-
-    import dnalm
-    from dnalm.eval.metrics import write_tsv
-    from dnalm.outputs import check_output, output_group
-
-    if labels is not None:
-        read_labels(labels, label_columns)  # a bad label file fails before the model is loaded
-    out_path = check_output(Path(out) if out else Path("essentiality.tsv"), "file", "output TSV")
-    plot_path = check_output(Path(plot) if plot else out_path.with_suffix(".roc.png"), "file", "ROC plot")
-    model = dnalm.load(model_path, device=device)
-    t0 = time.perf_counter()
-    res = score_essentiality(model, fasta, gff, labels, label_columns=label_columns, window=window, cassette=cassette,
-                             insert_offset=insert_offset, zero_based_gff=zero_based_gff, max_genes=max_genes,
-                             batch_size=batch_size, progress=progress, need_both_classes=True, circular=circular)
-    secs = time.perf_counter() - t0
-    header = ["locus_tag", "gene", "seqid", "start", "end", "strand", "length", "insert_after", "window_start",
-              "window_end", "delta_sum", "delta_mean", *res["label_columns"]]
-    with output_group():  # the TSV and the ROC plot appear together, or neither
-        write_tsv(out_path, header, ([r[c] for c in header] for r in res["rows"]), res["notes"])
-        lines = [f"scored {len(res['rows'])} genes in {secs:.1f} s -> {out_path}", *res["notes"]]
-        if res["label_columns"]:
-            for r in essentiality_report(res, plot_path):
-                lines.append(
-                    f"{r['label']}: AUROC {r['auroc']:.4f} (95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}; "
-                    f"{r['n_pos']} essential of {r['n']}); gene-length baseline AUROC {r['auroc_gene_length']:.4f}"
-                )
-            lines.append(f"ROC plot -> {plot_path}")
-    return "\n".join(lines)

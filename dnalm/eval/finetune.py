@@ -38,10 +38,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_model
 
-from dnalm.data.errors import DataError
-from dnalm.eval.embed import long_policy
-from dnalm.tokenizer import UNK
+from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, atomic_dir, load_weights, read_checkpoint_meta
+from dnalm.config import ConfigError, to_dict
+from dnalm.data.errors import DataError, listing
+from dnalm.eval.embed import batch_ids, encode_column, fit_to_context, long_policy, read_sequence_table
+from dnalm.eval.metrics import classification_metrics
+from dnalm.eval.metrics import progress as bar
+from dnalm.eval.scoring import window_bases
+from dnalm.models import model_config_from_dict
+from dnalm.models.heads import SequenceClassifier
+from dnalm.models.lm import DNALM
+from dnalm.tokenizer import UNK, A, T, Tokenizer
+from dnalm.train.distributed import clip_grad_norm
+from dnalm.train.optim import make_optimizer
 
 CLASSIFIER_FORMAT = "dnalm-classifier"
 
@@ -66,9 +77,6 @@ def read_labeled(
     """CSV/TSV -> (raw label strings, token ids, lower masks, row names ``FILE:LINE``). Needs sequence and
     label columns (:func:`dnalm.eval.embed.read_sequence_table`). Numeric labels must be whole numbers
     (a stray ``0.5`` among 0/1 labels is an error, not a third class)."""
-    from dnalm.data.tables import listing
-    from dnalm.eval.embed import encode_column, read_sequence_table
-
     table, sc, lc = read_sequence_table(path, seq_column, label_column, need_label=True)
     labels = table.values(lc)
     numbers = [_as_float(v) for v in labels]
@@ -138,8 +146,6 @@ def subset(d: LabeledData, idx: np.ndarray, source: str) -> LabeledData:
 
 def kmer_frequencies(seqs: Sequence[np.ndarray], k: int) -> np.ndarray:
     """(N, 4**k) k-mer frequencies of token-id sequences; k-mers containing N are skipped."""
-    from dnalm.tokenizer import A, T
-
     out = np.zeros((len(seqs), 4**k), dtype=np.float32)
     for i, s in enumerate(seqs):
         s = np.asarray(s, dtype=np.int64)
@@ -164,8 +170,6 @@ def kmer_baseline(
     """Class-balanced logistic regression on standardised k-mer frequencies; k and C chosen on dev."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-
-    from dnalm.eval.metrics import classification_metrics
 
     best: dict[str, Any] | None = None
     for k in ks:
@@ -208,8 +212,6 @@ def _fit(
 ) -> tuple[list[list[np.ndarray]], int]:
     """The sequences of ``data`` as lists of windows that fit the model (after the prompt); a longer
     sequence is an error unless ``crop`` or ``windows`` says what to do (:func:`dnalm.eval.embed.fit_to_context`)."""
-    from dnalm.eval.embed import fit_to_context, window_bases
-
     seqs = _model_inputs(model, data.seqs, data.lower)
     what = f"the model's (after {n_prompt} prompt tokens)" if n_prompt else "the model's"
     return fit_to_context(seqs, window_bases(model) - n_prompt, crop=crop, windows=windows, names=data.names,
@@ -225,8 +227,6 @@ def _pooled(clf: Any, items: Sequence[np.ndarray | list[np.ndarray]]) -> torch.T
     """Pooled features (B, D) of sequences, each a token-id array or a list of windows of one. Over windows,
     mean pooling takes the base-weighted mean of the window features (the mean over all bases) and last
     pooling the last window's feature, as ``dnalm embed --windows`` does."""
-    from dnalm.eval.embed import batch_ids
-
     items = [it if isinstance(it, list) else [it] for it in items]
     flat = [w for it in items for w in it]
     x, m = batch_ids(clf.lm, flat)
@@ -254,8 +254,6 @@ def predict_proba(
     clf: Any, seqs: Sequence[np.ndarray | list[np.ndarray]], batch_size: int = 32, progress: bool = False
 ) -> np.ndarray:
     """Class probabilities (N, C) of a ``SequenceClassifier`` for token-id sequences (or lists of windows)."""
-    from dnalm.eval.metrics import progress as bar
-
     was = clf.training
     clf.eval()
     out = []
@@ -275,8 +273,6 @@ def predict_proba(
 
 @torch.no_grad()
 def _features(clf: Any, seqs: Sequence[list[np.ndarray]], batch_size: int, progress: bool, desc: str) -> torch.Tensor:
-    from dnalm.eval.metrics import progress as bar
-
     feats = torch.zeros(len(seqs), clf.lm.config.d_model)
     for idx in bar(_batches(len(seqs), batch_size, None), desc=desc, enabled=progress):
         feats[torch.from_numpy(idx)] = _pooled(clf, [seqs[i] for i in idx]).float().cpu()
@@ -288,6 +284,94 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     if np.any(counts == 0):
         raise DataError(f"the training set lacks class(es) {np.flatnonzero(counts == 0).tolist()}")
     return torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32)
+
+
+def _optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters with the trainer's weight-decay groups (no decay on biases, norms,
+    embeddings and filter coefficients; dnalm.train.optim), and PyTorch's default betas."""
+    return make_optimizer(module, lr, weight_decay, betas=(0.9, 0.999))
+
+
+def _train_probe(
+    clf: Any, X: dict, train: LabeledData, dev: LabeledData, cw: torch.Tensor, lr: float, weight_decay: float,
+    steps: int, batch_size: int, progress: bool, history: list,
+) -> str:
+    """Linear probe: features of the frozen model computed once, standardised, a full-batch linear head trained
+    on them; the best dev head (checked every 25 steps) is folded into ``clf.head``. Returns where it was."""
+    for p in clf.lm.parameters():
+        p.requires_grad_(False)
+    clf.lm.eval()
+    feats = {k: _features(clf, v, batch_size, progress, f"features {k}") for k, v in X.items()}
+    mu, sd = feats["train"].mean(0), feats["train"].std(0).clamp_min(1e-6)
+    z = {k: (v - mu) / sd for k, v in feats.items()}
+    head = torch.nn.Linear(z["train"].shape[1], len(cw))
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = _optimizer(head, lr, weight_decay)
+    y = torch.from_numpy(train.labels)
+    best = (-math.inf, None, 0)
+    for step in bar(range(1, steps + 1), desc="probe", enabled=progress):
+        loss = F.cross_entropy(head(z["train"]), y, weight=cw)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0 or step == steps:
+            with torch.no_grad():
+                m = classification_metrics(dev.labels, torch.softmax(head(z["dev"]), -1).numpy())
+            history.append({"step": step, "train_loss": float(loss.detach()), **{f"dev_{k}": v for k, v in m.items()}})
+            if _selection_score(m) > best[0]:
+                best = (_selection_score(m), copy.deepcopy(head.state_dict()), step)
+    head.load_state_dict(best[1])
+    with torch.no_grad():  # fold the standardisation into the saved head: W' = W / sd, b' = b - W' mu
+        w = head.weight / sd
+        clf.head.proj.weight.copy_(w)
+        clf.head.proj.bias.copy_(head.bias - w @ mu)
+    return f"step {best[2]}"
+
+
+def _train_end_to_end(
+    clf: Any, X: dict, train: LabeledData, dev: LabeledData, cw: torch.Tensor, kind: str, lr: float,
+    weight_decay: float, epochs: int, batch_size: int, rng: np.random.Generator, progress: bool, history: list,
+) -> str:
+    """Full fine-tuning, or a soft prompt on the frozen model (``kind``): mini-batch AdamW with linear warm-up
+    over 5% of the steps then linear decay to 0, gradients clipped to norm 1; the best dev epoch is kept."""
+    lm = clf.lm
+    if kind == "soft_prompt":
+        for p in lm.parameters():
+            p.requires_grad_(False)
+    opt = _optimizer(clf, lr, weight_decay)
+    n_steps = epochs * math.ceil(len(X["train"]) / batch_size)
+    warm = max(1, n_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (n_steps - s) / max(n_steps - warm, 1)))
+    )
+    best = (-math.inf, None, 0)
+    trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
+    step = 0
+    for epoch in range(1, epochs + 1):
+        clf.train()
+        if kind == "soft_prompt":
+            lm.eval()  # frozen model: no dropout
+        losses = []
+        for idx in bar(_batches(len(X["train"]), batch_size, rng), desc=f"epoch {epoch}/{epochs}", enabled=progress):
+            logits = clf.head(_pooled(clf, [X["train"][i] for i in idx]))  # windows pooled per sequence
+            y = torch.from_numpy(train.labels[idx]).to(lm.device)
+            loss = F.cross_entropy(logits, y, weight=cw.to(lm.device))
+            opt.zero_grad()
+            loss.backward()
+            clip_grad_norm(clf, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(float(loss.detach()))
+        m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
+        history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
+                        **{f"dev_{k}": v for k, v in m.items()}})  # fmt: skip
+        if _selection_score(m) > best[0]:
+            state = {k: v.detach().clone() for k, v in clf.state_dict().items() if k in trainable or kind == "full"}
+            best = (_selection_score(m), state, epoch)
+    clf.load_state_dict(best[1], strict=False)
+    return f"epoch {best[2]}"
 
 
 def finetune(
@@ -319,10 +403,6 @@ def finetune(
 
     ``lr`` defaults: probe 1e-2, soft prompt 1e-2, full fine-tuning 3e-4.
     """
-    from dnalm.eval.metrics import classification_metrics
-    from dnalm.eval.metrics import progress as bar
-    from dnalm.models.heads import SequenceClassifier
-
     if mode not in ("probe", "full"):
         raise DataError(f"--mode must be probe or full (got {mode!r})")
     if soft_prompt and mode == "full":
@@ -351,79 +431,12 @@ def finetune(
     history: list[dict[str, Any]] = []
 
     if kind == "probe":
-        for p in lm.parameters():
-            p.requires_grad_(False)
-        lm.eval()
-        feats = {k: _features(clf, v, batch_size, progress, f"features {k}") for k, v in X.items()}
-        mu, sd = feats["train"].mean(0), feats["train"].std(0).clamp_min(1e-6)
-        z = {k: (v - mu) / sd for k, v in feats.items()}
-        head = torch.nn.Linear(z["train"].shape[1], n_classes)
-        torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
-        opt = torch.optim.AdamW(head.parameters(), lr=lr or 1e-2, weight_decay=weight_decay)
-        y = torch.from_numpy(train.labels)
-        best = (-math.inf, None, 0)
-        for step in bar(range(1, probe_steps + 1), desc="probe", enabled=progress):
-            loss = F.cross_entropy(head(z["train"]), y, weight=cw)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step % 25 == 0 or step == probe_steps:
-                with torch.no_grad():
-                    m = classification_metrics(dev.labels, torch.softmax(head(z["dev"]), -1).numpy())
-                history.append({"step": step, "train_loss": float(loss.detach()),
-                                **{f"dev_{k}": v for k, v in m.items()}})
-                if _selection_score(m) > best[0]:
-                    best = (_selection_score(m), copy.deepcopy(head.state_dict()), step)
-        head.load_state_dict(best[1])
-        with torch.no_grad():  # fold the standardisation into the saved head: W' = W / sd, b' = b - W' mu
-            w = head.weight / sd
-            clf.head.proj.weight.copy_(w)
-            clf.head.proj.bias.copy_(head.bias - w @ mu)
-        best_at = f"step {best[2]}"
+        best_at = _train_probe(clf, X, train, dev, cw, lr or 1e-2, weight_decay, probe_steps, batch_size, progress,
+                               history)  # fmt: skip
     else:
-        if kind == "soft_prompt":
-            for p in lm.parameters():
-                p.requires_grad_(False)
-            params = list(clf.prompt.parameters()) + list(clf.head.parameters())
-        else:
-            params = [p for p in clf.parameters() if p.requires_grad]
         base_lr = lr or (1e-2 if kind == "soft_prompt" else 3e-4)
-        opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=weight_decay)
-        n_steps = epochs * math.ceil(len(X["train"]) / batch_size)
-        warm = max(1, n_steps // 20)
-        # linear warm-up over 5% of the steps, then linear decay to 0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min((s + 1) / warm, max(0.0, (n_steps - s) / max(n_steps - warm, 1)))
-        )
-        best = (-math.inf, None, 0)
-        trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
-        step = 0
-        for epoch in range(1, epochs + 1):
-            clf.train()
-            if kind == "soft_prompt":
-                lm.eval()  # frozen model: no dropout
-            losses = []
-            batches = _batches(len(X["train"]), batch_size, rng)
-            for idx in bar(batches, desc=f"epoch {epoch}/{epochs}", enabled=progress):
-                logits = clf.head(_pooled(clf, [X["train"][i] for i in idx]))
-                y = torch.from_numpy(train.labels[idx]).to(lm.device)
-                loss = F.cross_entropy(logits, y, weight=cw.to(lm.device))
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                step += 1
-                losses.append(float(loss.detach()))
-            m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
-            history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
-                            **{f"dev_{k}": v for k, v in m.items()}})
-            if _selection_score(m) > best[0]:
-                state = {k: v.detach().clone() for k, v in clf.state_dict().items() if k in trainable or kind == "full"}
-                best = (_selection_score(m), state, epoch)
-        clf.load_state_dict(best[1], strict=False)
-        best_at = f"epoch {best[2]}"
+        best_at = _train_end_to_end(clf, X, train, dev, cw, kind, base_lr, weight_decay, epochs, batch_size, rng,
+                                    progress, history)  # fmt: skip
 
     clf.eval()
     test_m = classification_metrics(test.labels, predict_proba(clf, X["test"], batch_size))
@@ -467,11 +480,6 @@ def save_classifier(
     info: dict | None = None,
 ) -> Path:
     """Write ``path/config.json`` + ``path/model.safetensors`` (+ ``extra_files`` name -> text), atomically."""
-    from safetensors.torch import save_model
-
-    from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_dir
-    from dnalm.config import to_dict
-
     meta = {
         "format": CLASSIFIER_FORMAT,
         "model": to_dict(clf.lm.config),
@@ -490,12 +498,6 @@ def save_classifier(
 
 def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, list[str]]:
     """Load a directory written by ``save_classifier`` -> (SequenceClassifier in eval mode, class names)."""
-    from dnalm.checkpoint import CONFIG_FILE, CheckpointError, load_weights, read_checkpoint_meta
-    from dnalm.config import ConfigError, model_config_from_dict
-    from dnalm.models.heads import SequenceClassifier
-    from dnalm.models.lm import DNALM
-    from dnalm.tokenizer import Tokenizer
-
     path = Path(path)
     cfg = path / CONFIG_FILE
     meta = read_checkpoint_meta(
@@ -562,76 +564,3 @@ def finetune_files(
 
 
 # ------------------------------------------------------------------------------------------ commands
-
-
-def finetune_command(
-    model_path: str, *, train: str, dev: str | None = None, test: str | None = None, out: str = "finetuned",
-    seq_column: str | None = None, label_column: str | None = None, mode: str = "probe", soft_prompt: int = 0,
-    pool: str = "mean", layer: int = -1, epochs: int = 3, lr: float | None = None, batch_size: int = 32,
-    probe_steps: int = 500, seed: int = 0, split_seed: int = 0, max_train: int | None = None,
-    crop: str | None = None, windows: bool = False, device: str = "cpu", progress: bool = True,
-) -> str:
-    """``dnalm finetune``: read the sets (or split one seeded), train, compare with k-mers, save; summary."""
-    import dnalm
-    from dnalm.outputs import check_output
-
-    data, classes, split_info = load_sets(train, dev, test, seq_column=seq_column, label_column=label_column,
-                                          split_seed=split_seed, max_train=max_train, seed=seed)
-    check_output(out, "dir", "classifier directory")
-    model = dnalm.load(model_path, device=device)
-    clf, report = finetune(model, data["train"], data["dev"], data["test"], classes, mode=mode,
-                           soft_prompt=soft_prompt, pool=pool, layer=layer, epochs=epochs, lr=lr,
-                           batch_size=batch_size, probe_steps=probe_steps, seed=seed, crop=crop, windows=windows,
-                           progress=progress)
-    report["base_model"] = str(model_path)
-    files = {"report.json": json.dumps(report, indent=1) + "\n"}
-    if split_info:
-        files["split.json"] = json.dumps(split_info) + "\n"
-    save_classifier(clf, out, classes, files, info={"base_model": str(model_path), "mode": report["mode"]})
-    t, b = report["test"], report["kmer_baseline"]["test"]
-    s = report["sizes"]
-    lines = [
-        f"{report['mode']} ({pool} pooling, layer {layer}"
-        + (f", {soft_prompt} prompt tokens" if soft_prompt else "") + f"): train {s['train']}, dev {s['dev']}, "
-        f"test {s['test']}; classes {classes} with train counts {report['train_class_counts']}"
-        + (f"; seeded stratified 80/10/10 split (seed {split_seed}) saved to {out}/split.json" if split_info else "")
-        + (f"; {report['longer_than_context']} sequences longer than the context: {report['long_inputs']}"
-           if report["longer_than_context"] else ""),
-        f"{'':<22}{'accuracy':>9}{'MCC':>9}{'AUROC':>9}",
-        f"{'model (test)':<22}{t['accuracy']:>9.4f}{t['mcc']:>9.4f}{t['auroc']:>9.4f}",
-        f"{'k-mer LR (test)':<22}{b['accuracy']:>9.4f}{b['mcc']:>9.4f}{b['auroc']:>9.4f}"
-        f"   (k={report['kmer_baseline']['k']}, C={report['kmer_baseline']['C']})",
-        f"best dev checkpoint at {report['best_checkpoint']}; {report['seconds_model']} s model, "
-        f"{report['seconds_baseline']} s baseline; saved -> {out}",
-    ]
-    return "\n".join(lines)
-
-
-def predict_command(
-    classifier: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
-    out: str | None = None, batch_size: int = 32, crop: str | None = None, windows: bool = False,
-    device: str = "cpu", progress: bool = True,
-) -> str:
-    """``dnalm predict``: class probabilities of new sequences with a fine-tuned classifier -> TSV."""
-    from dnalm.data.tables import is_regular_file
-    from dnalm.eval.embed import fit_to_context, read_sequence_file, window_bases
-    from dnalm.eval.metrics import write_tsv
-    from dnalm.outputs import check_output
-
-    if (fasta is None) == (csv_path is None):
-        raise DataError("give exactly one of --fasta or --csv")
-    src = fasta or csv_path
-    stem = Path(src).name.split(".")[0] if is_regular_file(src) else "sequences"
-    out_path = check_output(Path(out) if out else Path(stem + ".predictions.tsv"), "file", "output TSV")
-    ids, toks, lows = read_sequence_file(src, column=column)
-    clf, classes = load_classifier(classifier, device)
-    toks = _model_inputs(clf.lm, toks, lows)
-    fitted, n_long = fit_to_context(toks, window_bases(clf.lm) - clf.n_prompt, crop=crop, windows=windows, names=ids,
-                                    source=str(src), what="the classifier's")
-    probs = predict_proba(clf, fitted, batch_size, progress)
-    header = ["id", "predicted", *[f"prob_{c}" for c in classes]]
-    rows = ([i, classes[int(p.argmax())], *p.tolist()] for i, p in zip(ids, probs))
-    write_tsv(out_path, header, rows, [f"classifier {classifier}", f"long inputs: {long_policy(crop, windows)}"])
-    counts = np.bincount(probs.argmax(1), minlength=len(classes))
-    return (f"predicted {len(ids)} sequences -> {out_path} ({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))})"
-            + (f"; {n_long} longer than the context: {long_policy(crop, windows)}" if n_long else ""))

@@ -1,102 +1,12 @@
-"""Held-out likelihood: loss, perplexity and bits per base of a model on a store split, and the
-order-k Markov baseline fitted on the training split.
-
-Windows are tiled so every base of the split is scored exactly once. Each window is fed as
-[BOS] + bases[:-1] and predicts all its bases, so the first base of a window is scored with no context
-(the same convention the trainer uses).
+"""The order-k Markov baseline a DNA language model's held-out bits per base is compared with, fitted on
+the training split of a store (the model's own held-out loss is ``dnalm.train.evaluate.evaluate_lm``).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from dnalm.tokenizer import A, BOS, PAD
-
-LN2 = math.log(2.0)
-
-
-def lm_inputs(
-    ids: np.ndarray, lower: np.ndarray, valid: np.ndarray, repeat_weight: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of base windows (B, L) -> (input_ids, targets, weights), all (B, L).
-
-    input = [BOS] + bases[:-1]; target = bases, PAD where invalid; weight = repeat_weight at lower-case
-    positions, 1 elsewhere, 0 at padding.
-    """
-    targets = torch.from_numpy(np.where(valid, ids, PAD).astype(np.int64))  # (B, L)
-    inputs = torch.empty_like(targets)
-    inputs[:, 0] = BOS
-    inputs[:, 1:] = targets[:, :-1]
-    weights = np.where(lower, np.float32(repeat_weight), np.float32(1.0)) * valid
-    return inputs, targets, torch.from_numpy(weights.astype(np.float32))
-
-
-@dataclass
-class EvalResult:
-    loss: float  # mean cross-entropy, nats per base
-    n_bases: int
-
-    @property
-    def bits_per_base(self) -> float:
-        return self.loss / LN2
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(self.loss)
-
-    def to_dict(self, prefix: str = "") -> dict[str, float]:
-        return {
-            f"{prefix}loss": self.loss,
-            f"{prefix}bits_per_base": self.bits_per_base,
-            f"{prefix}perplexity": self.perplexity,
-            f"{prefix}bases": self.n_bases,
-        }
-
-
-@torch.no_grad()
-def evaluate_lm(
-    model: torch.nn.Module,
-    store,
-    split: str | list[str],
-    seq_len: int,
-    batch_size: int = 8,
-    max_tokens: int | None = None,
-    progress: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-) -> EvalResult:
-    """Unweighted held-out cross-entropy over the tiled ``split`` of ``store`` (every base once)."""
-    from dnalm.data.samplers import TilingSampler
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    tiler = TilingSampler(store, split, seq_len, rank=rank, world_size=world_size)
-    total = min(tiler.num_bases(), max_tokens) if max_tokens else tiler.num_bases()
-    nll, count = 0.0, 0
-    bar = tqdm(total=total, desc="eval", unit="base", disable=not progress, leave=False)
-    try:
-        for batch in tiler.batches(batch_size, max_tokens=max_tokens):
-            inputs, targets, _ = lm_inputs(batch.ids, batch.lower, batch.valid)
-            logits = model(inputs.to(device)).logits  # (B, L, V)
-            ce = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.to(device).reshape(-1), ignore_index=PAD, reduction="sum"
-            )
-            n = int(batch.valid.sum())
-            nll += float(ce)
-            count += n
-            bar.update(n)
-    finally:
-        bar.close()
-        model.train(was_training)
-    if count == 0:
-        raise ValueError(f"split {split!r} has no bases to evaluate")
-    return EvalResult(nll / count, count)
+from dnalm.tokenizer import A
 
 
 class MarkovBaseline:
@@ -166,4 +76,3 @@ def markov_report(train_store, eval_store, eval_split: str | list[str], max_orde
     held = [eval_store.window(r, s, e)[0] for r, s, e in eval_store.intervals(eval_split)]
     model = MarkovBaseline(max_order).fit(train)
     return {k: model.bits_per_base(held, k)[0] for k in range(max_order + 1)}
-

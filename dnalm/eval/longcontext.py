@@ -4,7 +4,8 @@ Why not ``model(ids)``: the ordinary forward keeps a whole layer's intermediates
 tokens and width 256 one (L, D) float32 tensor is 1 GiB, and a Hyena block holds about fifteen of them
 (the 3D projection before and after the short convolution, the gates, FFT spectra, the 4D MLP), so the
 plain forward peaks far above a laptop's memory. :func:`forward_long` computes the same numbers for a
-HyenaDNA model (``family == "hyena"``) in pieces, one layer at a time:
+HyenaDNA model (a backbone of ``HyenaBlock``s) in pieces, one layer at a time, with the operator's own
+stages (``HyenaOperator.short_conv``, ``long_conv``, ``output``):
 
 1. the implicit long filters for length L, built in chunks of positions (the filter MLP is position-wise)
    into one (channels, L) float32 table;
@@ -25,13 +26,12 @@ available to this process (``MemAvailable`` and any cgroup limit) and raises
 :class:`LongContextMemoryError`, a :class:`dnalm.data.errors.DataError`, so the command line prints it
 as one line.
 
-Scoring convention (as ``DNALM.score``): natural-log likelihoods; position t of the output scores token
+Scoring convention (as ``dnalm.eval.scoring``): natural-log likelihoods; position t of the output scores token
 t+1 of the input, so with [BOS] prepended every base is scored; special tokens other than [UNK] are not.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +40,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from dnalm.data.errors import DataError
-from dnalm.ops.fftconv import fft_long_conv, fft_size
+from dnalm.eval.scoring import score, token_logprobs
+from dnalm.models.heads import count_hidden_states
+from dnalm.models.hyena import HyenaBlock
+from dnalm.ops.fftconv import fft_size
+from dnalm.tokenizer import BOS, SEP, UNK, decode
 
 LONG_FROM = 32_768  # tokens: from this length on, dnalm score (and embed) use forward_long
 DEFAULT_CHUNK = 16_384  # positions per chunk of the position-wise parts
@@ -86,7 +91,7 @@ def estimate_memory(model: Any, length: int, output: Output = "logits", chunk: i
     the benchmark (benchmarks/bench_1m.py) prints this estimate beside the measured peak.
     """
     cfg = model.config
-    if cfg.family != "hyena":
+    if not one_pass_supported(model):
         raise ValueError(f"memory estimates cover HyenaDNA models only (this one is {cfg.family})")
     L, D, N, V = int(length), cfg.d_model, cfg.order, cfg.vocab_size
     item = next(model.parameters()).element_size()
@@ -153,7 +158,7 @@ def check_memory(
 ) -> MemoryEstimate | None:
     """Raise LongContextMemoryError if the one-pass estimate exceeds ``max_memory`` bytes (default: what
     :func:`available_memory` reports, plus what this process already holds). None for non-Hyena models."""
-    if model.config.family != "hyena":
+    if not one_pass_supported(model):
         return None
     est = estimate_memory(model, length, output, chunk)
     limit = max_memory
@@ -204,20 +209,26 @@ def forward_long(
         raise DataError("forward_long needs at least one token")
     if output not in ("logits", "hidden", "logprobs"):
         raise ValueError(f"output must be logits, hidden or logprobs (got {output!r})")
-    n_states = cfg.n_layer + 2
+    n_states = count_hidden_states(model)
     if not -n_states <= layer < n_states:
         raise DataError(f"layer {layer} out of range: hidden states are 0..{n_states - 1} (or -1..-{n_states})")
     was_training = model.training
     model.eval()
     try:
         ids = ids.to(model.device)
-        if cfg.family != "hyena":
+        if not one_pass_supported(model):
             return _plain_forward(model, ids, output, layer % n_states)
         if check:
             check_memory(model, L, output, max_memory, chunk)
         return _hyena_forward(model, ids, output, layer % n_states, chunk, channel_group)
     finally:
         model.train(was_training)
+
+
+def one_pass_supported(model: Any) -> bool:
+    """Whether ``model`` is a stack of Hyena blocks, which :func:`forward_long` runs in its memory-lean pass."""
+    layers = getattr(model.backbone, "layers", None)
+    return bool(layers) and all(isinstance(block, HyenaBlock) for block in layers)
 
 
 def _plain_forward(model: Any, ids: torch.Tensor, output: Output, layer: int) -> torch.Tensor:
@@ -227,7 +238,7 @@ def _plain_forward(model: Any, ids: torch.Tensor, output: Output, layer: int) ->
     logits = out.logits[0]  # (L, V)
     if output == "logits":
         return logits
-    return torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[1:, None])[:, 0]  # (L-1,)
+    return token_logprobs(logits[:-1], ids[1:])  # (L-1,)
 
 
 def _hyena_forward(model: Any, ids: torch.Tensor, output: Output, layer: int, chunk: int, group: int | None):
@@ -254,8 +265,7 @@ def _hyena_forward(model: Any, ids: torch.Tensor, output: Output, layer: int, ch
             result[s:e] = logits
         elif s < L - 1:
             e1 = min(e, L - 1)  # the last position predicts nothing inside the sequence
-            lp = torch.log_softmax(logits[: e1 - s], dim=-1)  # (c, V)
-            result[s:e1] = lp.gather(-1, ids[s + 1 : e1 + 1, None])[:, 0]
+            result[s:e1] = token_logprobs(logits[: e1 - s], ids[s + 1 : e1 + 1])
     return result
 
 
@@ -280,60 +290,52 @@ def _filters(mixer: Any, L: int, chunk: int) -> torch.Tensor:
 def _hyena_block_(block: Any, r: torch.Tensor, chunk: int, group: int | None) -> None:
     """``r = block(r)`` for a HyenaBlock, in place, with the memory plan of the module docstring.
 
-    Streams are kept position-major, (L, D) like the residual, so every chunk reads and writes whole
-    rows; only a channel group's long convolution transposes its slice to (g, L).
+    The operator's own stages (``HyenaOperator.short_conv``, ``long_conv``, ``output``) do the math;
+    this function only schedules them. Streams are kept position-major, (L, D) like the residual, so every
+    chunk reads and writes whole rows; a stage's (1, C, c) layout is a transposed view of a chunk.
     """
     mixer = block.mixer
     L, D, N = r.shape[0], mixer.d_model, mixer.order
-    weight, conv_bias = mixer.short_filter.weight[:, 0, :], mixer.short_filter.bias  # (C, k), (C,)
-    k, C = weight.shape[1], weight.shape[0]  # C = (N + 1) * D
+    k = mixer.short_filter.kernel_size[0]
     group = group or channel_group_size(L, D)
-
     h = _filters(mixer, L, chunk)  # ((N-1) D, L) float32
-    bias = mixer.filter_fn.bias  # ((N-1) D,)
 
     # projections and the causal short convolution, chunk by chunk; keep x0, the gates, and v * x_{N-1}
-    x0 = w = halo = None
+    x0 = w = history = None
     rest: list[torch.Tensor] = []  # gates x_1 .. x_{N-2}, applied after the first long convolution
     for s in range(0, L, chunk):
         e = min(L, s + chunk)
-        z = mixer.in_proj(block.norm1(r[s:e].to(block.norm1.weight.dtype)))  # (c, C)
+        z = mixer.in_proj(block.norm1(r[s:e].to(block.norm1.weight.dtype))).t()[None]  # (1, C, c)
         if x0 is None:
             x0, w = z.new_empty(L, D), z.new_empty(L, D)  # (L, D) each
             rest = [z.new_empty(L, D) for _ in range(N - 2)]
-            halo = z.new_zeros(k - 1, C)  # zeros before the sequence, as the padded convolution sees
-        zin = torch.cat([halo, z])  # (k-1+c, C): the previous chunk's last k-1 positions first
-        halo = zin[zin.shape[0] - (k - 1) :]
-        # depthwise causal FIR: conv1d's last tap multiplies the current position (SPEC 7.1)
-        z = torch.addcmul(conv_bias, zin[: e - s], weight[:, 0])  # (c, C)
-        for j in range(1, k):
-            z.addcmul_(zin[j : j + e - s], weight[:, j])
-        x0_c, *gates, v_c = z.split(D, dim=1)  # each (c, D)
+        if history is None:
+            history = z.new_zeros(1, z.shape[1], k - 1)  # zeros before the sequence, as the causal conv sees
+        zc = mixer.short_conv(z, history)[0].t()  # (c, C)
+        history = torch.cat([history, z], dim=-1)[..., z.shape[-1] :]  # the last k-1 inputs, for the next chunk
+        x0_c, *gates, v_c = zc.split(D, dim=1)  # each (c, D)
         x0[s:e] = x0_c
         torch.mul(v_c, gates[-1], out=w[s:e])  # the first long-conv input: v * x_{N-1}
         for buf, g in zip(rest, gates[:-1]):
             buf[s:e] = g
-    del z, zin, halo
+    del z, zc, history
 
     # long convolutions, a channel group at a time, written back over their input
     for o in range(N - 1):  # filter bank o goes with gate x_{N-1-o}, as in HyenaOperator.forward
         if o > 0:
             w.mul_(rest[N - 2 - o])
-        hb, bb = h[o * D : (o + 1) * D], bias[o * D : (o + 1) * D]
         for g0 in range(0, D, group):
             g1 = min(D, g0 + group)
-            u = w[:, g0:g1].t().contiguous()  # (g, L)
-            w[:, g0:g1] = fft_long_conv(u[None], hb[g0:g1], bb[g0:g1])[0].t()  # (L, g)
+            u = w[:, g0:g1].t().contiguous()[None]  # (1, g, L)
+            w[:, g0:g1] = mixer.long_conv(u, o, h, channels=slice(g0, g1))[0].t()  # (L, g)
             del u
     del h, rest
-    x0.mul_(w)  # y = x0 * v, (L, D)
-    del w
 
-    # out_proj and the MLP are position-wise: update the residual chunk by chunk
+    # the output gate, out_proj and the MLP are position-wise: update the residual chunk by chunk
     n2 = block.norm2.weight.dtype
     for s in range(0, L, chunk):
         e = min(L, s + chunk)
-        r[s:e] += mixer.out_proj(x0[s:e])  # (c, D)
+        r[s:e] += mixer.output(x0[s:e].t()[None], w[s:e].t()[None])[0]  # (c, D)
         r[s:e] += block.mlp(block.norm2(r[s:e].to(n2)))  # (c, D)
 
 
@@ -346,7 +348,7 @@ class RecordScore:
     length: int  # bases in the record
     scored: int  # positions scored (bases and [UNK]; the first base only with [BOS])
     loglik_sum: float  # natural log
-    one_pass: bool  # True: forward_long; False: batched DNALM.score
+    one_pass: bool  # True: forward_long; False: batched dnalm.score
 
     @property
     def loglik_mean(self) -> float:
@@ -355,8 +357,6 @@ class RecordScore:
 
 def tokens_for(model: Any, ids: np.ndarray, lower: np.ndarray) -> np.ndarray:
     """Token ids of one record under the model's tokenizer rules ([BOS]/[SEP], lower case as [UNK])."""
-    from dnalm.tokenizer import BOS, SEP, UNK
-
     tok = model.tokenizer
     ids = np.asarray(ids, dtype=np.int64)
     if tok.lowercase == "unk":
@@ -374,11 +374,7 @@ def score_records(
     progress: bool = False,
 ) -> list[RecordScore]:
     """Log-likelihood of each record (``dnalm.data.fasta.SeqRecord``): records of ``long_from`` tokens or
-    more go through :func:`forward_long` one at a time, shorter ones through batched ``DNALM.score``."""
-    from tqdm import tqdm
-
-    from dnalm.tokenizer import UNK, decode
-
+    more go through :func:`forward_long` one at a time, shorter ones through batched ``dnalm.score``."""
     limit = int(model.config.max_len)
     toks = [tokens_for(model, r.ids, r.lower) for r in records]
     for r, t in zip(records, toks):
@@ -397,59 +393,18 @@ def score_records(
     try:
         for b0 in range(0, len(short_idx), batch_size):
             part = short_idx[b0 : b0 + batch_size]
-            per_base = model.score([decode(records[i].ids, records[i].lower) for i in part], reduce="none",
-                                   batch_size=batch_size)
+            per_base = score(model, [decode(records[i].ids, records[i].lower) for i in part], reduce="none",
+                             batch_size=batch_size)
             for i, lp in zip(part, per_base):
                 out[i] = RecordScore(records[i].name, len(records[i]), int(lp.size), float(lp.sum()), False)
                 bar.update(len(records[i]))
         for i in long_idx:
             t = torch.from_numpy(toks[i])
             lp = forward_long(model, t, "logprobs", check=False)  # (L-1,)
-            scored = (t[1:] >= UNK).to(lp.device)  # bases and [UNK], as DNALM.score
+            scored = (t[1:] >= UNK).to(lp.device)  # bases and [UNK], as dnalm.score
             out[i] = RecordScore(records[i].name, len(records[i]), int(scored.sum()),
                                  float(lp[scored].double().sum()), True)
             bar.update(len(records[i]))
     finally:
         bar.close()
     return out  # type: ignore[return-value]
-
-
-def score_command(
-    model_path: str, fasta: str, reduce: str = "sum", out: str | None = None, long_from: int = LONG_FROM,
-    batch_size: int = 8, device: str = "cpu", max_memory_gib: float | None = None, progress: bool = True,
-) -> str:
-    """``dnalm score``: per-record log-likelihoods of a FASTA/GenBank file -> TSV; returns a summary."""
-    import time
-
-    import dnalm
-    from dnalm.checkpoint import atomic_write_text
-    from dnalm.data.fasta import read_sequences
-    from dnalm.models.lm import DNALM
-
-    if reduce not in ("sum", "mean"):
-        raise DataError(f"--reduce must be sum or mean (got {reduce!r})")
-    records = list(read_sequences(fasta))
-    if not records:
-        raise DataError(f"{fasta}: no sequence records")
-    torch.manual_seed(0)  # a preset builds fresh weights: make them reproducible
-    model = dnalm.load(model_path, device=device)
-    if not isinstance(model, DNALM):
-        raise DataError(f"{model_path}: a {type(model).__name__} is not a language model; dnalm score needs one")
-    max_memory = None if max_memory_gib is None else int(max_memory_gib * 2**30)
-    t0 = time.perf_counter()
-    scores = score_records(model, records, long_from, batch_size, max_memory, progress)
-    seconds = time.perf_counter() - t0
-    col = f"loglik_{reduce}"
-    lines = ["\t".join(["name", "length", "scored", col, "bits_per_base", "mode"])]
-    for s in scores:
-        value = s.loglik_sum if reduce == "sum" else s.loglik_mean
-        bpb = -s.loglik_mean / math.log(2) if s.scored else float("nan")
-        lines.append(f"{s.name}\t{s.length}\t{s.scored}\t{value:.6f}\t{bpb:.6f}\t"
-                     f"{'one_pass' if s.one_pass else 'batched'}")
-    text = "\n".join(lines) + "\n"
-    if out is None or out == "-":
-        return text.rstrip("\n")
-    atomic_write_text(out, text)
-    n_long = sum(s.one_pass for s in scores)
-    return (f"scored {len(scores)} record(s), {sum(s.length for s in scores):,} bases in {seconds:.1f} s"
-            + (f" ({n_long} in one pass)" if n_long else "") + f" -> {out}")

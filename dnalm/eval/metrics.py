@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from dnalm.outputs import AtomicWriter, atomic_write_bytes
 
@@ -177,6 +178,4 @@ def progress(
     iterable: Iterable | None = None, total: int | None = None, desc: str = "", enabled: bool = True
 ) -> Iterator:
     """A tqdm progress bar on stderr (silent when ``enabled`` is False)."""
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, unit="it", dynamic_ncols=True, leave=False)

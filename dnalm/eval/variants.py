@@ -1,6 +1,6 @@
 """Zero-shot variant-effect scoring: delta log-likelihood (alt - ref) of a window centred on each variant.
 
-Protocol (Evo 2's BRCA1 protocol, SPEC section 6):
+Protocol (Evo 2's BRCA1 protocol, docs/architectures.md §6):
 
 - For each variant take a window of ``W`` bases centred on it (clipped to the chromosome: near an end the
   window is shifted inwards, never shortened, unless the record itself is shorter than ``W``).
@@ -31,32 +31,28 @@ and ``M``/``MT`` match each other).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from dnalm.data.errors import DataError
-from dnalm.data.tables import display_name, is_regular_file, listing, parse_table, read_lines
-from dnalm.tokenizer import BOS, UNK, encode_bytes, reverse_complement_ids
+from dnalm.data.errors import DataError, listing
+from dnalm.data.sequences import read_sequences
+from dnalm.data.tables import display_name, parse_table, read_lines
+from dnalm.eval.metrics import progress as bar
+from dnalm.eval.metrics import write_tsv
+from dnalm.eval.scoring import window_bases, window_logliks
+from dnalm.tokenizer import decode, encode_bytes, reverse_complement_ids
 
-
-
-# ------------------------------------------------------------------------------------------ scoring core
-
-
-def _model_window_limit(model: Any) -> int:
-    """Most bases one window can hold for ``model`` (its max length minus the [BOS]/[SEP] it adds)."""
-    tok = model.tokenizer
-    return int(model.config.max_len) - int(tok.prepend_bos) - int(tok.append_sep)
+# ------------------------------------------------------------------------------------------ windows
 
 
 def resolve_window(model: Any, window: int | None, default: int = 8192) -> tuple[int, str]:
     """The window to use and a note: ``None`` means ``default`` clipped to the model's context;
     an explicit window longer than the model accepts is an error."""
-    limit = _model_window_limit(model)
+    limit = window_bases(model)
     if window is None:
         w = min(default, limit)
         note = f"window {w} bases" + (f" (the model's context; {default} requested by default)" if w < default else "")
@@ -69,59 +65,6 @@ def resolve_window(model: Any, window: int | None, default: int = 8192) -> tuple
             f"use --window {limit} or less"
         )
     return window, f"window {window} bases"
-
-
-@torch.no_grad()  # not inference_mode: models cache tensors (RoPE tables) later used with autograd
-def window_logliks(
-    model: Any,
-    windows: Sequence[np.ndarray] | np.ndarray,
-    batch_size: int = 8,
-    reduce: str = "sum",
-    lower: Sequence[np.ndarray] | None = None,
-) -> np.ndarray | list[np.ndarray]:
-    """Log-likelihood (natural log) of token-id windows of bases, batched.
-
-    ``windows``: equal- or mixed-length uint8 arrays of base ids (A..N). Windows of one length are
-    batched together without padding. ``reduce="sum"`` returns one float per window, ``"none"`` a
-    float64 per-base array each. Models whose tokenizer prepends [BOS] score every base; otherwise the
-    first base gets log-likelihood 0 (it has no context). ``lower`` (optional case masks) matters only
-    for tokenizers that map lower case to [UNK] (imported HyenaDNA checkpoints).
-    """
-    was_training = model.training
-    model.eval()
-    bos = bool(model.tokenizer.prepend_bos)
-    unk_lower = model.tokenizer.lowercase == "unk"
-    n = len(windows)
-    sums = np.zeros(n, dtype=np.float64)
-    per_base: list[np.ndarray | None] = [None] * n
-    by_len: dict[int, list[int]] = {}
-    for i, w in enumerate(windows):
-        by_len.setdefault(len(w), []).append(i)
-    try:
-        for length, idxs in by_len.items():
-            for s in range(0, len(idxs), batch_size):
-                chunk = idxs[s : s + batch_size]
-                ids = np.stack([np.asarray(windows[i], dtype=np.int64) for i in chunk])  # (B, W)
-                if unk_lower and lower is not None:
-                    low = np.stack([np.asarray(lower[i], dtype=bool) for i in chunk])
-                    ids = np.where(low, UNK, ids)
-                x = torch.from_numpy(ids).to(model.device)  # (B, W)
-                if bos:
-                    x = torch.cat([torch.full_like(x[:, :1], BOS), x], dim=1)  # (B, W+1)
-                logits = model(x).logits[:, :-1]  # (B, W or W-1, V): position t predicts token t+1
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                tgt = x[:, 1:]  # (B, W or W-1)
-                ll = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).double()  # (B, W or W-1)
-                if not bos:
-                    ll = torch.cat([torch.zeros_like(ll[:, :1]), ll], dim=1)  # first base unscored
-                ll = ll.cpu().numpy()
-                for row, i in enumerate(chunk):
-                    sums[i] = ll[row].sum()
-                    if reduce == "none":
-                        per_base[i] = ll[row]
-    finally:
-        model.train(was_training)
-    return per_base if reduce == "none" else sums  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------ variant files
@@ -151,7 +94,6 @@ REF_COLUMNS = ("ref", "reference", "ref_allele")
 ALT_COLUMNS = ("alt", "alternate", "alt_allele")
 
 
-_listing = listing  # shared with the other table readers
 
 
 def read_variants(
@@ -180,7 +122,7 @@ def read_variants(
     )
     variants, info, bad = (_parse_vcf if is_vcf else _parse_table)(name, lines, pos_column)
     if bad:
-        raise DataError(f"{name}: " + _listing(bad, "malformed rows"))
+        raise DataError(f"{name}: " + listing(bad, "malformed rows"))
     if not variants:
         raise DataError(f"{name}: no variants found (no data lines after the header)")
     check_variants(variants, name, allow_indels)
@@ -195,19 +137,19 @@ def check_variants(variants: list[Variant], path: str | Path, allow_indels: bool
                 if not (_ALLELE.match(v.ref) and _ALLELE.match(v.alt))]
     if symbolic:
         raise DataError(
-            f"{path}: " + _listing(symbolic, "rows with alleles that are not plain A/C/G/T/N")
+            f"{path}: " + listing(symbolic, "rows with alleles that are not plain A/C/G/T/N")
             + " (symbolic or missing alleles cannot be scored)"
         )
     for v in variants:
         v.ref, v.alt = v.ref.upper(), v.alt.upper()
     same = [f"line {v.row}: {v.ref}>{v.alt}" for v in variants if v.ref == v.alt]
     if same:
-        raise DataError(f"{path}: " + _listing(same, "rows whose alt allele equals the ref allele"))
+        raise DataError(f"{path}: " + listing(same, "rows whose alt allele equals the ref allele"))
     if not allow_indels:
         non_snv = [f"line {v.row}: {v.chrom}:{v.pos} {v.ref}>{v.alt}" for v in variants if not v.is_snv]
         if non_snv:
             raise DataError(
-                f"{path}: " + _listing(non_snv, "non-SNV rows")
+                f"{path}: " + listing(non_snv, "non-SNV rows")
                 + " (only single-nucleotide variants by default; pass --indels to score simple indels)"
             )
 
@@ -300,8 +242,6 @@ def _norm_chrom(name: str) -> str:
 
 def load_reference(path: str | Path, fasta_offset: int | None = None) -> list[RefRecord]:
     """Read a FASTA (any compression) and place its records on chromosomes (see the module docstring)."""
-    from dnalm.data.fasta import read_sequences
-
     path = Path(path)
     if fasta_offset is not None and fasta_offset < 1:
         raise DataError(f"--fasta-offset must be a 1-based position >= 1 (got {fasta_offset})")
@@ -349,10 +289,10 @@ def _match_records(variants: list[Variant], records: list[RefRecord], path: Path
     if unknown:
         names = ", ".join(sorted({r.chrom for r in records}))
         raise DataError(
-            f"{path}: " + _listing(unknown, "rows on chromosomes not in the FASTA") + f" (FASTA has: {names})"
+            f"{path}: " + listing(unknown, "rows on chromosomes not in the FASTA") + f" (FASTA has: {names})"
         )
     if outside:
-        raise DataError(f"{path}: " + _listing(outside, "rows with positions outside the FASTA"))
+        raise DataError(f"{path}: " + listing(outside, "rows with positions outside the FASTA"))
     return pairs
 
 
@@ -362,13 +302,11 @@ def _check_ref_alleles(pairs: list[tuple[Variant, RefRecord]], path: Path) -> No
         i = v.pos - rec.offset
         ids, _ = encode_bytes(v.ref.encode())
         if not np.array_equal(rec.ids[i : i + len(ids)], ids):
-            from dnalm.tokenizer import decode
-
             fa = decode(rec.ids[i : i + len(ids)])
             bad.append(f"line {v.row}: {v.chrom}:{v.pos} ref {v.ref} but the FASTA has {fa}")
     if bad:
         raise DataError(
-            f"{path}: " + _listing(bad, "reference alleles that do not match the FASTA")
+            f"{path}: " + listing(bad, "reference alleles that do not match the FASTA")
             + " (wrong genome build, or wrong --fasta-offset / --pos-column?)"
         )
 
@@ -399,8 +337,6 @@ class VariantResults:
 
     def write_tsv(self, path: str | Path, extra_columns: Sequence[str] = ()) -> Path:
         """Write the TSV atomically (``# `` comment lines say how the scores were made)."""
-        from dnalm.eval.metrics import write_tsv
-
         cols = self.header(extra_columns)
         comments = [
             "delta = log-likelihood(alt window) - log-likelihood(ref window), natural log; "
@@ -424,7 +360,7 @@ def binary_labels(
     where = f"{source}: label column {column!r}" if source else f"label column {column!r}"
     missing = [f"line {row}" for row, v in values if v is None or str(v).strip() in ("", ".", "NA", "nan")]
     if missing:
-        raise DataError(f"{where}: " + _listing(missing, "rows with an empty or missing label"))
+        raise DataError(f"{where}: " + listing(missing, "rows with an empty or missing label"))
     raw = [str(v).strip() for _, v in values]
     distinct = sorted(set(raw))
     if positive:
@@ -481,10 +417,6 @@ def score_variants(
     Returns a :class:`VariantResults`. Raises DataError (listing rows) on unknown chromosomes, positions
     outside the FASTA, reference alleles that do not match, and malformed input.
     """
-    import time
-
-    from dnalm.eval.metrics import progress as bar
-
     t0 = time.perf_counter()
     fasta = Path(fasta)
     if isinstance(variants, (str, Path)):
@@ -577,97 +509,4 @@ def _plan(v: Variant, rec: RefRecord, w: int) -> dict[str, Any]:
     }
 
 
-def direct_delta(model: Any, ref_seq: str, alt_seq: str) -> float:
-    """LL(alt) - LL(ref) by two independent passes of ``model.score`` (a check on the batched path)."""
-    return float(model.score(alt_seq, reduce="sum") - model.score(ref_seq, reduce="sum"))
-
-
 # ------------------------------------------------------------------------------------------ command
-
-
-def _default_out(path: str | Path, suffix: str) -> Path:
-    name = Path(path).name if is_regular_file(path) else "variants"  # stdin or a pipe: no useful name
-    for ext in (".gz", ".vcf", ".tsv", ".csv", ".txt"):
-        name = name.removesuffix(ext)
-    return Path(f"{name}{suffix}")
-
-
-def score_variants_command(
-    model_path: str, fasta: str, variants: str, *, out: str | None = None, window: int | None = None,
-    rc_average: bool = False, fasta_offset: int | None = None, pos_column: str | None = None,
-    indels: bool = False, label_column: str | None = None, positive: Sequence[str] | None = None,
-    baseline_columns: Sequence[str] = (), plot: str | None = None, batch_size: int = 8,
-    device: str = "cpu", progress: bool = True,
-) -> str:
-    """``dnalm score-variants``: score, write the TSV (and ROC plot with labels), return a summary."""
-    import dnalm
-    from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot
-    from dnalm.outputs import check_output, output_group
-
-    # inputs and outputs are checked before the model is loaded: a mistake costs no model time
-    vlist, columns = read_variants(variants, allow_indels=indels, pos_column=pos_column)
-    for c in ([label_column] if label_column is not None else []) + list(baseline_columns):
-        if not any(c in v.fields for v in vlist):
-            raise DataError(
-                f"{display_name(variants)}: no column {c!r} (columns: {', '.join(vlist[0].fields) or 'none'})"
-            )
-    y = None
-    if label_column is not None:  # check the labels before spending time on the model
-        y = binary_labels([(v.row, v.fields.get(label_column)) for v in vlist], label_column, positive,
-                          display_name(variants))
-    out_path = check_output(Path(out) if out else _default_out(variants, ".scores.tsv"), "file", "output TSV")
-    if label_column is not None:
-        check_output(Path(plot) if plot else out_path.with_suffix(".roc.png"), "file", "ROC plot")
-    model = dnalm.load(model_path, device=device)
-    res = score_variants(model, fasta, vlist, window=window, rc_average=rc_average, fasta_offset=fasta_offset,
-                         pos_column=pos_column, allow_indels=indels, batch_size=batch_size, progress=progress,
-                         source=str(variants))
-    res.columns = columns
-    res.notes.append("columns used: " + ", ".join(f"{k}={v}" for k, v in columns.items()))
-    extra = [label_column] if label_column else []
-    for r in res.rows:
-        if label_column:
-            r[label_column] = r["_fields"].get(label_column)
-        for b in baseline_columns:
-            r[b] = r["_fields"].get(b)
-    with output_group():  # the TSV and the ROC plot appear together, or neither
-        res.write_tsv(out_path, extra + [b for b in baseline_columns if b not in extra])
-        lines = [
-            f"scored {len(res.rows)} variants ({res.n_windows_scored} distinct windows, {res.notes[0]}) "
-            f"in {res.seconds:.1f} s = {len(res.rows) / max(res.seconds, 1e-9):.2f} variants/s -> {out_path}",
-        ]
-        if y is not None:
-            score = -np.array([r["delta_sum"] for r in res.rows])
-            try:
-                a = auroc(y, score)
-                lo, hi = auroc_ci(y, score)
-            except MetricError as e:
-                raise DataError(f"{display_name(variants)}: label column {label_column!r}: {e}") from None
-            pos_name = ",".join(positive) if positive else "1"
-            lines.append(f"AUROC ({label_column} = {pos_name} vs the rest, score -delta_sum): {a:.4f} "
-                         f"(95% bootstrap CI {lo:.3f}-{hi:.3f}; {int(y.sum())} positive, {int(len(y) - y.sum())} negative)")
-            curves = {"model (-delta)": (y, score)}
-            for b in baseline_columns:
-                vals = np.array([_float_or_nan(r["_fields"].get(b)) for r in res.rows])
-                ok = np.isfinite(vals)
-                if ok.sum() < len(vals):
-                    lines.append(f"baseline {b}: {int((~ok).sum())} rows without a number are left out of its AUROC")
-                try:
-                    ab = auroc(y[ok], vals[ok])
-                except MetricError as e:
-                    lines.append(f"baseline {b}: {e}")
-                    continue
-                lines.append(f"baseline AUROC of {b} (higher = more damaging): {ab:.4f}")
-                if ok.all():
-                    curves[b] = (y, vals)
-            plot_path = Path(plot) if plot else out_path.with_suffix(".roc.png")
-            save_roc_plot(plot_path, curves, title=f"{display_name(variants)}: {label_column}")
-            lines.append(f"ROC plot -> {plot_path}")
-    return "\n".join(lines)
-
-
-def _float_or_nan(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")

@@ -16,11 +16,16 @@ disables autograd: generation loops wrap them in ``torch.inference_mode()``.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dnalm.config import ConfigError
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0, interp: float = 1.0) -> torch.Tensor:
@@ -163,3 +168,28 @@ class CausalSelfAttention(nn.Module):
         k_all, v_all = cache.append(k, v)  # (B, H, n, hd): every cached position is in the past
         y = F.scaled_dot_product_attention(q, k_all, v_all)  # (B, H, 1, hd)
         return self._merge(y)[:, 0], cache
+
+
+# --------------------------------------------------------------------------------- context extension
+
+
+def extend_context(config: Any, new_len: int, base_len: int = 8192) -> Any:
+    """The config for a context-extension stage at ``new_len`` (the Evo 2 recipe, Brixi et al. 2025).
+
+    Sets ``max_len = new_len``, linear position interpolation ``rope_interp = new_len / base_len`` and
+    ``rope_base = base * 10 ** log2(new_len / base_len)`` where ``base`` is the RoPE base at ``base_len``
+    (1M from 8K: factor 128, base 1e4 -> 1e11). The base is recovered from the config's current
+    ``rope_interp``, so stages compose: extending an extended config gives the same result as extending
+    the original (this holds for any config made by this function or still at its base length). Returns
+    a new config; the input is not modified.
+    """
+    for name in ("rope_base", "rope_interp", "max_len"):
+        if not hasattr(config, name):
+            raise ConfigError(f"{type(config).__name__} has no {name}; context extension needs RoPE fields")
+    if base_len <= 0 or new_len < base_len:
+        raise ConfigError(f"context extension needs new_len >= base_len > 0 (got new_len={new_len}, base_len={base_len})")
+    factor = new_len / base_len
+    base0 = config.rope_base / 10 ** math.log2(config.rope_interp)
+    return dataclasses.replace(
+        config, max_len=int(new_len), rope_interp=factor, rope_base=base0 * 10 ** math.log2(factor)
+    )

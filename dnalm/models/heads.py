@@ -1,7 +1,7 @@
 """Task heads on a DNA language model (backbone + head, gReLU style): pooling, a classification head,
 learned soft prompts, and the ``SequenceClassifier`` that joins them with a ``DNALM``.
 
-Padding and pooling (SPEC section 7, pitfall 4). Our backbones take no attention mask, so a pad token
+Padding and pooling (docs/architectures.md §7, §7.4). Our backbones take no attention mask, so a pad token
 *before* a real token would change that token's hidden state (a causal convolution or attention sees it).
 Batches are therefore padded on the **right**: in a causal model nothing after a token can affect it, so
 every real token's hidden state is exactly what it would be without padding. Pooling then reads only
@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from dnalm.tokenizer import BOS, UNK, A, T
 
 Pool = Literal["mean", "last"]
 
@@ -45,8 +47,6 @@ def count_hidden_states(lm: nn.Module) -> int:
 
     Asked of the model with one short forward pass, because families differ (a dnaHNet reports its
     stage taps, not one state per layer)."""
-    from dnalm.tokenizer import A, BOS
-
     was = lm.training
     lm.eval()
     try:
@@ -126,7 +126,6 @@ class SequenceClassifier(nn.Module):
             raise ValueError(
                 f"layer {layer} out of range: the model has {self.n_states} hidden states (0..{self.n_states - 1})"
             )
-        from dnalm.tokenizer import A, T
 
         emb = lm.embed.weight[A : T + 1]  # the base rows
         self.prompt = SoftPrompt(soft_prompt, lm.config.d_model, emb, seed) if soft_prompt else None
@@ -158,7 +157,6 @@ class SequenceClassifier(nn.Module):
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D) over the bases (not [BOS], padding or prompt positions)."""
         h = self.hidden(input_ids)  # (B, n + L, D)
-        from dnalm.tokenizer import UNK
 
         real = attention_mask & (input_ids >= UNK)  # (B, L) bases only
         if self.n_prompt:

@@ -1,7 +1,7 @@
 """dnaHNet: a tokenizer-free hierarchy with learned dynamic chunking (H-Net) on Mamba-2 and attention.
 
 One *stage* reads a sequence, decides where chunks start, runs a deeper network on the chunks only,
-and returns to its own resolution (SPEC section 5):
+and returns to its own resolution (docs/architectures.md §5):
 
     x (B, L, d_s) -> encoder -> h
     router:    p_t = ½(1 - cos(Wq h_t, Wk h_{t-1})), p_0 = 1;  b_t = p_t > 0.5    (Wq = Wk = I at init)
@@ -33,16 +33,118 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
+from dnalm.config import ConfigError, _positive, _round_up
+from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
 from dnalm.models.mamba2 import Mamba2Block, ssd_chunked
+from dnalm.models.spec import (
+    ActivationShape,
+    BackboneOutput,
+    FlopTerms,
+    LayerSpec,
+    ModelSpec,
+    attention_block_params,
+    attention_layer_flops,
+    gated_mlp_flops,
+    layer_params_estimate,
+    ssd_flops,
+)
+from dnalm.models.transformer import TransformerBlock
 
 _LAYOUT = re.compile(r"([mt])(\d+)")
+
+
+@dataclass
+class HNetConfig:
+    """dnaHNet (docs/architectures.md §5): H-Net dynamic chunking over nucleotides; see dnalm/models/hnet.py.
+
+    The hierarchy has ``len(target_ratios)`` stages. Stage s runs ``encoder_layout[s]`` at width
+    ``widths[s]``, chunks with target ratio ``target_ratios[s]``, hands the chunks to stage s+1 and
+    decodes with ``decoder_layout[s]``; the innermost level runs ``main_layout``. Widths:
+    ``d_model`` at the nucleotide level, then ``inner_d_model`` (one per stage, the last is the main
+    network's), never shrinking. Layouts are strings like "t1m4" (m = Mamba-2 block, t = attention block).
+    """
+
+    family: Literal["hnet"] = "hnet"
+    d_model: int = 64  # nucleotide-level width (the embedding width)
+    inner_d_model: list[int] = field(default_factory=lambda: [96, 128])  # widths of stage 1.. and the main network
+    target_ratios: list[float] = field(default_factory=lambda: [3.0, 2.0])  # N per stage; (3,2) as in the paper
+    encoder_layout: list[str] = field(default_factory=lambda: ["t1m4", "t1m4"])  # per stage
+    decoder_layout: list[str] = field(default_factory=lambda: ["m4t1", "m4t1"])  # per stage
+    main_layout: str = "t2"
+    attn_head_dim: int = 32  # attention heads = width // attn_head_dim
+    d_state: int = 128  # Mamba-2
+    mamba_expand: int = 2
+    mamba_d_conv: int = 4
+    mamba_headdim: int = 64
+    ssd_chunk_size: int = 256
+    ratio_loss_alpha: float = 0.03  # total loss = NLL + alpha * sum of per-stage ratio losses
+    max_len: int = 1026
+    vocab_size: int = 16
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "attn_head_dim", "d_state", "mamba_expand", "mamba_d_conv", "mamba_headdim")
+        _positive(self, "ssd_chunk_size", "max_len", "vocab_size", "rope_base")
+        S = len(self.target_ratios)
+        if S < 1:
+            raise ConfigError("model.target_ratios needs one ratio per stage (at least one stage)")
+        for name in ("inner_d_model", "encoder_layout", "decoder_layout"):
+            if len(getattr(self, name)) != S:
+                raise ConfigError(
+                    f"model.{name} has {len(getattr(self, name))} entries but model.target_ratios has {S} (one per stage)"
+                )
+        for i, r in enumerate(self.target_ratios):
+            if not r > 1:
+                raise ConfigError(f"model.target_ratios[{i}] must be > 1 (got {r})")
+        if self.ratio_loss_alpha < 0:
+            raise ConfigError(f"model.ratio_loss_alpha must be >= 0 (got {self.ratio_loss_alpha})")
+        if self.attn_head_dim % 2:
+            raise ConfigError(f"model.attn_head_dim must be even for RoPE (got {self.attn_head_dim})")
+        widths = self.widths
+        for i in range(1, len(widths)):
+            if widths[i] < widths[i - 1]:
+                raise ConfigError(f"model.inner_d_model must never shrink (widths by level: {widths})")
+        levels = [(f"encoder_layout[{s}]", self.encoder_layout[s], widths[s]) for s in range(S)]
+        levels += [(f"decoder_layout[{s}]", self.decoder_layout[s], widths[s]) for s in range(S)]
+        levels.append(("main_layout", self.main_layout, widths[S]))
+        for name, layout, d in levels:
+            s = str(layout).replace(" ", "").lower()
+            if not s or re.sub(r"[mt]\d+", "", s):
+                raise ConfigError(f"model.{name} is {layout!r}; expected groups like 'm4t1' (m = Mamba-2, t = attention)")
+            if "t" in s and d % self.attn_head_dim:
+                raise ConfigError(f"model.{name}: width {d} is not a multiple of attn_head_dim ({self.attn_head_dim})")
+            if "m" in s and (self.mamba_expand * d) % self.mamba_headdim:
+                raise ConfigError(
+                    f"model.{name}: mamba_expand * width ({self.mamba_expand * d}) is not a multiple of "
+                    f"mamba_headdim ({self.mamba_headdim})"
+                )
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.target_ratios)
+
+    @property
+    def widths(self) -> list[int]:
+        """Width per level: nucleotides, stage 1, ..., main network."""
+        return [self.d_model] + list(self.inner_d_model)
+
+    @property
+    def n_layers_total(self) -> int:
+        """All layers on the path nucleotides -> main -> nucleotides (the GPT-2 init depth)."""
+        layouts = list(self.encoder_layout) + list(self.decoder_layout) + [self.main_layout]
+        return sum(int(n) for s in layouts for n in re.findall(r"\d+", s))
+
+    def attn_mlp_hidden(self, d: int) -> int:
+        """SwiGLU width of the attention blocks at width d: 8/3 d rounded up to a multiple of 64."""
+        return _round_up(8 * d / 3, 64)
 
 
 def parse_layout(layout: str) -> list[str]:
@@ -57,8 +159,6 @@ def parse_layout(layout: str) -> list[str]:
 
 
 def _attention_block(d: int, config: Any) -> nn.Module:
-    from dnalm.models.transformer import TransformerBlock
-
     return TransformerBlock(
         d_model=d,
         n_head=d // config.attn_head_dim,
@@ -116,10 +216,6 @@ class Stack(nn.Module):
 
 class Router(nn.Module):
     """Boundary probability from the cosine between adjacent encoder states (Wq, Wk start as identity)."""
-
-    # the cosine does not see the scale of Wq, Wk: weight decay would only shrink them, which raises the
-    # effective step size of the optimizer on them (dnalm.train.optim reads this flag)
-    no_weight_decay = True
 
     def __init__(self, d: int):
         super().__init__()
@@ -401,3 +497,148 @@ def nucleotide_boundaries(routes: list[StageRoute], length: int) -> list[torch.T
         m.scatter_add_(1, r.position, r.boundary.long())  # padded slots add 0 wherever they point
         out.append(m > 0)
     return out
+
+
+# ------------------------------------------------------------------------------------------ the spec
+
+
+def count_params(cfg: HNetConfig) -> int:
+    """Backbone + final RMSNorm parameters (the shell adds the embedding and an untied head)."""
+
+    def stack(layout: str, d: int, final_norm: bool) -> int:
+        n = d if final_norm else 0
+        for kind in parse_layout(layout):
+            if kind == "t":
+                n += 2 * d + attention_block_params(d, bias=False) + 3 * d * cfg.attn_mlp_hidden(d)
+            else:
+                E, N = cfg.mamba_expand * d, cfg.d_state
+                H, conv = E // cfg.mamba_headdim, E + 2 * N
+                n += d + d * (2 * E + 2 * N + H) + conv * (cfg.mamba_d_conv + 1) + 3 * H + E + E * d
+        return n
+
+    widths, S = cfg.widths, cfg.n_stages
+    total = 0
+    for level in range(S + 1):
+        d = widths[level]
+        total += d - widths[level - 1] if level > 0 and d > widths[level - 1] else 0  # width pad vector
+        if level == S:
+            total += stack(cfg.main_layout, d, True)
+        else:
+            total += stack(cfg.encoder_layout[level], d, True) + stack(cfg.decoder_layout[level], d, level > 0)
+            total += 2 * d * d + d * d  # router q/k, residual_proj
+    return total + cfg.d_model  # final RMSNorm of the shell
+
+
+def flops(
+    cfg: HNetConfig, L: int, B: int, causal_savings: bool = False, stage_lengths: list[float] | None = None
+) -> FlopTerms:
+    """Per level, encoder + router + residual projection + decoder, EMA dechunking; main network innermost.
+    Level s sees L_s positions (default L / product of the target ratios before it; pass the measured
+    ``stage_lengths`` for an exact count of a given input). Terms are per nucleotide token."""
+    out = FlopTerms()
+    widths, S = cfg.widths, cfg.n_stages
+    if stage_lengths is None:
+        stage_lengths = [float(L)]
+        for r in cfg.target_ratios:
+            stage_lengths.append(stage_lengths[-1] / r)
+    if len(stage_lengths) != S + 1:
+        raise ValueError(f"stage_lengths needs {S + 1} entries (nucleotides, then each stage), got {len(stage_lengths)}")
+
+    def stack(layout: str, level: int) -> None:
+        d, Ls = widths[level], max(float(stage_lengths[level]), 1.0)
+        share = Ls / L  # positions at this level per nucleotide
+        for kind in parse_layout(layout):
+            if kind == "t":
+                out.layer_kinds.append("attention")
+                attention_layer_flops(out, d, Ls, causal_savings, share)
+                out.add("mlp", share * gated_mlp_flops(d, cfg.attn_mlp_hidden(d)))
+            else:
+                out.layer_kinds.append("mamba")
+                E, N = cfg.mamba_expand * d, cfg.d_state
+                H = E // cfg.mamba_headdim
+                out.add("mamba_in_proj", share * 2 * d * (2 * E + 2 * N + H))
+                out.add("mamba_conv", share * 2 * cfg.mamba_d_conv * (E + 2 * N))
+                out.add("ssd_scan", share * ssd_flops(int(round(Ls)), cfg.ssd_chunk_size, E, N))
+                out.add("mamba_out_proj", share * 2 * E * d)
+
+    for level in range(S):
+        d, share = widths[level], stage_lengths[level] / L
+        stack(cfg.encoder_layout[level], level)
+        out.add("router", share * 4 * d * d)  # q_proj and k_proj
+        out.add("residual_proj", share * 2 * d * d)
+        M = max(float(stage_lengths[level + 1]), 1.0)  # chunks, smoothed at this level's width
+        out.add("dechunk_ema", (M / L) * ssd_flops(int(round(M)), cfg.ssd_chunk_size, d, 1))
+        stack(cfg.decoder_layout[level], level)
+    stack(cfg.main_layout, S)
+    out.add("logits", 2 * cfg.d_model * cfg.vocab_size)
+    return out
+
+
+def activations(cfg: HNetConfig) -> ActivationShape:
+    """dnaHNet blocks level by level, each seeing 1 / (product of the target ratios so far) positions."""
+    widths, S = cfg.widths, cfg.n_stages
+    mamba = (cfg.d_state, cfg.mamba_headdim, cfg.ssd_chunk_size, cfg.mamba_expand)
+    share, layers = 1.0, []
+
+    def stack(layout: str, level: int) -> None:
+        d = widths[level]
+        for kind in parse_layout(layout):
+            if kind == "t":
+                layers.append(LayerSpec("attention", width=d, mlp_hidden=cfg.attn_mlp_hidden(d), share=share))
+            else:
+                layers.append(LayerSpec("mamba", width=d, share=share, mamba=mamba, mlp_saved=0))
+
+    for level in range(S + 1):
+        if level == S:
+            stack(cfg.main_layout, level)
+            break
+        stack(cfg.encoder_layout[level], level)
+        ratio = 1.0 / cfg.target_ratios[level]
+        spec = LayerSpec("routing", width=widths[level], share=share, mlp_saved=0)
+        spec.chunk, spec.next_share = cfg.ssd_chunk_size, ratio
+        layers.append(spec)
+        stack(cfg.decoder_layout[level], level)
+        share *= ratio
+    d_max = max(widths)
+    return ActivationShape(
+        layers=layers,
+        n_layer=sum(1 for spec in layers if spec.kind != "routing"),
+        mlp_hidden=cfg.attn_mlp_hidden(cfg.d_model),
+        mlp_gated=True,
+        largest_layer_params=layer_params_estimate(d_max, cfg.attn_mlp_hidden(d_max), True),
+        note="stages at their target ratios",
+    )
+
+
+# ---- presets: 2-stage hierarchies named by their target ratios, (3,2) and (2,2); each stage's encoder/decoder
+# is 1 attention + 4 Mamba-2 blocks as in the dnaHNet paper. CPU-sized: nucleotide width 32, stage-1 width 64,
+# a 3-block Transformer main network at width 128 (~1.1M parameters), Mamba-2 with d_state 32 and SSD chunks
+# of 32 (the paper-scale models use d_state 128 and chunks of 256).
+
+
+def _dnahnet_tiny(ratios: list[float]):
+    inner = [64, 128] if len(ratios) == 2 else [128]
+    return lambda: HNetConfig(
+        d_model=32, inner_d_model=list(inner), target_ratios=list(ratios),
+        encoder_layout=["t1m4"] * len(ratios), decoder_layout=["m4t1"] * len(ratios),
+        main_layout="t3", attn_head_dim=32, d_state=32, mamba_headdim=32, ssd_chunk_size=32, max_len=1026,
+    )  # fmt: skip
+
+
+SPEC = ModelSpec(
+    family="hnet",
+    config=HNetConfig,
+    backbone=HNetBackbone,
+    final_norm=lambda cfg: nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps),
+    count_params=count_params,
+    flops=flops,
+    activations=activations,
+    # the router's cosine does not see the scale of Wq, Wk: weight decay would only shrink them, which raises
+    # the optimizer's effective step size on them
+    no_weight_decay=lambda name: ".router." in f".{name}",
+    presets={
+        "dnahnet-tiny-32": _dnahnet_tiny([3.0, 2.0]),
+        "dnahnet-tiny-22": _dnahnet_tiny([2.0, 2.0]),
+        "dnahnet-tiny-3": _dnahnet_tiny([3.0]),  # 1-stage
+    },
+)

@@ -1,4 +1,4 @@
-"""HyenaDNA: the Hyena operator (implicit long convolutions) and its pre-norm block (SPEC section 1).
+"""HyenaDNA: the Hyena operator (implicit long convolutions) and its pre-norm block (docs/architectures.md §1).
 
 Read top to bottom: positional features -> implicit filter MLP -> exponential window (together the
 ``HyenaFilter``, which yields one causal filter per channel) -> ``HyenaOperator`` (projection, short
@@ -27,18 +27,66 @@ under ``hyena.backbone.``), so importing one is a key rename:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.config import HyenaConfig
-from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
+from dnalm.config import ConfigError, _positive
+from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
+from dnalm.models.spec import (
+    ActivationShape,
+    BackboneOutput,
+    FlopTerms,
+    LayerSpec,
+    ModelSpec,
+    fft_conv_flops,
+    layer_params_estimate,
+)
 from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft
 
 # The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
 # at 1M tokens and width 256 one entry would take 2 GB.
 FILTER_CACHE_MAX_BYTES = 128 * 2**20
+
+
+@dataclass
+class HyenaConfig:
+    """HyenaDNA (docs/architectures.md §1): Hyena operator blocks with implicit long filters."""
+
+    family: Literal["hyena"] = "hyena"
+    n_layer: int = 2
+    d_model: int = 128
+    l_max: int = 1026  # filter table length; time is normalised to l_max (train length + 2)
+    vocab_size: int = 16
+    order: int = 2  # Hyena order N: N-1 long convolutions, N+1 projections
+    filter_order: int = 64  # width of the implicit filter MLP
+    emb_dim: int = 5  # positional features: t plus (emb_dim-1)/2 cos/sin bands
+    num_inner_mlps: int = 2
+    activation_freq: float = 10.0
+    modulation_shift: float = 0.05
+    short_filter_order: int = 3
+    d_inner: int | None = None  # MLP width; None means 4 * d_model
+    ln_eps: float = 1e-5  # final LayerNorm
+    block_ln_eps: float = 1e-5  # LayerNorms inside blocks (HyenaDNA hard-codes 1e-5)
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_inner is None:
+            self.d_inner = 4 * self.d_model
+        _positive(self, "n_layer", "d_model", "l_max", "vocab_size", "filter_order", "emb_dim", "d_inner")
+        if self.order < 2:
+            raise ConfigError(f"model.order must be >= 2 (got {self.order})")
+        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
+            raise ConfigError(f"model.emb_dim must be odd and >= 3 (got {self.emb_dim})")
+
+    @property
+    def max_len(self) -> int:
+        """Longest input the model accepts (the filter table length)."""
+        return self.l_max
 
 
 class PositionalEmbedding(nn.Module):
@@ -106,8 +154,6 @@ class HyenaFilter(nn.Module):
     """The implicit long filters of one operator: ``channels`` = (order-1) * d_model filters of length <= l_max,
     plus the per-channel skip ``bias`` (the "D" term: y = h * u + bias * u)."""
 
-    no_weight_decay = True  # filter MLP parameters get no weight decay (SPEC section 1)
-
     def __init__(self, config: HyenaConfig, channels: int):
         super().__init__()
         self.l_max = config.l_max
@@ -138,6 +184,11 @@ class HyenaOperator(nn.Module):
     Order 2 (HyenaDNA): x0, x1, v = split(short_conv(in_proj(u)));
     y = out_proj(x0 * (h * (x1 v) + bias * (x1 v))). For N > 2 the extra gates x_{N-1}, ..., x_1 are
     applied in that order, gate k using filter bank k (channels k*D .. (k+1)*D) of the filter MLP.
+
+    The stages are methods so that other schedules of the same computation (the memory-lean long-context
+    pass in ``dnalm.eval.longcontext``, context parallelism in ``dnalm.train.distributed``) compose them
+    instead of re-deriving the math: :meth:`short_conv` (after ``in_proj``), :meth:`long_conv` (one gate
+    round's filter bank, optionally a slice of its channels) and :meth:`output`.
     """
 
     def __init__(self, config: HyenaConfig):
@@ -176,24 +227,48 @@ class HyenaOperator(nn.Module):
         self._fft_cache = None  # training changes the weights; free the memory
         return super().train(mode)
 
+    # ---- the stages
+
+    def short_conv(self, z: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """The depthwise causal short convolution of ``z = in_proj(u)`` laid out (B, (N+1)D, L).
+
+        ``history`` (B, (N+1)D, k-1) holds the k-1 inputs before z's first position (zeros by default, as at
+        a sequence start). conv1d's last tap multiplies the current position, as the reference's
+        nn.Conv1d does. Returns (B, (N+1)D, L); split it into x0, gates..., v with ``split(D, dim=1)``.
+        """
+        if history is None:  # padded k-1 on both sides, first L outputs kept: causal (as the reference does)
+            return self.short_filter(z)[..., : z.shape[-1]]
+        w, b = self.short_filter.weight, self.short_filter.bias
+        return F.conv1d(torch.cat([history, z], dim=-1), w, b, groups=z.shape[1])  # no padding: the history is it
+
+    def long_conv(
+        self, v: torch.Tensor, bank: int, h: torch.Tensor | None, channels: slice = slice(None), h_fft=None
+    ) -> torch.Tensor:
+        """Gate round ``bank``'s long convolution ``h * v + bias * v`` of v (B, c, L), c = the ``channels``
+        of d_model it holds (all by default). ``h`` is the full filter table ``long_filter(L')`` (L' >= L;
+        longer filters are cut), or ``h_fft`` its cached transform (see ``_filter_fft``)."""
+        D = self.d_model
+        lo, hi, _ = channels.indices(D)
+        ch = slice(bank * D + lo, bank * D + hi)
+        bias = self.filter_fn.bias[ch]
+        if h_fft is not None:
+            return fft_long_conv(v, None, bias, h_fft=h_fft[ch])
+        return fft_long_conv(v, h[ch], bias)  # (B, c, L), float32 inside
+
+    def output(self, x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The final gate and projection: x0, v (B, D, L) -> out_proj(x0 * v) (B, L, D)."""
+        return self.out_proj((x0 * v).transpose(1, 2))
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, D) -> (B, L, D)."""
         L, D = u.shape[1], self.d_model
-        z = self.in_proj(u).transpose(1, 2)  # (B, (N+1)D, L)
-        z = self.short_filter(z)[..., :L]  # (B, (N+1)D, L), causal
+        z = self.short_conv(self.in_proj(u).transpose(1, 2))  # (B, (N+1)D, L), causal
         x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
         h_fft = self._filter_fft(L)  # (C, n//2+1) or None
         h = self.long_filter(L) if h_fft is None else None  # (C, L)
-        bias = self.filter_fn.bias
         for o, x_i in enumerate(reversed(gates)):  # order 2: just x1
-            ch = slice(o * D, (o + 1) * D)
-            v = self.dropout(v * x_i)  # (B, D, L)
-            if h_fft is None:
-                v = fft_long_conv(v, h[ch], bias[ch])  # (B, D, L)
-            else:
-                v = fft_long_conv(v, None, bias[ch], h_fft=h_fft[ch])  # (B, D, L)
-        y = (x0 * v).transpose(1, 2)  # (B, L, D)
-        return self.out_proj(y)
+            v = self.long_conv(self.dropout(v * x_i), o, h, h_fft=h_fft)  # (B, D, L)
+        return self.output(x0, v)
 
     # ---- generation (dnalm.generation). The implicit filter is used as what it is, an explicit FIR as long
     # as the sequence: the state keeps every past long-conv input (B, D, capacity) per gate plus the filter
@@ -203,22 +278,19 @@ class HyenaOperator(nn.Module):
         """Forward over a prompt u (B, L, D); returns (y (B, L, D), the generation state)."""
         B, L, D = u.shape[0], u.shape[1], self.d_model
         z_pre = self.in_proj(u).transpose(1, 2)  # (B, (N+1)D, L)
-        z = self.short_filter(z_pre)[..., :L]  # (B, (N+1)D, L)
-        x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
+        x0, *gates, v = self.short_conv(z_pre).split(D, dim=1)  # each (B, D, L)
         cap = min(L + 256, self.filter_fn.l_max)
         h = self.long_filter(cap)  # (C, cap) float32
-        bias = self.filter_fn.bias
         hist = []
         for o, x_i in enumerate(reversed(gates)):
-            ch = slice(o * D, (o + 1) * D)
             v = v * x_i  # (B, D, L): the long-conv input, kept for the steps
             hist.append(torch.cat([v.float(), v.new_zeros(B, D, cap - L, dtype=torch.float32)], dim=-1))
-            v = fft_long_conv(v, h[ch, :L], bias[ch])  # (B, D, L)
+            v = self.long_conv(v, o, h)  # (B, D, L)
         k = self.short_filter.kernel_size[0]
         padded = F.pad(z_pre, (max(0, k - 1 - L), 0))  # zeros before the prompt, as the causal conv sees
         fir = padded[..., padded.shape[-1] - (k - 1) :].clone()  # (B, (N+1)D, k-1): the last k-1 inputs
         state = {"fir": fir, "hist": hist, "h": h, "t": L}
-        return self.out_proj((x0 * v).transpose(1, 2)), state
+        return self.output(x0, v), state
 
     def step(self, u_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """One token u_t (B, D) at position state["t"] -> (y_t (B, D), state updated in place)."""
@@ -241,7 +313,7 @@ class HyenaOperator(nn.Module):
             taps = state["h"][ch, : t + 1].flip(-1)  # (D, t+1): lag t ... lag 0, aligned with positions 0 ... t
             v = (hist[..., : t + 1] * taps).sum(-1) + bias[ch].float() * v.float()  # (B, D)
         state["t"] = t + 1
-        return self.out_proj((x0 * v).to(x0.dtype)), state
+        return self.output(x0[..., None], v.to(x0.dtype)[..., None])[:, 0], state
 
 
 class Mlp(nn.Module):
@@ -322,3 +394,80 @@ class HyenaBackbone(nn.Module):
     def step(self, x_t: torch.Tensor, states: list[dict]) -> tuple[torch.Tensor, list[dict]]:
         """One token x_t (B, D) -> (hidden (B, D), states updated in place)."""
         return step_layers(self.layers, x_t, states)
+
+
+# ------------------------------------------------------------------------------------------ the spec
+
+
+def count_params(cfg: HyenaConfig) -> int:
+    """Backbone + final LayerNorm parameters (the shell adds the embedding and an untied head)."""
+    d, N, fo, e = cfg.d_model, cfg.order, cfg.filter_order, cfg.emb_dim
+    k = cfg.short_filter_order
+    filt = (e * fo + fo) + fo + cfg.num_inner_mlps * (fo * fo + fo) + fo * d * (N - 1)  # MLP, sin freq, head
+    mixer = (d * (N + 1) * d + (N + 1) * d) + (N + 1) * d * (k + 1) + filt + d * (N - 1) + (d * d + d)
+    mlp = d * cfg.d_inner + cfg.d_inner + cfg.d_inner * d + d
+    layer = 2 * d + mixer + 2 * d + mlp  # two LayerNorms (weight + bias)
+    return cfg.n_layer * layer + 2 * d  # final LayerNorm
+
+
+def flops(cfg: HyenaConfig, L: int, B: int, causal_savings: bool = False) -> FlopTerms:
+    """Hyena operator of order N, then a GELU MLP, per layer (forward FLOPs per token)."""
+    d, N, fo = cfg.d_model, cfg.order, cfg.filter_order
+    out = FlopTerms()
+    for _ in range(cfg.n_layer):
+        out.layer_kinds.append("long_conv")
+        out.add("in_proj", 2 * d * (N + 1) * d)  # D -> (N+1)D
+        out.add("short_conv", 2 * cfg.short_filter_order * (N + 1) * d)  # depthwise, k taps
+        # implicit filter MLP, evaluated at the first L of l_max positions, once per batch
+        mlp = cfg.emb_dim * fo + cfg.num_inner_mlps * fo * fo + fo * d * (N - 1)
+        out.add("filter_mlp", 2 * mlp / B)
+        out.add_fft(fft_conv_flops(d * (N - 1), L, B))
+        out.add("out_proj", 2 * d * d)
+        out.add("mlp", 4 * d * cfg.d_inner)  # D -> d_inner -> D
+    out.add("logits", 2 * d * cfg.vocab_size)
+    return out
+
+
+def activations(cfg: HyenaConfig) -> ActivationShape:
+    """GELU MLP (2 saved hidden tensors), LayerNorm; the implicit filter MLP saves its hidden layers."""
+    fo = cfg.filter_order
+    filt = 3 * fo * (cfg.num_inner_mlps + 1) + cfg.d_model * (cfg.order - 1)
+    return ActivationShape(
+        layers=[LayerSpec("long_conv", filter_mlp=filt, mlp_saved=2) for _ in range(cfg.n_layer)],
+        n_layer=cfg.n_layer,
+        mlp_hidden=int(cfg.d_inner),
+        mlp_gated=False,
+        largest_layer_params=layer_params_estimate(cfg.d_model, int(cfg.d_inner), False),
+        norm="layer",
+        order=cfg.order,
+    )
+
+
+def _hyenadna(n_layer: int, d_model: int, context: int):
+    """The published HyenaDNA sizes (Nguyen et al. 2023, Table A.1): l_max = context + 2, as the released
+    checkpoints use (room for the tokenizer's two special tokens)."""
+    return lambda: HyenaConfig(n_layer=n_layer, d_model=d_model, l_max=context + 2)
+
+
+SPEC = ModelSpec(
+    family="hyena",
+    config=HyenaConfig,
+    backbone=HyenaBackbone,
+    final_norm=lambda cfg: nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps),
+    count_params=count_params,
+    flops=flops,
+    activations=activations,
+    length_field="l_max",
+    # the implicit filter (its MLP, Sin frequency and skip bias) gets no weight decay, as in HyenaDNA's
+    # training code (the filter's parameters are registered with weight_decay 0)
+    no_weight_decay=lambda name: ".filter_fn." in f".{name}",
+    presets={
+        "hyenadna-tiny-1k": _hyenadna(2, 128, 1024),
+        "hyenadna-tiny-1k-d256": _hyenadna(2, 256, 1024),
+        "hyenadna-small-32k": _hyenadna(4, 256, 32768),
+        "hyenadna-medium-160k": _hyenadna(8, 256, 160000),
+        "hyenadna-medium-450k": _hyenadna(8, 256, 450000),
+        "hyenadna-large-1m": _hyenadna(8, 256, 1_000_000),
+    },
+    formats=("hyenadna-hf",),
+)

@@ -1,39 +1,27 @@
 """The language-model shell every family shares: token embedding -> backbone -> final norm -> LM head.
 
-A family provides a *backbone*: a module that maps embeddings (B, L, D) to hidden states (B, L, D)
-and returns a :class:`BackboneOutput`. The shell adds the embedding, the final norm, the (tied) head,
-the weighted loss, and the user-facing inference methods (``score``).
+A family provides a *backbone* (``dnalm.models.spec.Backbone``): a module that maps embeddings (B, L, D)
+to hidden states (B, L, D) and returns a :class:`BackboneOutput`. The shell adds the embedding, the
+family's final norm, the (tied) head and the weighted loss; the family comes from the config's
+``ModelSpec``. What users do with a model (score, generate, variant effects, embeddings, fine-tuning) is
+in the application layer (``dnalm/eval/``, ``dnalm/generation.py``), offered as ``dnalm.score`` etc.
 
 Hidden states (``output_hidden_states=True``) follow the Hugging Face convention:
 ``[embedding output, after block 0, ..., after the last block, after the final norm]``.
-
-Scoring convention: ``score`` returns the natural-log likelihood of the bases of each sequence.
-Native models prepend [BOS], so every base is scored; a model whose tokenizer does not (an imported
-HyenaDNA checkpoint) cannot score its first base, and says so through ``Tokenizer.prepend_bos``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.tokenizer import PAD, UNK, Tokenizer
-
-
-@dataclass
-class BackboneOutput:
-    """What a family's backbone returns."""
-
-    hidden: torch.Tensor  # (B, L, D), before the final norm
-    hidden_states: list[torch.Tensor] | None = None  # after each block, when requested
-    aux_loss: torch.Tensor | None = None  # added to the LM loss (e.g. H-Net ratio loss)
-    metrics: dict[str, float] = field(default_factory=dict)  # logged by the trainer
+from dnalm.models.spec import BackboneOutput, spec_of
+from dnalm.tokenizer import PAD, Tokenizer
 
 
 @dataclass
@@ -42,22 +30,6 @@ class LMOutput:
     hidden_states: list[torch.Tensor] | None = None
     aux_loss: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def build_backbone(config: Any) -> nn.Module:
-    """The family's backbone for ``config`` (imports only the family that is asked for)."""
-    family = config.family
-    if family == "hyena":
-        from dnalm.models.hyena import HyenaBackbone as cls
-    elif family == "transformer":
-        from dnalm.models.transformer import TransformerBackbone as cls
-    elif family == "striped_hyena":
-        from dnalm.models.striped_hyena import StripedHyenaBackbone as cls
-    elif family == "hnet":
-        from dnalm.models.hnet import HNetBackbone as cls
-    else:
-        raise ValueError(f"unknown model family {family!r}")
-    return cls(config)
 
 
 def prefill_layers(layers: nn.ModuleList, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, list[Any]]:
@@ -94,7 +66,7 @@ def lm_loss(
     """Weighted next-token cross-entropy, renormalised: sum(CE * w) / sum(w) over valid positions.
 
     With ``weights`` None (or all ones) this is the plain mean CE over non-padding targets; with repeat
-    weights (lower case 0.1, otherwise 1) the magnitude stays that of a plain mean (SPEC section 3).
+    weights (lower case 0.1, otherwise 1; Evo's repeat down-weighting) the magnitude stays that of a plain mean.
     """
     ce = F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none", ignore_index=ignore_index
@@ -112,11 +84,9 @@ class DNALM(nn.Module):
         self.config = config
         d, v = config.d_model, config.vocab_size
         self.embed = nn.Embedding(v, d)  # (V, D)
-        self.backbone = build_backbone(config)
-        if config.family == "hyena":
-            self.norm_f = nn.LayerNorm(d, eps=config.ln_eps)
-        else:
-            self.norm_f = nn.RMSNorm(d, eps=getattr(config, "norm_eps", 1e-5))
+        spec = spec_of(config)
+        self.backbone = spec.backbone(config)
+        self.norm_f = spec.final_norm(config)
         self.lm_head = None if config.tie_embeddings else nn.Linear(d, v, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         if self.lm_head is not None:
@@ -146,105 +116,6 @@ class DNALM(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed.weight.numel() if exclude_embeddings else n
 
-    def generate(
-        self,
-        prompt: str | list[str],
-        n_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> str | list[str]:
-        """Sample ``n_tokens`` bases after each prompt (prefill once, then recurrent steps); returns the new
-        bases. See :func:`dnalm.generation.generate` for the options (num_samples, alphabet, use_cache)."""
-        from dnalm.generation import generate
-
-        return generate(self, prompt, n_tokens, temperature, top_k, top_p, seed, **kwargs)
-
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
-
-    @torch.no_grad()
-    def score(
-        self,
-        seqs: list[str] | str,
-        reduce: Literal["sum", "mean", "none"] = "sum",
-        batch_size: int = 8,
-    ) -> np.ndarray | list[np.ndarray]:
-        """Log-likelihood (natural log) of each sequence's bases under the model.
-
-        ``reduce="sum"`` gives the total, ``"mean"`` the per-base mean, ``"none"`` a per-base array for
-        each sequence (the first base is scored only if the tokenizer prepends [BOS]). Batches are
-        right-padded, which leaves a causal model's outputs for the real tokens unchanged.
-        """
-        single = isinstance(seqs, str)
-        seqs = [seqs] if single else list(seqs)
-        was_training = self.training
-        self.eval()
-        tok = Tokenizer(**{**self.tokenizer.to_dict(), "padding_side": "right"})
-        order = np.argsort([-len(s) for s in seqs])
-        results: list[Any] = [None] * len(seqs)
-        try:
-            for start in range(0, len(seqs), batch_size):
-                idx = order[start : start + batch_size]
-                batch = tok.batch([seqs[i] for i in idx], names=[f"sequence {i}" for i in idx])
-                ids = batch["input_ids"].to(self.device)
-                logp = torch.log_softmax(self(ids).logits[:, :-1], dim=-1)  # (B, L-1, V)
-                tgt = ids[:, 1:]
-                ll = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, L-1)
-                scored = batch["attention_mask"][:, 1:].to(self.device) & (tgt >= UNK)  # bases (and [UNK])
-                for row, i in enumerate(idx):
-                    per_base = ll[row][scored[row]].double().cpu().numpy()
-                    if reduce == "sum":
-                        results[i] = per_base.sum()
-                    elif reduce == "mean":
-                        results[i] = per_base.mean() if per_base.size else float("nan")
-                    else:
-                        results[i] = per_base
-        finally:
-            self.train(was_training)
-        if reduce == "none":
-            return results[0] if single else results
-        arr = np.asarray(results, dtype=np.float64)
-        return arr[0] if single else arr
-
-    # ---- applications: thin delegates to dnalm/eval/ (the CLI calls the same functions) ----
-
-    def score_variants(self, fasta: Any, variants: Any, **kwargs: Any) -> Any:
-        """Zero-shot variant effects: delta log-likelihood (alt - ref) of a window centred on each variant;
-        returns a ``VariantResults``. See :func:`dnalm.eval.variants.score_variants` for the options."""
-        from dnalm.eval.variants import score_variants
-
-        return score_variants(self, fasta, variants, **kwargs)
-
-    def embed_sequences(
-        self, seqs: list[str] | list[np.ndarray], layer: int = -1, pool: str = "mean", **kwargs: Any
-    ) -> np.ndarray:
-        """Embeddings (N, D) (or (total bases, D) for ``pool="none"``) from the hidden state at ``layer``;
-        see :func:`dnalm.eval.embed.embed_sequences` (longer than the context: ``crop=`` or ``windows=True``). Not named
-        ``embed``: that attribute is the token-embedding layer."""
-        from dnalm.eval.embed import embed_sequences
-
-        return embed_sequences(self, seqs, layer=layer, pool=pool, **kwargs).array
-
-    def score_essentiality(self, fasta: Any, gff: Any, labels: Any = None, **kwargs: Any) -> dict[str, Any]:
-        """Zero-shot gene essentiality (stop-cassette insertion); see
-        :func:`dnalm.eval.essentiality.score_essentiality`."""
-        from dnalm.eval.essentiality import score_essentiality
-
-        return score_essentiality(self, fasta, gff, labels, **kwargs)
-
-    def score_dms(self, cds: Any, variants: Any, **kwargs: Any) -> dict[str, Any]:
-        """Zero-shot protein fitness from DNA (closest codon change); see :func:`dnalm.eval.dms.score_dms`."""
-        from dnalm.eval.dms import score_dms
-
-        return score_dms(self, cds, variants, **kwargs)
-
-    def finetune(self, train: Any, dev: Any = None, test: Any = None, **kwargs: Any) -> tuple[nn.Module, dict]:
-        """Train a classifier on CSV files (linear probe, ``mode="full"`` or ``soft_prompt=N``) beside a
-        k-mer baseline; returns (SequenceClassifier, report). See :func:`dnalm.eval.finetune.finetune_files`."""
-        from dnalm.eval.finetune import finetune_files
-
-        return finetune_files(self, train, dev, test, **kwargs)

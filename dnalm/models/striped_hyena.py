@@ -1,6 +1,6 @@
 """StripedHyena (Evo) and StripedHyena 2 (Evo 2): gated-convolution Hyena blocks striped with attention.
 
-Every depth holds one pre-norm residual block (SPEC sections 2-3)::
+Every depth holds one pre-norm residual block (docs/architectures.md §2-3)::
 
     x = x + mixer(RMSNorm(x))             mixer: a Hyena operator or RoPE attention
     x = x + GatedMLP(RMSNorm(x))          l3(act(l1 z) * l2 z)
@@ -19,7 +19,7 @@ The Hyena operator is one featurizer followed by a per-kind long convolution::
                                                          grouped; r_g log-spaced over [1e-2, 1e2], a fixed buffer
     "li"     h * u + D * u   (version 2)                 sum_n R[d,n] exp(lambda[d,n] t), lambda = -exp(a) < 0
 
-Filter convention (SPEC pitfall 1): ``h[..., j]`` is the tap for lag j, so h[..., 0] multiplies the current
+Filter convention (docs/architectures.md §7.1): ``h[..., j]`` is the tap for lag j, so h[..., 0] multiplies the current
 input, as in the FFT path. ``F.conv1d`` is a cross-correlation (its LAST weight multiplies the current input),
 so short FIRs are flipped before conv1d and the recurrent FIR step multiplies the newest input by h[0].
 Modal poles, residues, their powers and the FFT run in float32 (complex64) whatever the model dtype.
@@ -47,18 +47,29 @@ published Evo weights would need a permutation to load; no importer is provided.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.config import ConfigError, StripedHyenaConfig
-from dnalm.models.attention import CausalSelfAttention
-from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
+from dnalm.config import ConfigError, _positive, _round_up
+from dnalm.models.attention import CausalSelfAttention, extend_context
+from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
+from dnalm.models.spec import (
+    ActivationShape,
+    BackboneOutput,
+    FlopTerms,
+    LayerSpec,
+    ModelSpec,
+    attention_block_params,
+    attention_layer_flops,
+    fft_conv_flops,
+    gated_mlp_flops,
+    layer_params_estimate,
+)
 from dnalm.ops.fftconv import fft_long_conv
 
 __all__ = [
@@ -67,11 +78,69 @@ __all__ = [
     "HyenaMixer",
     "GatedMLP",
     "HyenaState",
-    "extend_context",
     "modal_filter",
     "modal_state",
     "fir_step",
 ]
+
+
+@dataclass
+class StripedHyenaConfig:
+    """StripedHyena (Evo, ``version`` 1) and StripedHyena 2 (Evo 2, ``version`` 2): docs/architectures.md §2-3.
+
+    ``layers`` names the block at each depth (n_layer names). Version 1: "hyena" (gated convolution with
+    the modal pole/residue long filter) and "attn" (RoPE attention). Version 2: "se" (explicit length
+    ``se_len`` grouped FIR), "mr" (explicit length ``mr_len`` grouped, decay-regularised), "li" (implicit
+    real modal filter, full length) and "attn". Left out, it is derived: version 1 puts attention at
+    every 8th layer from layer 8 (Evo 1 7B: 8, 16, 24), version 2 repeats SE, MR, LI, MHA, SE, MR, LI
+    (Evo 2 7B). See dnalm/models/striped_hyena.py for the blocks.
+    """
+
+    family: Literal["striped_hyena"] = "striped_hyena"
+    version: Literal[1, 2] = 1
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    max_len: int = 1026
+    vocab_size: int = 16
+    layers: list[str] | None = None  # block name per depth; None = the published pattern (see above)
+    mlp_hidden: int | None = None  # gated-MLP width; None means 8/3 * d_model rounded up to a multiple of 64
+    state_size: int | None = None  # modes per channel of modal filters; None = 8 (version 1) or 16 (version 2)
+    short_filter_len: int = 3  # depthwise FIR on the 3D projections
+    se_len: int = 7
+    mr_len: int = 128
+    filter_groups: int | None = None  # SE/MR filter groups; None = d_model // 16 (Evo 2: 256 at d_model 4096)
+    rope_base: float = 10000.0
+    rope_interp: float = 1.0  # linear position interpolation: positions are divided by this
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mlp_hidden is None:
+            self.mlp_hidden = _round_up(8 * self.d_model / 3, 64)
+        if self.state_size is None:
+            self.state_size = 8 if self.version == 1 else 16
+        if self.filter_groups is None:
+            self.filter_groups = max(1, self.d_model // 16)
+        _positive(self, "n_layer", "d_model", "n_head", "max_len", "vocab_size", "mlp_hidden", "state_size")
+        _positive(self, "short_filter_len", "se_len", "mr_len", "filter_groups", "rope_base", "rope_interp")
+        if self.layers is None:
+            if self.version == 1:
+                self.layers = ["attn" if i and i % 8 == 0 else "hyena" for i in range(self.n_layer)]
+            else:
+                self.layers = [("se", "mr", "li", "attn", "se", "mr", "li")[i % 7] for i in range(self.n_layer)]
+        allowed = ("hyena", "attn") if self.version == 1 else ("se", "mr", "li", "attn")
+        if len(self.layers) != self.n_layer:
+            raise ConfigError(f"model.layers has {len(self.layers)} names but model.n_layer is {self.n_layer}")
+        for i, kind in enumerate(self.layers):
+            if kind not in allowed:
+                raise ConfigError(f"model.layers[{i}] is {kind!r}; version {self.version} allows {list(allowed)}")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must split into n_head ({self.n_head}) heads of even size"
+            )
+        if self.d_model % self.filter_groups:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by filter_groups ({self.filter_groups})")
 
 
 # ------------------------------------------------------------------------------------ filter helpers
@@ -100,7 +169,7 @@ def _power_table(log_p: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
     """p^e = exp(log_p * e) for log_p (C, S) and exponents (n,): (C, S, n) in complex64 / float32.
 
     Computed in float64 and rounded once: at t ~ 1e5 a float32 product log_p * t is already off by
-    ~1e-3 rad in phase (SPEC pitfall 3); the tables are small (n ~ sqrt(L)), so this costs nothing.
+    ~1e-3 rad in phase (docs/architectures.md §7.3); the tables are small (n ~ sqrt(L)), so this costs nothing.
     """
     wide = torch.complex128 if log_p.is_complex() else torch.float64
     out = torch.exp(log_p.to(wide)[..., None] * exponents.to(torch.float64))
@@ -134,7 +203,7 @@ def modal_filter(log_p: torch.Tensor, residues: torch.Tensor, L: int) -> torch.T
 def modal_state(u: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     """Modal state after reading u (B, C, L): s[b, c, n] = sum_k p[c, n]^(L-1-k) u[b, c, k], p = exp(log_p).
 
-    This is the convolution of u with p^t read at the last position (SPEC section 2), computed as one
+    This is the convolution of u with p^t read at the last position (docs/architectures.md §2), computed as one
     dot product per (channel, mode). To keep the power tables small at long L, positions are split into
     m chunks of c ~ sqrt(L): k = j*c + i needs p^((m-1-j)*c) * p^(c-1-i), so two contractions with a
     (C, S, c) and a (C, S, m) table suffice. Returns (B, C, S), complex64 if log_p is complex, else float32.
@@ -377,26 +446,139 @@ class StripedHyenaBackbone(nn.Module):
         return step_layers(self.layers, x_t, states)
 
 
-# --------------------------------------------------------------------------------- context extension
+# ------------------------------------------------------------------------------------------ the spec
 
 
-def extend_context(config: Any, new_len: int, base_len: int = 8192) -> Any:
-    """The config for a context-extension stage at ``new_len`` (SPEC section 3, Evo 2).
+def count_params(cfg: StripedHyenaConfig) -> int:
+    """Backbone + final RMSNorm parameters (the shell adds the embedding and an untied head)."""
+    d, S, G, k = cfg.d_model, cfg.state_size, cfg.filter_groups, cfg.short_filter_len
+    v1 = cfg.version == 1
+    total = 0
+    for kind in cfg.layers:
+        layer = 2 * d + 3 * d * cfg.mlp_hidden  # two RMSNorms, gated MLP (no biases)
+        if kind == "attn":
+            layer += attention_block_params(d, bias=v1)
+        else:
+            layer += 3 * d * d + (3 * d if v1 else 0)  # in_proj
+            layer += 3 * d * k + (3 * d if v1 else 0)  # short FIR (+ bias in version 1)
+            layer += d * d + d  # out_proj with bias
+            layer += d if kind in ("hyena", "li", "mr") else 0  # skip D
+            layer += {"hyena": 4 * d * S, "li": 2 * d * S, "se": G * cfg.se_len, "mr": G * cfg.mr_len}[kind]
+        total += layer
+    return total + d  # final RMSNorm
 
-    Sets ``max_len = new_len``, linear position interpolation ``rope_interp = new_len / base_len`` and
-    ``rope_base = base * 10 ** log2(new_len / base_len)`` where ``base`` is the RoPE base at ``base_len``
-    (1M from 8K: factor 128, base 1e4 -> 1e11). The base is recovered from the config's current
-    ``rope_interp``, so stages compose: extending an extended config gives the same result as extending
-    the original (this holds for any config made by this function or still at its base length). Returns
-    a new config; the input is not modified.
-    """
-    for name in ("rope_base", "rope_interp", "max_len"):
-        if not hasattr(config, name):
-            raise ConfigError(f"{type(config).__name__} has no {name}; context extension needs RoPE fields")
-    if base_len <= 0 or new_len < base_len:
-        raise ConfigError(f"context extension needs new_len >= base_len > 0 (got new_len={new_len}, base_len={base_len})")
-    factor = new_len / base_len
-    base0 = config.rope_base / 10 ** math.log2(config.rope_interp)
-    return dataclasses.replace(
-        config, max_len=int(new_len), rope_interp=factor, rope_base=base0 * 10 ** math.log2(factor)
+
+def flops(cfg: StripedHyenaConfig, L: int, B: int, causal_savings: bool = False) -> FlopTerms:
+    """Hyena mixers (modal, SE, MR, LI) striped with RoPE attention; gated MLPs (forward FLOPs per token)."""
+    d, S, k = cfg.d_model, cfg.state_size, cfg.short_filter_len
+    out = FlopTerms()
+    for kind in cfg.layers:
+        if kind == "attn":
+            out.layer_kinds.append("attention")
+            attention_layer_flops(out, d, L, causal_savings)
+        else:
+            out.layer_kinds.append("explicit_conv" if kind == "se" else "long_conv")
+            out.add("in_proj", 6 * d * d)
+            out.add("short_conv", 2 * k * 3 * d)
+            if kind == "se":  # direct depthwise convolution, se_len taps
+                out.add("explicit_conv", 2 * cfg.se_len * d)
+            else:
+                out.add_fft(fft_conv_flops(d, L, B, cfg.mr_len if kind == "mr" else L))
+                if kind in ("hyena", "li"):
+                    # h[c, j*c0 + i] = Re sum_n (R p^(j c0))[n] (p^i)[n]: per channel an (m, S) @ (S, c0)
+                    # product on two sqrt(L) power tables (two real products for complex poles), once per batch
+                    c0 = math.isqrt(max(L - 1, 0)) + 1
+                    m = -(-L // c0)
+                    products = 2 if kind == "hyena" else 1
+                    out.add("modal_filter", products * 2 * d * S * m * c0 / (L * B))
+            out.add("out_proj", 2 * d * d)
+        out.add("mlp", gated_mlp_flops(d, cfg.mlp_hidden))
+    out.add("logits", 2 * d * cfg.vocab_size)
+    return out
+
+
+def activations(cfg: StripedHyenaConfig) -> ActivationShape:
+    layers = []
+    for i, kind in enumerate(cfg.layers):
+        saved = 4 if cfg.version == 1 or i == 0 else 3  # Evo 2: GELU in layer 0, bilinear GLU after
+        if kind == "attn":
+            layers.append(LayerSpec("attention", mlp_saved=saved))
+        elif kind == "se":
+            layers.append(LayerSpec("explicit_conv", mlp_saved=saved))
+        elif kind == "mr":
+            layers.append(LayerSpec("long_conv", filter_len=cfg.mr_len, mlp_saved=saved))
+        else:
+            layers.append(LayerSpec("long_conv", mlp_saved=saved, modal_states=cfg.state_size, modal_complex=kind == "hyena"))
+    return ActivationShape(
+        layers=layers,
+        n_layer=cfg.n_layer,
+        mlp_hidden=int(cfg.mlp_hidden),
+        mlp_gated=True,
+        largest_layer_params=layer_params_estimate(cfg.d_model, int(cfg.mlp_hidden), True),
     )
+
+
+def no_weight_decay(name: str) -> bool:
+    """The long filters' own parameters (modal poles and residues, Hyena-LI rates, SE/MR taps) are filter
+    coefficients, not projections: like HyenaDNA's implicit filters they get no weight decay."""
+    return name.rsplit(".", 1)[-1] in ("poles", "residues", "log_rate", "h", "w") and ".mixer." in name
+
+
+# ---- presets: Evo 1 and Evo 2 as released. Evo 1: togethercomputer/evo-1-8k-base and evo-1-131k-base
+# config.json (32 layers, 4096 wide, 32 heads, attention at 8/16/24, inner_mlp_size 10928, state 8, byte
+# vocabulary 512; the 131k model divides RoPE positions by 16). Evo 2: ArcInstitute/evo2
+# evo2/configs/evo2-{7b,40b}-{8k,1m}.yml (hcs/hcm/hcl/attn layer indices, 256/512 filter groups, state 16).
+# The released 1M files list a wider MLP than the 8k ones (7B: 11264 vs 11008, 40B: 22528 vs 21888); each
+# preset follows its own file. The 1M RoPE (base 1e11, positions / 128) is what
+# ``extend_context(cfg, 2**20)`` gives from a base-1e4 8k config.
+
+
+def _evo1(max_len: int, rope_interp: float):
+    layers = ["attn" if i in (8, 16, 24) else "hyena" for i in range(32)]
+    return lambda: StripedHyenaConfig(
+        version=1, n_layer=32, d_model=4096, n_head=32, max_len=max_len, vocab_size=512, layers=layers,
+        mlp_hidden=10928, state_size=8, rope_base=10000.0, rope_interp=rope_interp,
+    )  # fmt: skip
+
+
+def _evo2(size: str, max_len: int, mlp_hidden: int, rope_base: float, rope_interp: float):
+    n_layer, d_model, n_head, groups = (32, 4096, 32, 256) if size == "7b" else (50, 8192, 64, 512)
+    attn = [3, 10, 17, 24, 31] if size == "7b" else [3, 10, 17, 24, 31, 35, 42, 49]
+    hyena = [i for i in range(n_layer) if i not in attn]  # the rest cycle SE, MR, LI in depth order
+    kinds = {i: ("se", "mr", "li")[j % 3] for j, i in enumerate(hyena)} | {i: "attn" for i in attn}
+    layers = [kinds[i] for i in range(n_layer)]
+    return lambda: StripedHyenaConfig(
+        version=2, n_layer=n_layer, d_model=d_model, n_head=n_head, max_len=max_len, vocab_size=512,
+        layers=layers, mlp_hidden=mlp_hidden, state_size=16, filter_groups=groups, rope_base=rope_base,
+        rope_interp=rope_interp,
+    )  # fmt: skip
+
+
+def _tiny(version: int, layers: list[str], mlp_hidden: int):
+    return lambda: StripedHyenaConfig(
+        version=version, n_layer=len(layers), d_model=128, n_head=4, max_len=1026, layers=list(layers),
+        mlp_hidden=mlp_hidden,
+    )  # fmt: skip
+
+
+SPEC = ModelSpec(
+    family="striped_hyena",
+    config=StripedHyenaConfig,
+    backbone=StripedHyenaBackbone,
+    final_norm=lambda cfg: nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps),
+    count_params=count_params,
+    flops=flops,
+    activations=activations,
+    no_weight_decay=no_weight_decay,
+    extend_context=extend_context,
+    presets={
+        "striped-hyena-tiny": _tiny(1, ["hyena", "attn", "hyena"], 256),  # ~0.5M, for tests and demos
+        "striped-hyena2-tiny": _tiny(2, ["se", "mr", "li", "attn"], 192),  # ~0.57M
+        "evo-1-8k": _evo1(8192, 1.0),
+        "evo-1-131k": _evo1(131072, 16.0),
+        "evo2-7b-8k": _evo2("7b", 8192, 11008, 1e4, 1.0),
+        "evo2-7b": _evo2("7b", 1_048_576, 11264, 1e11, 128.0),
+        "evo2-40b-8k": _evo2("40b", 8192, 21888, 1e6, 1.0),
+        "evo2-40b": _evo2("40b", 1_048_576, 22528, 1e11, 128.0),
+    },
+)

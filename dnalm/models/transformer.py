@@ -8,13 +8,53 @@ per block.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.config import TransformerConfig
-from dnalm.models.attention import CausalSelfAttention, KVCache
-from dnalm.models.lm import BackboneOutput, gpt2_init, prefill_layers, step_layers
+from dnalm.config import ConfigError, _positive, _round_up
+from dnalm.models.attention import CausalSelfAttention, KVCache, extend_context
+from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
+from dnalm.models.spec import (
+    ActivationShape,
+    BackboneOutput,
+    FlopTerms,
+    LayerSpec,
+    ModelSpec,
+    attention_layer_flops,
+    gated_mlp_flops,
+    layer_params_estimate,
+)
+
+
+@dataclass
+class TransformerConfig:
+    """Transformer++ baseline: RMSNorm, SwiGLU, RoPE, causal scaled-dot-product attention."""
+
+    family: Literal["transformer"] = "transformer"
+    n_layer: int = 2
+    d_model: int = 128
+    n_head: int = 4
+    max_len: int = 1026
+    vocab_size: int = 16
+    mlp_hidden: int | None = None  # None means 8/3 * d_model rounded up to a multiple of 64
+    rope_base: float = 10000.0
+    rope_interp: float = 1.0  # linear position interpolation: positions are divided by this
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mlp_hidden is None:
+            self.mlp_hidden = _round_up(8 * self.d_model / 3, 64)
+        _positive(self, "n_layer", "d_model", "n_head", "max_len", "vocab_size", "mlp_hidden")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must split into n_head ({self.n_head}) heads of even size"
+            )
 
 
 class SwiGLU(nn.Module):
@@ -108,3 +148,59 @@ class TransformerBackbone(nn.Module):
     def step(self, x_t: torch.Tensor, state: list[KVCache]) -> tuple[torch.Tensor, list[KVCache]]:
         """One token's embedding x_t (B, D) -> (hidden (B, D), the updated caches)."""
         return step_layers(self.layers, x_t, state)  # (B, D); each cache is updated in place
+
+
+# ------------------------------------------------------------------------------------------ the spec
+
+
+def count_params(cfg: TransformerConfig) -> int:
+    """Backbone + final RMSNorm parameters (the shell adds the embedding and an untied head)."""
+    d, f = cfg.d_model, cfg.mlp_hidden
+    layer = d + 4 * d * d + d + 3 * d * f  # RMSNorm, Wqkv + out_proj, RMSNorm, SwiGLU (no biases)
+    return cfg.n_layer * layer + d  # final RMSNorm
+
+
+def flops(cfg: TransformerConfig, L: int, B: int, causal_savings: bool = False) -> FlopTerms:
+    """RMSNorm, RoPE causal attention, SwiGLU, per layer (forward FLOPs per token)."""
+    d = cfg.d_model
+    out = FlopTerms()
+    for _ in range(cfg.n_layer):
+        out.layer_kinds.append("attention")
+        attention_layer_flops(out, d, L, causal_savings)
+        out.add("mlp", gated_mlp_flops(d, cfg.mlp_hidden))
+    out.add("logits", 2 * d * cfg.vocab_size)
+    return out
+
+
+def activations(cfg: TransformerConfig) -> ActivationShape:
+    return ActivationShape(
+        layers=[LayerSpec("attention") for _ in range(cfg.n_layer)],
+        n_layer=cfg.n_layer,
+        mlp_hidden=int(cfg.mlp_hidden),
+        mlp_gated=True,
+        largest_layer_params=layer_params_estimate(cfg.d_model, int(cfg.mlp_hidden), True),
+    )
+
+
+def _matched(n_layer: int, d_model: int, context: int):
+    """A Transformer++ matching a HyenaDNA preset in depth and width (heads of 32), so their parameter counts
+    are close: the baseline of the architecture comparisons."""
+    return lambda: TransformerConfig(n_layer=n_layer, d_model=d_model, n_head=d_model // 32, max_len=context + 2)
+
+
+SPEC = ModelSpec(
+    family="transformer",
+    config=TransformerConfig,
+    backbone=TransformerBackbone,
+    final_norm=lambda cfg: nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps),
+    count_params=count_params,
+    flops=flops,
+    activations=activations,
+    extend_context=extend_context,
+    presets={
+        "transformer-tiny-1k": _matched(2, 128, 1024),
+        "transformer-tiny-1k-d256": _matched(2, 256, 1024),
+        "transformer-small-32k": _matched(4, 256, 32768),
+        "transformer-medium-160k": _matched(8, 256, 160000),
+    },
+)

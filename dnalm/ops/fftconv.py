@@ -6,11 +6,11 @@ the lag-0 tap, and the convolution is causal and linear (never circular):
     y[b, c, t] = sum_{s=0..min(t, L_h-1)} h[c, s] * u[b, c, t-s]  (+ bias[c] * u[b, c, t])
 
 Note that ``torch.nn.functional.conv1d`` is a cross-correlation: its *last* weight tap multiplies the
-current input. Turning a lag-0-first filter into a conv1d weight therefore needs a flip (SPEC §7.1).
+current input. Turning a lag-0-first filter into a conv1d weight therefore needs a flip (docs/architectures.md §7.1).
 
 ``fft_long_conv`` zero-pads to a fast FFT size n >= L + L_h - 1 (so no output wraps around), takes one
 ``rfft`` of the filter that is broadcast over the batch, multiplies, and inverts. It always computes in
-float32, also under bf16/fp16 autocast (half-precision FFTs lose accuracy at long L, SPEC §7.3), and
+float32, also under bf16/fp16 autocast (half-precision FFTs lose accuracy at long L, docs/architectures.md §7.3), and
 returns the input's dtype. ``direct_long_conv`` is the O(L * L_h) reference used by the tests.
 """
 

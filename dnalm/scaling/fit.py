@@ -22,6 +22,7 @@ Results files are CSV tables with one row per trained point (``dnalm sweep`` wri
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -32,6 +33,10 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import minimize, nnls
 from scipy.special import logsumexp
+from tqdm import tqdm
+
+from dnalm.data.tables import read_table
+from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
 
 __all__ = [
     "LawFit",
@@ -205,8 +210,6 @@ def bootstrap_law(
     fits = []
     it = range(n_boot)
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, desc="bootstrap", leave=False)
     for _ in it:
         idx = rng.integers(0, len(N), len(N))
@@ -348,8 +351,6 @@ def fit_isoflop(
 
 def read_results(path: str | Path, loss_column: str = "val_loss") -> list[dict[str, Any]]:
     """Rows of a results CSV that are finished (``status`` done, if that column exists) with a finite loss."""
-    from dnalm.data.tables import read_table
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such results file")
@@ -475,8 +476,6 @@ def fit_results(
                 entry["best_at_budget"][f"{c:.3g}"] = {"loss": best["loss"], "params": best["params"], "size": best["size"]}
         summary["families"][fam] = entry
         fits[fam] = (law, iso, k)
-    from dnalm.outputs import atomic_write_text, output_group
-
     with output_group():  # fit.json and the plots appear together, or none of them
         if plot:
             summary["plots"] = _plot(families, fits, out_dir)
@@ -489,10 +488,6 @@ def fit_results(
 
 
 def _save_png(fig, path: Path) -> None:
-    import io
-
-    from dnalm.outputs import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     atomic_write_bytes(path, buf.getvalue())

@@ -1,4 +1,4 @@
-"""Analytic FLOPs per token for every model family, term by term (SPEC section 4).
+"""Analytic FLOPs per token for every model family, term by term (docs/architectures.md §4).
 
 Conventions (owned here):
 
@@ -30,14 +30,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dnalm.ops.fftconv import fft_size
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from dnalm.models import get_preset
+from dnalm.models.lm import DNALM
+from dnalm.models.spec import SPECS, rfft_flops, spec_of
 
 __all__ = ["FlopBreakdown", "flops_per_token", "count_params", "rfft_flops", "supported_families", "measure_flops"]
-
-
-def rfft_flops(n: int) -> float:
-    """FLOPs of one real FFT (or inverse real FFT) of size ``n``: 2.5 * n * log2(n)."""
-    return 2.5 * n * math.log2(n) if n > 1 else 0.0
 
 
 @dataclass
@@ -110,165 +110,9 @@ class FlopBreakdown:
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------ helpers
-
-
-def _add(d: dict[str, float], key: str, value: float) -> None:
-    d[key] = d.get(key, 0.0) + float(value)
-
-
-def _fft_conv(channels: int, L: int, B: int, filter_len: int | None = None) -> dict[str, float]:
-    """FFT causal convolution of ``channels`` channels, per token: rfft(u), product, irfft, rfft(h)/B."""
-    n = fft_size(L, filter_len if filter_len is not None else L)
-    bins = n // 2 + 1
-    return {
-        "long_conv_fft": channels * 2 * rfft_flops(n) / L,  # rfft of the input + irfft of the product
-        "long_conv_product": channels * 6 * bins / L,  # complex multiply: 6 real FLOPs per bin
-        "filter_fft": channels * rfft_flops(n) / (L * B),  # once per sequence batch, broadcast over B
-    }
-
-
-def _gated_mlp(d: int, f: int) -> float:
-    """l3(act(l1 z) * l2 z): three d x f matmuls."""
-    return 6.0 * d * f
-
-
-def _attention_core(d: int, L: int, causal_savings: bool) -> float:
-    """QK^T and AV per token: 2*L*d each (dense); a causal kernel skipping masked tiles does ~(L+1)/2."""
-    keys = (L + 1) / 2 if causal_savings else L
-    return 4.0 * keys * d
-
-
-# ------------------------------------------------------------------------------------------ families
-
-
-def _hyena(cfg: Any, L: int, B: int, causal_savings: bool) -> FlopBreakdown:
-    """HyenaDNA (SPEC section 1): Hyena operator of order N, then a GELU MLP, per layer."""
-    d, N, fo = cfg.d_model, cfg.order, cfg.filter_order
-    out = FlopBreakdown("hyena", L, B)
-    for _ in range(cfg.n_layer):
-        out.layer_kinds.append("hyena")
-        _add(out.terms, "in_proj", 2 * d * (N + 1) * d)  # D -> (N+1)D
-        _add(out.terms, "short_conv", 2 * cfg.short_filter_order * (N + 1) * d)  # depthwise, k taps
-        # implicit filter MLP, evaluated at the first L of l_max positions, once per batch
-        mlp = cfg.emb_dim * fo + cfg.num_inner_mlps * fo * fo + fo * d * (N - 1)
-        _add(out.terms, "filter_mlp", 2 * mlp / B)
-        for k, v in _fft_conv(d * (N - 1), L, B).items():
-            _add(out.fft_terms, k, v)
-        _add(out.terms, "out_proj", 2 * d * d)
-        _add(out.terms, "mlp", 4 * d * cfg.d_inner)  # D -> d_inner -> D
-    _add(out.terms, "logits", 2 * d * cfg.vocab_size)
-    return out
-
-
-def _transformer(cfg: Any, L: int, B: int, causal_savings: bool) -> FlopBreakdown:
-    """Transformer++ (RMSNorm, RoPE, causal attention, SwiGLU), per layer."""
-    d = cfg.d_model
-    out = FlopBreakdown("transformer", L, B)
-    for _ in range(cfg.n_layer):
-        out.layer_kinds.append("attention")
-        _add(out.terms, "qkv_proj", 6 * d * d)
-        _add(out.terms, "attention_core", _attention_core(d, L, causal_savings))
-        _add(out.terms, "attn_out_proj", 2 * d * d)
-        _add(out.terms, "mlp", _gated_mlp(d, cfg.mlp_hidden))
-    _add(out.terms, "logits", 2 * d * cfg.vocab_size)
-    return out
-
-
-def _striped_hyena(cfg: Any, L: int, B: int, causal_savings: bool) -> FlopBreakdown:
-    """StripedHyena 1/2: Hyena mixers (modal, SE, MR, LI) striped with RoPE attention; gated MLPs."""
-    d, S, k = cfg.d_model, cfg.state_size, cfg.short_filter_len
-    out = FlopBreakdown("striped_hyena", L, B)
-    for kind in cfg.layers:
-        if kind == "attn":
-            out.layer_kinds.append("attention")
-            _add(out.terms, "qkv_proj", 6 * d * d)
-            _add(out.terms, "attention_core", _attention_core(d, L, causal_savings))
-            _add(out.terms, "attn_out_proj", 2 * d * d)
-        else:
-            out.layer_kinds.append("hyena_explicit" if kind == "se" else "hyena")
-            _add(out.terms, "in_proj", 6 * d * d)
-            _add(out.terms, "short_conv", 2 * k * 3 * d)
-            if kind == "se":  # direct depthwise convolution, se_len taps
-                _add(out.terms, "explicit_conv", 2 * cfg.se_len * d)
-            else:
-                filt = cfg.mr_len if kind == "mr" else L
-                for name, v in _fft_conv(d, L, B, filt).items():
-                    _add(out.fft_terms, name, v)
-                if kind in ("hyena", "li"):
-                    # h[c, j*c0 + i] = Re sum_n (R p^(j c0))[n] (p^i)[n]: per channel an (m, S) @ (S, c0)
-                    # product on two sqrt(L) power tables (two real products for complex poles), once per batch
-                    c0 = math.isqrt(max(L - 1, 0)) + 1
-                    m = -(-L // c0)
-                    products = 2 if kind == "hyena" else 1
-                    _add(out.terms, "modal_filter", products * 2 * d * S * m * c0 / (L * B))
-            _add(out.terms, "out_proj", 2 * d * d)
-        _add(out.terms, "mlp", _gated_mlp(d, cfg.mlp_hidden))
-    _add(out.terms, "logits", 2 * d * cfg.vocab_size)
-    return out
-
-
-def _ssd(L: int, T: int, heads_x_headdim: int, n: int) -> float:
-    """Chunked SSD scan FLOPs per token (one B/C group; einsums as in dnalm.models.mamba2.ssd_chunked):
-    C.B inside chunks (2Tn), the masked (T, T) mix of x (2T*E), chunk states and their read-out (4E*n);
-    the sequence is padded to a whole number of chunks."""
-    E = heads_x_headdim
-    pad = math.ceil(L / T) * T / L
-    return pad * (2 * T * n + 2 * T * E + 4 * E * n)
-
-
-def _hnet(cfg: Any, L: int, B: int, causal_savings: bool, stage_lengths: list[float] | None = None) -> FlopBreakdown:
-    """dnaHNet: per level, encoder + router + residual projection + decoder, EMA dechunking; main network
-    innermost. Level s sees L_s positions (default L / product of the target ratios before it; pass the
-    measured ``stage_lengths`` for an exact count of a given input). Terms are per nucleotide token."""
-    out = FlopBreakdown("hnet", L, B)
-    widths, S = cfg.widths, cfg.n_stages
-    if stage_lengths is None:
-        stage_lengths = [float(L)]
-        for r in cfg.target_ratios:
-            stage_lengths.append(stage_lengths[-1] / r)
-    if len(stage_lengths) != S + 1:
-        raise ValueError(f"stage_lengths needs {S + 1} entries (nucleotides, then each stage), got {len(stage_lengths)}")
-    from dnalm.models.hnet import parse_layout
-
-    def stack(layout: str, level: int) -> None:
-        d, Ls = widths[level], max(float(stage_lengths[level]), 1.0)
-        share = Ls / L  # positions at this level per nucleotide
-        for kind in parse_layout(layout):
-            if kind == "t":
-                out.layer_kinds.append("attention")
-                _add(out.terms, "qkv_proj", share * 6 * d * d)
-                _add(out.terms, "attention_core", share * _attention_core(d, int(round(Ls)), causal_savings))
-                _add(out.terms, "attn_out_proj", share * 2 * d * d)
-                _add(out.terms, "mlp", share * _gated_mlp(d, cfg.attn_mlp_hidden(d)))
-            else:
-                out.layer_kinds.append("mamba")
-                E, N = cfg.mamba_expand * d, cfg.d_state
-                H = E // cfg.mamba_headdim
-                _add(out.terms, "mamba_in_proj", share * 2 * d * (2 * E + 2 * N + H))
-                _add(out.terms, "mamba_conv", share * 2 * cfg.mamba_d_conv * (E + 2 * N))
-                _add(out.terms, "ssd_scan", share * _ssd(int(round(Ls)), cfg.ssd_chunk_size, E, N))
-                _add(out.terms, "mamba_out_proj", share * 2 * E * d)
-
-    for level in range(S):
-        d, share = widths[level], stage_lengths[level] / L
-        stack(cfg.encoder_layout[level], level)
-        _add(out.terms, "router", share * 4 * d * d)  # q_proj and k_proj
-        _add(out.terms, "residual_proj", share * 2 * d * d)
-        M = max(float(stage_lengths[level + 1]), 1.0)  # chunks, smoothed at this level's width
-        _add(out.terms, "dechunk_ema", (M / L) * _ssd(int(round(M)), cfg.ssd_chunk_size, d, 1))
-        stack(cfg.decoder_layout[level], level)
-    stack(cfg.main_layout, S)
-    _add(out.terms, "logits", 2 * cfg.d_model * cfg.vocab_size)
-    return out
-
-
-_FAMILIES = {"hyena": _hyena, "transformer": _transformer, "striped_hyena": _striped_hyena, "hnet": _hnet}
-
-
 def supported_families() -> list[str]:
-    """Families whose FLOPs (and parameters) this module can count."""
-    return sorted(_FAMILIES)
+    """Families whose FLOPs (and parameters) this module can count: every registered one."""
+    return sorted(SPECS)
 
 
 def flops_per_token(
@@ -286,15 +130,15 @@ def flops_per_token(
     default assumes every stage compresses by exactly its target ratio.
     Raises ``ValueError`` for a family this module does not know.
     """
-    family = getattr(config, "family", None)
-    if family not in _FAMILIES:
-        raise ValueError(f"no FLOP formula for model family {family!r} (known: {', '.join(supported_families())})")
+    spec = spec_of(config)
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be >= 1 (got {seq_len}, {batch_size})")
-    if family == "hnet":
-        out = _hnet(config, int(seq_len), int(batch_size), causal_savings, stage_lengths)
-    else:
-        out = _FAMILIES[family](config, int(seq_len), int(batch_size), causal_savings)
+    options = {} if stage_lengths is None else {"stage_lengths": stage_lengths}
+    terms = spec.flops(config, int(seq_len), int(batch_size), causal_savings, **options)
+    out = FlopBreakdown(
+        spec.family, int(seq_len), int(batch_size), terms.terms, terms.fft_terms, terms.other_terms,
+        layer_kinds=terms.layer_kinds,
+    )
     out.n_params = count_params(config)
     emb = config.vocab_size * config.d_model
     out.n_embedding_params = emb if getattr(config, "tie_embeddings", True) else 2 * emb
@@ -304,87 +148,11 @@ def flops_per_token(
 # ------------------------------------------------------------------------------------------ parameters
 
 
-def _hyena_params(cfg: Any) -> int:
-    d, N, fo, e = cfg.d_model, cfg.order, cfg.filter_order, cfg.emb_dim
-    k = cfg.short_filter_order
-    filt = (e * fo + fo) + fo + cfg.num_inner_mlps * (fo * fo + fo) + fo * d * (N - 1)  # MLP, sin freq, head
-    mixer = (d * (N + 1) * d + (N + 1) * d) + (N + 1) * d * (k + 1) + filt + d * (N - 1) + (d * d + d)
-    mlp = d * cfg.d_inner + cfg.d_inner + cfg.d_inner * d + d
-    layer = 2 * d + mixer + 2 * d + mlp  # two LayerNorms (weight + bias)
-    return cfg.n_layer * layer + 2 * d  # final LayerNorm
-
-
-def _transformer_params(cfg: Any) -> int:
-    d, f = cfg.d_model, cfg.mlp_hidden
-    layer = d + 4 * d * d + d + 3 * d * f  # RMSNorm, Wqkv + out_proj, RMSNorm, SwiGLU (no biases)
-    return cfg.n_layer * layer + d  # final RMSNorm
-
-
-def _attention_block_params(d: int, bias: bool) -> int:
-    return 4 * d * d + (4 * d if bias else 0)  # Wqkv + out_proj (+ their biases)
-
-
-def _striped_hyena_params(cfg: Any) -> int:
-    d, S, G, k = cfg.d_model, cfg.state_size, cfg.filter_groups, cfg.short_filter_len
-    v1 = cfg.version == 1
-    total = 0
-    for kind in cfg.layers:
-        layer = 2 * d + 3 * d * cfg.mlp_hidden  # two RMSNorms, gated MLP (no biases)
-        if kind == "attn":
-            layer += _attention_block_params(d, bias=v1)
-        else:
-            layer += 3 * d * d + (3 * d if v1 else 0)  # in_proj
-            layer += 3 * d * k + (3 * d if v1 else 0)  # short FIR (+ bias in version 1)
-            layer += d * d + d  # out_proj with bias
-            layer += d if kind in ("hyena", "li", "mr") else 0  # skip D
-            layer += {"hyena": 4 * d * S, "li": 2 * d * S, "se": G * cfg.se_len, "mr": G * cfg.mr_len}[kind]
-        total += layer
-    return total + d  # final RMSNorm
-
-
-def _hnet_params(cfg: Any) -> int:
-    from dnalm.models.hnet import parse_layout
-
-    def stack(layout: str, d: int, final_norm: bool) -> int:
-        n = d if final_norm else 0
-        for kind in parse_layout(layout):
-            if kind == "t":
-                n += 2 * d + _attention_block_params(d, bias=False) + 3 * d * cfg.attn_mlp_hidden(d)
-            else:
-                E, N = cfg.mamba_expand * d, cfg.d_state
-                H, conv = E // cfg.mamba_headdim, E + 2 * N
-                n += d + d * (2 * E + 2 * N + H) + conv * (cfg.mamba_d_conv + 1) + 3 * H + E + E * d
-        return n
-
-    widths, S = cfg.widths, cfg.n_stages
-    total = 0
-    for level in range(S + 1):
-        d = widths[level]
-        total += d - widths[level - 1] if level > 0 and d > widths[level - 1] else 0  # width pad vector
-        if level == S:
-            total += stack(cfg.main_layout, d, True)
-        else:
-            total += stack(cfg.encoder_layout[level], d, True) + stack(cfg.decoder_layout[level], d, level > 0)
-            total += 2 * d * d + d * d  # router q/k, residual_proj
-    return total + cfg.d_model  # final RMSNorm of the shell
-
-
-_PARAMS = {
-    "hyena": _hyena_params,
-    "transformer": _transformer_params,
-    "striped_hyena": _striped_hyena_params,
-    "hnet": _hnet_params,
-}
-
-
 def count_params(config: Any) -> int:
     """Number of parameters of ``DNALM(config)``, computed from the config alone (no model is built)."""
-    family = getattr(config, "family", None)
-    if family not in _PARAMS:
-        raise ValueError(f"no parameter formula for model family {family!r}")
     emb = config.vocab_size * config.d_model
     head = 0 if getattr(config, "tie_embeddings", True) else emb
-    return int(_PARAMS[family](config) + emb + head)
+    return int(spec_of(config).count_params(config) + emb + head)
 
 
 # ------------------------------------------------------------------------------------------ measurement
@@ -399,9 +167,6 @@ def measure_flops(model: Any, input_ids: Any, train: bool = False) -> float:
     over-counts by ignoring ``groups``) is counted as the forward's multiply-adds per requested gradient.
     FFTs and element-wise work are not counted (see the module docstring).
     """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
     aten = torch.ops.aten
 
     def sdpa(q, k, v, *args, out_shape=None, **kwargs):
@@ -430,11 +195,6 @@ def measure_flops(model: Any, input_ids: Any, train: bool = False) -> float:
 
 def _report(batch: int = 2, seq_len: int = 256) -> str:
     """Analytic vs measured FLOPs per token for the small presets (``python -m dnalm.scaling.flops``)."""
-    import torch
-
-    from dnalm.models.lm import DNALM
-    from dnalm.presets import get_preset
-
     lines = [
         f"FLOPs per token, batch {batch} x {seq_len} (dnaHNet: batch 1, stage lengths as routed)",
         f"{'preset':<22} {'fwd measured':>13} {'fwd analytic':>13} {'ratio':>7} {'train measured':>15} "
@@ -443,12 +203,13 @@ def _report(batch: int = 2, seq_len: int = 256) -> str:
     names = ["hyenadna-tiny-1k", "transformer-tiny-1k", "striped-hyena-tiny", "striped-hyena2-tiny", "dnahnet-tiny-32"]
     for name in names:
         config = get_preset(name)
-        B = 1 if config.family == "hnet" else batch
         torch.manual_seed(0)
         model = DNALM(config)
+        routed = hasattr(model.backbone, "boundaries")  # dnaHNet: count the stage lengths as routed
+        B = 1 if routed else batch
         ids = torch.randint(7, 11, (B, seq_len))  # A, C, G, T
         lengths = None
-        if config.family == "hnet":
+        if routed:
             with torch.no_grad():
                 routes = model.backbone.boundaries(model.embed(ids))
             lengths = [seq_len] + [int(r.boundary.sum()) for r in routes]

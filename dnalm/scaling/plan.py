@@ -35,6 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dnalm.models import get_preset
+from dnalm.models.spec import LayerSpec, layer_params_estimate, spec_of
+from dnalm.models.transformer import TransformerConfig
+from dnalm.ops.fftconv import fft_size
 from dnalm.scaling.flops import count_params, flops_per_token
 
 __all__ = [
@@ -126,24 +130,6 @@ def parse_gpus(spec: str) -> tuple[int, GPU]:
 
 
 @dataclass
-class LayerSpec:
-    """What the activation model needs to know about one block."""
-
-    kind: str  # attention | hyena (FFT conv) | hyena_explicit (direct conv) | mamba | routing (dnaHNet)
-    filter_len: int | None = None  # FFT filter length (None = the sequence length)
-    modal_states: int = 0  # modes per channel of a modal filter (its power tables are saved, per sequence)
-    modal_complex: bool = False  # complex poles (Evo 1) or real (Hyena-LI)
-    filter_mlp: float = 0.0  # HyenaDNA: elements per position saved by the implicit filter MLP
-    mlp_saved: int = 4  # MLP hidden tensors saved: gated with activation 4, bilinear GLU 3, GELU MLP 2
-    width: int | None = None  # block width (None = the model's d_model); dnaHNet stages differ
-    mlp_hidden: int | None = None  # MLP width (None = the model's)
-    share: float = 1.0  # positions this block sees per nucleotide (dnaHNet: 1 / product of ratios so far)
-    mamba: tuple[int, int, int, int] | None = None  # Mamba-2 (d_state, headdim, chunk, expand)
-    chunk: int = 256  # dnaHNet routing: SSD chunk of the EMA dechunking
-    next_share: float = 0.0  # dnaHNet routing: chunk positions per position of this level
-
-
-@dataclass
 class ModelShape:
     """What the memory model needs to know about an architecture."""
 
@@ -165,97 +151,25 @@ class ModelShape:
         return [spec.kind for spec in self.layers]
 
 
-def _layer_params_estimate(d: int, f: int, gated: bool) -> float:
-    return 4 * d * d + (3 if gated else 2) * d * f  # Wqkv + out (or in_proj 3D + out_proj), MLP
-
-
-def _hnet_layers(config: Any) -> list[LayerSpec]:
-    """dnaHNet blocks level by level, each seeing 1 / (product of the target ratios so far) positions."""
-    from dnalm.models.hnet import parse_layout
-
-    widths, S = config.widths, config.n_stages
-    mamba = (config.d_state, config.mamba_headdim, config.ssd_chunk_size, config.mamba_expand)
-    share, layers = 1.0, []
-
-    def stack(layout: str, level: int) -> None:
-        d = widths[level]
-        for kind in parse_layout(layout):
-            if kind == "t":
-                layers.append(LayerSpec("attention", width=d, mlp_hidden=config.attn_mlp_hidden(d), share=share))
-            else:
-                layers.append(LayerSpec("mamba", width=d, share=share, mamba=mamba, mlp_saved=0))
-
-    for level in range(S + 1):
-        if level == S:
-            stack(config.main_layout, level)
-            break
-        stack(config.encoder_layout[level], level)
-        ratio = 1.0 / config.target_ratios[level]
-        spec = LayerSpec("routing", width=widths[level], share=share, mlp_saved=0)
-        spec.chunk, spec.next_share = config.ssd_chunk_size, ratio
-        layers.append(spec)
-        stack(config.decoder_layout[level], level)
-        share *= ratio
-    return layers
-
-
 def shape_from_config(config: Any, described_as: str = "") -> ModelShape:
-    """The shape of a known config (HyenaDNA, Transformer++, StripedHyena 1/2, dnaHNet)."""
-    fam = config.family
-    if fam == "hnet":
-        layers = _hnet_layers(config)
-        shape = ModelShape(
-            n_params=float(count_params(config)),
-            n_layer=sum(1 for spec in layers if spec.kind != "routing"),
-            d_model=config.d_model,
-            vocab_size=config.vocab_size,
-            layers=layers,
-            mlp_hidden=config.attn_mlp_hidden(config.d_model),
-            mlp_gated=True,
-            described_as=described_as or "hnet config (stages at their target ratios)",
-            config=config,
-        )
-        d_max = max(config.widths)
-        shape.largest_layer_params = _layer_params_estimate(d_max, config.attn_mlp_hidden(d_max), True)
-        return shape
-    kinds = flops_per_token(config, 2).layer_kinds
-    if fam == "hyena":
-        f, gated, norm = config.d_inner, False, "layer"  # HyenaDNA: GELU MLP, LayerNorm
-        fo = config.filter_order
-        filt = 3 * fo * (config.num_inner_mlps + 1) + config.d_model * (config.order - 1)
-        layers = [LayerSpec("hyena", filter_mlp=filt, mlp_saved=2) for _ in kinds]
-    elif fam == "striped_hyena":
-        f, gated, norm = config.mlp_hidden, True, "rms"
-        layers = []
-        for i, kind in enumerate(config.layers):
-            saved = 4 if config.version == 1 or i == 0 else 3  # Evo 2: GELU in layer 0, bilinear GLU after
-            if kind == "attn":
-                layers.append(LayerSpec("attention", mlp_saved=saved))
-            elif kind == "se":
-                layers.append(LayerSpec("hyena_explicit", mlp_saved=saved))
-            elif kind == "mr":
-                layers.append(LayerSpec("hyena", filter_len=config.mr_len, mlp_saved=saved))
-            else:
-                modal = dict(modal_states=config.state_size, modal_complex=kind == "hyena")
-                layers.append(LayerSpec("hyena", mlp_saved=saved, **modal))
-    else:
-        f, gated, norm = config.mlp_hidden, True, "rms"
-        layers = [LayerSpec(k) for k in kinds]
-    shape = ModelShape(
+    """The shape of any registered family's config (its spec describes its blocks)."""
+    spec = spec_of(config)
+    act = spec.activations(config)
+    note = f" ({act.note})" if act.note else ""
+    return ModelShape(
         n_params=float(count_params(config)),
-        n_layer=config.n_layer,
+        n_layer=act.n_layer,
         d_model=config.d_model,
         vocab_size=config.vocab_size,
-        layers=layers,
-        mlp_hidden=int(f),
-        mlp_gated=gated,
-        norm=norm,
-        order=getattr(config, "order", 2),
-        described_as=described_as or f"{fam} config",
+        layers=act.layers,
+        mlp_hidden=int(act.mlp_hidden),
+        mlp_gated=act.mlp_gated,
+        norm=act.norm,
+        order=act.order,
+        largest_layer_params=act.largest_layer_params,
+        described_as=described_as or f"{spec.family} config{note}",
         config=config,
     )
-    shape.largest_layer_params = _layer_params_estimate(shape.d_model, shape.mlp_hidden, gated)
-    return shape
 
 
 def shape_from_params(
@@ -288,7 +202,7 @@ def shape_from_params(
         mlp_gated=True,
         described_as=f"N = {n_params:.3g} as a Transformer++ of {n_layer} layers, width {d_model}, SwiGLU {f}",
     )
-    shape.largest_layer_params = _layer_params_estimate(d_model, f, True)
+    shape.largest_layer_params = layer_params_estimate(d_model, f, True)
     return shape
 
 
@@ -321,8 +235,6 @@ def activation_elements(
     - MLP: gated ``l3(act(l1 z) * l2 z)``: l1 and l2 outputs, act output, product (4f; 3f for Evo 2's
       bilinear GLU without activation); GELU MLP: fc1 output and GELU output (2f).
     """
-    from dnalm.ops.fftconv import fft_size
-
     L, B = seq_len, max(1, batch)
     d, f = spec.width or d, spec.mlp_hidden or f
     norm_e = 3.0 * d if norm == "rms" else 2.0 * d
@@ -342,10 +254,10 @@ def activation_elements(
         fp32 = spec.next_share * (3 * spec.chunk + 4 * d)
     elif spec.kind == "attention":
         half += 2 * d + 3 * d + 2 * d
-    elif spec.kind in ("hyena", "hyena_explicit"):
+    elif spec.kind in ("long_conv", "explicit_conv"):
         n_conv = order - 1
         half += 2 * (order + 1) * d + n_conv * 2 * d + d
-        if spec.kind == "hyena":
+        if spec.kind == "long_conv":
             n = fft_size(L, spec.filter_len or L)
             bins = 2 * (n // 2 + 1) / L  # float32 elements per token and channel of one rfft
             fp32 += n_conv * d * (bins + bins / B + (1 if mixed_precision else 0))
@@ -548,8 +460,6 @@ def make_plan(
     cfg = shape.config
     note = ""
     if cfg is None:  # a Transformer++ of the inferred shape stands in for the per-layer count
-        from dnalm.config import TransformerConfig
-
         n_head = max(1, shape.d_model // 128)
         while shape.d_model % n_head or (shape.d_model // n_head) % 2:
             n_head -= 1
@@ -735,7 +645,7 @@ def plan_command(
     if law is not None or compute is not None:
         if law is None or compute is None:
             raise ValueError("--law and --flops go together: a fitted law recommends N and D for a compute budget")
-        from dnalm.scaling.fit import optimal_allocation
+        from dnalm.scaling.fit import optimal_allocation  # scipy: imported only when a law is used
 
         fam, coef = load_law(law, family)
         n_opt, d_opt = optimal_allocation(coef, compute, 6.0)
@@ -753,8 +663,6 @@ def plan_command(
     if preset is not None:
         if params is not None or n_layer is not None or d_model is not None:
             raise ValueError("--preset fixes the model: leave out --params/--n-layer/--d-model")
-        from dnalm.presets import get_preset
-
         config = get_preset(preset)
         shape = shape_from_config(config, described_as=f"preset {preset}")
         context = context or config.max_len

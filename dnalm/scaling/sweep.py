@@ -35,10 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
 
-from dnalm.config import (
-    ConfigError, DataConfig, RunConfig, TrainConfig, from_dict, model_config_from_dict, read_yaml_mapping, to_dict,
-)
+from dnalm.checkpoint import atomic_write_text
+from dnalm.config import ConfigError, DataConfig, RunConfig, TrainConfig, from_dict, read_yaml_mapping, to_dict
+from dnalm.models import get_spec, model_config_from_dict
+from dnalm.scaling.flops import count_params, flops_per_token
+from dnalm.train.trainer import TrainingError, prepare_data, train
 
 __all__ = ["SweepPoint", "load_grid", "plan_points", "run_sweep", "RESULT_COLUMNS", "read_rows"]
 
@@ -112,8 +115,6 @@ def load_grid(path: str | Path) -> dict[str, Any]:
 
 def plan_points(grid: dict[str, Any], out_dir: str | Path | None = None, store: str | None = None) -> list[SweepPoint]:
     """Expand a grid into points (configs, parameters, tokens); nothing is trained."""
-    from dnalm.scaling.flops import count_params, flops_per_token
-
     out = Path(out_dir or grid.get("out_dir") or "runs/sweep")
     by_flops = "budgets" in grid
     min_steps = int(grid.get("min_steps", 10))
@@ -126,8 +127,7 @@ def plan_points(grid: dict[str, Any], out_dir: str | Path | None = None, store: 
             data = from_dict(DataConfig, dict(grid.get("data") or {}), "data")
             data.store = store if store is not None else data.store
             model_fields = {"family": fam, **fields}
-            length_key = "l_max" if fam == "hyena" else "max_len"
-            model_fields.setdefault(length_key, data.seq_len + 2)
+            model_fields.setdefault(get_spec(fam).length_field, data.seq_len + 2)
             try:
                 model = model_config_from_dict(model_fields, where)
             except ConfigError as e:
@@ -172,8 +172,6 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    from dnalm.checkpoint import atomic_write_text
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
     w.writeheader()
@@ -203,10 +201,6 @@ def run_sweep(
     progress: bool = True,
 ) -> Path:
     """Train every point of the grid that is not finished yet; returns the results CSV path."""
-    from tqdm import tqdm
-
-    from dnalm.train.trainer import TrainingError, prepare_data, train
-
     grid = load_grid(grid_path)
     out = Path(out_dir or grid.get("out_dir") or "runs/sweep")
     store = (grid.get("data") or {}).get("store")

@@ -26,40 +26,33 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
-import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-from dnalm.checkpoint import CONFIG_FILE, CheckpointError, atomic_dir, is_native_checkpoint, write_model_files
+from dnalm.checkpoint import (
+    CKPT_DIR,
+    CONFIG_FILE,
+    CheckpointError,
+    atomic_dir,
+    checkpoint_dirs,
+    is_native_checkpoint,
+    load_pretrained,
+    save_pretrained,
+    write_model_files,
+)
+from dnalm.config import ConfigError, to_dict
+from dnalm.models import model_config_from_dict
+from dnalm.models.lm import DNALM
+from dnalm.tokenizer import Tokenizer
+from dnalm.train.distributed import barrier, broadcast_object, unwrap
 
-CKPT_DIR = "checkpoints"
-FINAL_MODEL_DIR = "model"
 SHARDS_DIR = "dcp"
-_STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CKPT_DIR
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found) if (p / "state.json").is_file()]
-
-
-def latest_model_dir(run_dir: str | Path) -> Path | None:
-    """The model a run directory stands for: its final model, else its newest checkpoint."""
-    run_dir = Path(run_dir)
-    if is_native_checkpoint(run_dir / FINAL_MODEL_DIR):
-        return run_dir / FINAL_MODEL_DIR
-    for ckpt in reversed(checkpoint_dirs(run_dir)):
-        if is_native_checkpoint(ckpt):
-            return ckpt
-    return None
 
 
 def save_training_checkpoint(
@@ -77,9 +70,6 @@ def save_training_checkpoint(
 
 def load_training_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:
     """(model state dict, optimizer state dict, state.json) of a checkpoint directory."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         model_state = load_file(str(ckpt / "model.safetensors"))
         optim_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
@@ -120,8 +110,6 @@ def save_sharded_checkpoint(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from dnalm.train.distributed import barrier, broadcast_object, unwrap
-
     path = Path(run_dir) / CKPT_DIR / f"step-{step:07d}"
     model_state, optim_state = get_state_dict(model, optimizer)
     with atomic_dir(path) if env.is_main else contextlib.nullcontext() as tmp:
@@ -142,8 +130,6 @@ def save_sharded_checkpoint(
 
 
 def _config_dict(model: torch.nn.Module) -> dict:
-    from dnalm.config import to_dict
-
     return to_dict(model.config)
 
 
@@ -153,7 +139,11 @@ def load_checkpoint_into(ckpt: Path, model: torch.nn.Module, optimizer: torch.op
     single-process checkpoint (model.safetensors + optimizer.pt) is read whole on every rank and sharded."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_state_dict, set_model_state_dict, set_optimizer_state_dict, set_state_dict,
+        StateDictOptions,
+        get_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+        set_state_dict,
     )
 
     ckpt = Path(ckpt)
@@ -170,8 +160,6 @@ def load_checkpoint_into(ckpt: Path, model: torch.nn.Module, optimizer: torch.op
             return json.loads((ckpt / "state.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{ckpt}: cannot read state.json ({e})") from None
-
-    from dnalm.train.distributed import unwrap
 
     model_state, optim_state, state = load_training_state(ckpt)
     full = StateDictOptions(full_state_dict=True)
@@ -191,11 +179,6 @@ def export_checkpoint(src: str | Path, out: str | Path) -> tuple[Path, Path]:
     """Write ``out``/config.json + model.safetensors from a checkpoint (sharded or not) or a run directory
     (its newest checkpoint). Runs in one process, without a process group. Returns (source, out)."""
     import torch.distributed.checkpoint as dcp
-
-    from dnalm.checkpoint import load_pretrained, save_pretrained
-    from dnalm.config import ConfigError, model_config_from_dict
-    from dnalm.models.lm import DNALM
-    from dnalm.tokenizer import Tokenizer
 
     src = Path(src)
     if not src.exists():

@@ -34,9 +34,12 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dnalm.config import ConfigError
+from dnalm.models.hyena import HyenaBlock
 
 
 @dataclass
@@ -150,8 +153,6 @@ def apply_activation_checkpointing(model: nn.Module) -> int:
     the block inputs, for about one extra forward pass of compute. Applied in place (the block's
     ``forward`` is wrapped), so parameter names and checkpoints do not change. Returns the number of blocks.
     """
-    from torch.utils.checkpoint import checkpoint
-
     blocks = model_blocks(model)
     if not blocks:
         family = getattr(getattr(unwrap(model), "config", None), "family", type(model).__name__)
@@ -182,11 +183,9 @@ def wrap_model(model: nn.Module, parallel: str, env: DistEnv) -> nn.Module:
     if parallel == "none":
         return model
     if parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         ids = [env.device.index] if env.device.type == "cuda" else None
         # constant buffers (filter position tables) need no broadcast before every forward
-        return DDP(model, device_ids=ids, broadcast_buffers=False)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -359,45 +358,37 @@ class _ChannelToSeq(torch.autograd.Function):
 
 def cp_hyena_block(block: nn.Module, x: torch.Tensor, group: Any = None) -> torch.Tensor:
     """A HyenaBlock on this rank's slice x (B, L/P, D) of a sequence split over ``group``; same result as
-    the block on the whole sequence, sliced. Built from the block's own submodules (no dropout)."""
-    import torch.nn.functional as F
+    the block on the whole sequence, sliced. Composed from the operator's stages (``HyenaOperator.short_conv``,
+    ``long_conv``, ``output``) around the two exchanges; no dropout."""
     import torch.distributed as dist
-
-    from dnalm.ops.fftconv import fft_long_conv
 
     rank, P = dist.get_rank(group), dist.get_world_size(group)
     mixer = block.mixer
     D, Lp = mixer.d_model, x.shape[1]
     if D % P:
         raise ConfigError(f"context parallelism splits channels: d_model {D} must be divisible by {P} ranks")
-    conv = mixer.short_filter
-    k, C = conv.kernel_size[0], conv.weight.shape[0]
+    k = mixer.short_filter.kernel_size[0]
     if k - 1 > Lp:
         raise ConfigError(f"context parallelism: {Lp} positions per rank is shorter than the short-conv halo {k - 1}")
     r = x.float()  # (B, Lp, D) residual, float32 as in HyenaBlock
     z = mixer.in_proj(block.norm1(r.to(block.norm1.weight.dtype)))  # (B, Lp, C)
-    zin = torch.cat([_Halo.apply(z, k - 1, group), z], dim=1)  # (B, k-1+Lp, C)
-    z = F.conv1d(zin.transpose(1, 2), conv.weight, conv.bias, groups=C)  # (B, C, Lp): causal, no padding
-    x0, *gates, v = z.split(D, dim=1)  # each (B, D, Lp)
+    history = _Halo.apply(z, k - 1, group).transpose(1, 2)  # (B, C, k-1): the previous rank's last inputs
+    x0, *gates, v = mixer.short_conv(z.transpose(1, 2), history).split(D, dim=1)  # each (B, D, Lp)
     h = mixer.long_filter(P * Lp)  # ((N-1) D, L): replicated; each rank uses its own channels' rows
-    bias = mixer.filter_fn.bias
-    Dp = D // P
+    mine = slice(rank * (D // P), (rank + 1) * (D // P))
     for o, x_i in enumerate(reversed(gates)):
         v = v * x_i  # (B, D, Lp)
         vc = _SeqToChannel.apply(v.transpose(1, 2), group)  # (B, L, D/P)
-        ch = slice(o * D + rank * Dp, o * D + (rank + 1) * Dp)
-        y = fft_long_conv(vc.transpose(1, 2), h[ch], bias[ch])  # (B, D/P, L)
+        y = mixer.long_conv(vc.transpose(1, 2), o, h, channels=mine)  # (B, D/P, L)
         v = _ChannelToSeq.apply(y.transpose(1, 2), group).transpose(1, 2)  # (B, D, Lp)
-    r = r + mixer.out_proj((x0 * v).transpose(1, 2))  # (B, Lp, D)
+    r = r + mixer.output(x0, v)  # (B, Lp, D)
     return r + block.mlp(block.norm2(r.to(block.norm2.weight.dtype)))
 
 
 def cp_forward(model: nn.Module, ids: torch.Tensor, group: Any = None) -> torch.Tensor:
     """Logits (B, L/P, V) of this rank's slice ``ids`` (B, L/P) of sequences split over ``group``
     (a HyenaDNA DNALM). Parameter gradients are partial per rank: sum them over the group."""
-    import torch.nn.functional as F
-
-    if model.config.family != "hyena":
+    if not all(isinstance(block, HyenaBlock) for block in getattr(model.backbone, "layers", [None])):
         raise ConfigError(f"context parallelism is implemented for HyenaDNA only (not {model.config.family})")
     x = model.embed(ids)  # (B, Lp, D)
     for block in model.backbone.layers:

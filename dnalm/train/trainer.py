@@ -22,19 +22,37 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from dnalm.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, save_pretrained
+from dnalm.checkpoint import (
+    FINAL_MODEL_DIR,
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_text,
+    checkpoint_dirs,
+    latest_model_dir,
+    save_pretrained,
+)
 from dnalm.config import ConfigError, RunConfig, to_dict
-from dnalm.eval.likelihood import evaluate_lm, lm_inputs
+from dnalm.data import samplers as S
+from dnalm.data.schedule import LengthSchedule, Stage
+from dnalm.data.store import TokenStore, default_genome, prepare
 from dnalm.models.lm import DNALM, lm_loss
+from dnalm.models.spec import SPECS, spec_of
+from dnalm.outputs import check_output
 from dnalm.train import distributed as dist
 from dnalm.train.checkpoint import (
-    FINAL_MODEL_DIR, checkpoint_dirs, is_sharded_checkpoint, load_checkpoint_into, load_training_state,
-    save_sharded_checkpoint, save_training_checkpoint,
+    is_sharded_checkpoint,
+    load_checkpoint_into,
+    load_training_state,
+    save_sharded_checkpoint,
+    save_training_checkpoint,
 )
+from dnalm.train.evaluate import EvalResult, evaluate_lm, lm_inputs
 from dnalm.train.optim import lr_at, make_optimizer
 
 CONFIG_SNAPSHOT = "config.yaml"
@@ -58,15 +76,11 @@ class TrainResult:
 
 def prepare_data(config: RunConfig, progress: bool = True):
     """Open the run's token store, preparing it into RUN/store first if the config names inputs."""
-    from dnalm.data.store import TokenStore, prepare
-
     data = config.data
     if data.store is not None:
         return TokenStore.open(data.store)
     inputs, annotations = list(data.inputs), list(data.annotations)
     if not inputs:
-        from dnalm.data.store import default_genome
-
         genome, gff = default_genome()
         inputs, annotations = [str(genome)], annotations or [str(gff)]
     out = Path(config.out_dir) / "store"
@@ -77,8 +91,6 @@ def prepare_data(config: RunConfig, progress: bool = True):
 
 def build_sampler(config: RunConfig, store, rank: int = 0, world_size: int = 1):
     """The training sampler the data section describes (random windows, or a weighted mixture)."""
-    from dnalm.data import samplers as S
-
     data, seed = config.data, config.train.data_seed
     common = dict(seed=seed, rc_augment=data.rc_augment, rank=rank, world_size=world_size)
     if not data.sources:
@@ -95,8 +107,6 @@ def build_sampler(config: RunConfig, store, rank: int = 0, world_size: int = 1):
 
 
 def build_schedule(config: RunConfig):
-    from dnalm.data.schedule import LengthSchedule, Stage
-
     stages = config.data.warmup_stages
     if not stages:
         return LengthSchedule.constant(config.data.seq_len, config.train.batch_size)
@@ -105,20 +115,21 @@ def build_schedule(config: RunConfig):
 
 def extension_stage(config: RunConfig) -> RunConfig:
     """For a context-extension stage (``train.extend_from_len`` = L0), the model config at the new
-    length L = ``data.seq_len``, derived in code as SPEC section 3 says: ``max_len = L``, linear RoPE
-    position interpolation by L/L0 and the RoPE base multiplied by 10^log2(L/L0). Idempotent, so a
-    resumed stage derives the same model."""
+    length L = ``data.seq_len``, derived in code by the family's ``extend_context`` (for RoPE families,
+    Evo 2's recipe: ``max_len = L``, linear position interpolation by L/L0 and the RoPE base multiplied by
+    10^log2(L/L0); see ``dnalm.models.attention.extend_context``). Idempotent, so a resumed stage derives
+    the same model."""
     base_len = config.train.extend_from_len
     if base_len is None:
         return config
-    if not hasattr(config.model, "rope_interp"):
+    spec = spec_of(config.model)
+    if spec.extend_context is None:
+        able = sorted(s.family for s in SPECS.values() if s.extend_context is not None)
         raise ConfigError(
-            f"train.extend_from_len: the {config.model.family} family has no RoPE to extend; "
-            "context extension applies to attention-bearing families (striped_hyena, transformer)"
+            f"train.extend_from_len: the {spec.family} family has no RoPE to extend; "
+            f"context extension applies to {', '.join(able)}"
         )
-    from dnalm.models.striped_hyena import extend_context
-
-    return replace(config, model=extend_context(config.model, config.data.seq_len, base_len))
+    return replace(config, model=spec.extend_context(config.model, config.data.seq_len, base_len))
 
 
 def check_config(config: RunConfig) -> None:
@@ -126,9 +137,10 @@ def check_config(config: RunConfig) -> None:
     lengths = [s.seq_len for s in config.data.warmup_stages] or [config.data.seq_len]
     for length in lengths:
         if length > config.model.max_len:
+            field = spec_of(config.model).length_field
             raise ConfigError(
                 f"data.seq_len {length} exceeds the model's maximum length {config.model.max_len} "
-                "(for HyenaDNA raise model.l_max to at least seq_len)"
+                f"(raise model.{field} to at least seq_len)"
             )
         if length < 2:
             raise ConfigError(f"data.seq_len must be >= 2 (got {length})")
@@ -246,8 +258,6 @@ def train(
     check_config(config)
     tc = config.train
     init_from = init_from if init_from is not None else tc.init_from
-    from dnalm.outputs import check_output
-
     check_output(config.out_dir, "dir", "run directory (out_dir)")
     run_dir = Path(config.out_dir)
     snap = run_dir / CONFIG_SNAPSHOT
@@ -270,11 +280,41 @@ def train(
         dist.teardown(env)
 
 
-def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, init_from, stop_after) -> TrainResult:
+@dataclass
+class TrainState:
+    """Where a run stands; ``step``, ``tokens`` and the sampler/schedule/RNG states are what a checkpoint keeps."""
+
+    step: int = 0
+    tokens: int = 0
+    bad_steps: int = 0  # consecutive non-finite losses
+    steps_this_call: int = 0
+    last_val: dict[str, float] = field(default_factory=dict)
+    window_t: float = 0.0  # start of the current tokens/s window
+    window_tokens: int = 0
+
+
+@dataclass
+class _Session:
+    """Everything one training call works with, built once by :func:`_start`."""
+
+    config: RunConfig
+    env: dist.DistEnv
+    run_dir: Path
+    store: Any
+    sampler: Any
+    schedule: Any
+    model: torch.nn.Module  # wrapped for DDP/FSDP when train.parallel says so
+    optimizer: torch.optim.Optimizer
+    metrics: _Metrics
+    progress: bool
+    t_start: float = field(default_factory=time.time)
+
+
+def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, init_from) -> tuple[_Session, TrainState]:
+    """Prepare the data, build (or resume) the model, optimizer, sampler and schedule."""
     tc = config.train
     dist.check_world(config, env)
     main = env.is_main
-    progress = progress and main
     if tc.threads:
         torch.set_num_threads(tc.threads)
     run_dir = Path(config.out_dir)
@@ -283,11 +323,9 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     _write_snapshot(run_dir, config, resume, write=main)
 
     if main:
-        store = prepare_data(config, progress=progress)
+        store = prepare_data(config, progress=progress and main)
     dist.barrier(env)  # rank 0 prepared the store (if the config names inputs); the others open it
     if not main:
-        from dnalm.data.store import TokenStore
-
         store = TokenStore.open(config.data.store or run_dir / "store")
     sampler = build_sampler(config, store, env.rank, env.world_size)
     schedule = build_schedule(config)
@@ -300,159 +338,202 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
         dist.apply_activation_checkpointing(model)
     model = dist.wrap_model(model, tc.parallel, env)  # the DNALM itself when parallel is none
     optimizer = make_optimizer(dist.unwrap(model), tc.lr, tc.weight_decay, tc.betas)
-    sharded = tc.parallel != "none"
 
-    step, tokens, bad_steps = 0, 0, 0
+    state = TrainState()
     ckpts = checkpoint_dirs(run_dir) if resume else []
     if ckpts:
-        state = _resume_state(ckpts, model, optimizer, sharded)
-        sampler.load_state_dict(state["sampler"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-        step, tokens = state["step"], state["tokens"]
-    metrics = _Metrics(run_dir / METRICS_FILE, step if ckpts else None, enabled=main)
-    if ckpts and progress:
-        tqdm.write(f"resuming {run_dir} from step {step} ({tokens:,} tokens)")
+        saved = _resume_state(ckpts, model, optimizer, tc.parallel != "none")
+        sampler.load_state_dict(saved["sampler"])
+        schedule.load_state_dict(saved["schedule"])
+        torch.set_rng_state(torch.tensor(saved["torch_rng"], dtype=torch.uint8))
+        state.step, state.tokens = saved["step"], saved["tokens"]
+    metrics = _Metrics(run_dir / METRICS_FILE, state.step if ckpts else None, enabled=main)
+    if ckpts and progress and main:
+        tqdm.write(f"resuming {run_dir} from step {state.step} ({state.tokens:,} tokens)")
+    session = _Session(config, env, run_dir, store, sampler, schedule, model, optimizer, metrics, progress and main)
+    return session, state
 
-    def checkpoint() -> None:
-        state = {
-            "step": step,
-            "tokens": tokens,
-            "sampler": sampler.state_dict(),
-            "schedule": schedule.state_dict(),
-            "torch_rng": torch.get_rng_state().tolist(),
-        }
-        if sharded:
-            save_sharded_checkpoint(run_dir, step, model, optimizer, state, tc.keep_last, env)
-        else:
-            save_training_checkpoint(run_dir, step, model, optimizer, state, tc.keep_last)
 
-    def validate() -> dict[str, float]:
-        from dnalm.eval.likelihood import EvalResult
-
-        args = (dist.eval_model(model), store, "validation", config.data.seq_len, tc.eval_batch_size, tc.eval_tokens)
-        if env.world_size == 1:
-            return evaluate_lm(*args).to_dict("val/")
-        try:  # each rank scores its share of the tiling; the sums are reduced
-            res = evaluate_lm(*args, rank=env.rank, world_size=env.world_size)
-            nll, count = res.loss * res.n_bases, res.n_bases
-        except ValueError as e:
-            if "no bases" not in str(e):
-                raise
-            nll, count = 0.0, 0  # this rank's share was padding only (a tiny split); the others' is not
-        nll, count = dist.all_reduce(env, [nll, count])
-        return EvalResult(nll / count, int(count)).to_dict("val/")
-
-    last_val: dict[str, float] = {}
-    t_start = time.time()
-    steps_this_call = 0
-    stopped_early = False
-    bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+def train_step(s: _Session, state: TrainState, stage: Any) -> dict[str, Any] | None:
+    """One optimizer step on a batch of ``stage`` (seq_len, batch_size): forward/backward over grad_accum
+    micro-batches, then clip and step. Returns the step's loss, gradient norm, tokens and auxiliary metrics,
+    or None when the loss was not finite (the update is skipped and the step consumed)."""
+    tc, env, model, optimizer = s.config.train, s.env, s.model, s.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(state.step, tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
+    # This rank's rows of the global batch; the case mask is read only when repeats are reweighted.
+    reweight_repeats = s.config.data.repeat_weight != 1.0  # the only consumer of the case mask
+    batch = s.sampler.next_batch(stage.batch_size, stage.seq_len, case_mask=reweight_repeats)
+    lower = batch.lower if reweight_repeats else np.broadcast_to(False, batch.ids.shape)  # a view, no copy
+    inputs, targets, weights = lm_inputs(batch.ids, lower, batch.valid, s.config.data.repeat_weight)
+    inputs, targets, weights = inputs.to(env.device), targets.to(env.device), weights.to(env.device)
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
-    window_t, window_tokens = time.time(), 0
-    model.train()
-    try:
-        while step < tc.steps:
-            stage = schedule.at(step, tokens)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, tc.steps, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
-            batch = sampler.next_batch(stage.batch_size, stage.seq_len)  # this rank's rows of the global batch
-            inputs, targets, weights = lm_inputs(batch.ids, batch.lower, batch.valid, config.data.repeat_weight)
-            inputs, targets, weights = inputs.to(env.device), targets.to(env.device), weights.to(env.device)
-            optimizer.zero_grad(set_to_none=True)
-            micro = inputs.shape[0] // tc.grad_accum
-            loss_sum, aux_metrics = 0.0, {}
-            for m in range(tc.grad_accum):
-                sl = slice(m * micro, (m + 1) * micro)
-                with dist.grad_sync(model, m == tc.grad_accum - 1):  # reduce gradients once per step
-                    with autocast:
-                        out = model(inputs[sl])
-                    loss = lm_loss(out.logits, targets[sl], weights[sl])
-                    if out.aux_loss is not None:
-                        loss = loss + out.aux_loss
-                        aux_metrics = out.metrics
-                    (loss / tc.grad_accum).backward()
-                loss_sum += float(loss.detach()) / tc.grad_accum
-            n_tokens = int(batch.valid.sum())
-            if env.world_size > 1:  # the global batch's mean loss and token count, the same on every rank
-                loss_sum, n_tokens = dist.all_reduce(env, [loss_sum, n_tokens])
-                loss_sum, n_tokens = loss_sum / env.world_size, int(n_tokens)
-            if not math.isfinite(loss_sum):
-                bad_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-                metrics.log({"step": step + 1, "event": "non_finite_loss", "skipped": True, "consecutive": bad_steps})
-                if main:
-                    tqdm.write(f"step {step + 1}: non-finite loss, update skipped ({bad_steps}/{tc.max_bad_steps})")
-                if bad_steps >= tc.max_bad_steps:
-                    raise TrainingError(
-                        f"{bad_steps} consecutive non-finite losses at step {step + 1}; stopping without a new "
-                        f"checkpoint (the last good one is kept). Try a lower train.lr or train.bf16=false."
-                    )
-                step += 1  # the step is consumed: its batch is skipped, the trajectory stays deterministic
-                continue
-            bad_steps = 0
-            grad_norm = dist.clip_grad_norm(model, tc.grad_clip)
-            optimizer.step()
-            step += 1
-            steps_this_call += 1
-            tokens += n_tokens
-            window_tokens += n_tokens
-            bar.update(1)
+    optimizer.zero_grad(set_to_none=True)
+    micro = inputs.shape[0] // tc.grad_accum
+    loss_sum, aux_metrics = 0.0, {}
+    for m in range(tc.grad_accum):
+        sl = slice(m * micro, (m + 1) * micro)
+        with dist.grad_sync(model, m == tc.grad_accum - 1):  # reduce gradients once per step
+            with autocast:
+                out = model(inputs[sl])
+            loss = lm_loss(out.logits, targets[sl], weights[sl])
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss
+                aux_metrics = out.metrics
+            (loss / tc.grad_accum).backward()
+        loss_sum += float(loss.detach()) / tc.grad_accum
+    n_tokens = int(batch.valid.sum())
+    if env.world_size > 1:  # the global batch's mean loss and token count, the same on every rank
+        loss_sum, n_tokens = dist.all_reduce(env, [loss_sum, n_tokens])
+        loss_sum, n_tokens = loss_sum / env.world_size, int(n_tokens)
+    if not math.isfinite(loss_sum):
+        _skip_bad_step(s, state)
+        return None
+    state.bad_steps = 0
+    grad_norm = dist.clip_grad_norm(model, tc.grad_clip)
+    optimizer.step()
+    return {"loss": loss_sum, "grad_norm": grad_norm, "tokens": n_tokens, "aux": aux_metrics}
 
-            if step % tc.log_every == 0 or step == tc.steps:
-                now = time.time()
-                tps = window_tokens / max(now - window_t, 1e-9)
-                window_t, window_tokens = now, 0
-                row = {
-                    "step": step,
-                    "loss": loss_sum,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "grad_norm": grad_norm,
-                    "tokens": tokens,
-                    "tokens_per_s": tps,
-                    "seq_len": stage.seq_len,
-                    "batch_size": stage.batch_size,
-                    "elapsed_s": now - t_start,
-                    **aux_metrics,
-                }
-                metrics.log(row)
-                bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tps:,.0f}", L=stage.seq_len)
-            timed_out = tc.max_time_minutes is not None and (time.time() - t_start) > 60 * tc.max_time_minutes
-            if tc.max_time_minutes is not None and env.world_size > 1:  # every rank stops at the same step
-                timed_out = dist.all_reduce(env, [float(timed_out)], op="max")[0] > 0
-            if step % tc.eval_every == 0 or step == tc.steps or timed_out:
-                last_val = validate()
-                metrics.log({"step": step, "tokens": tokens, **last_val})
-                if main:
-                    tqdm.write(
-                        f"step {step}: validation loss {last_val['val/loss']:.4f}, "
-                        f"{last_val['val/bits_per_base']:.4f} bits/base"
-                    )
-            if step % tc.ckpt_every == 0 or step == tc.steps or timed_out:
-                checkpoint()
+
+def _skip_bad_step(s: _Session, state: TrainState) -> None:
+    tc = s.config.train
+    state.bad_steps += 1
+    s.optimizer.zero_grad(set_to_none=True)
+    s.metrics.log({"step": state.step + 1, "event": "non_finite_loss", "skipped": True, "consecutive": state.bad_steps})
+    if s.env.is_main:
+        tqdm.write(f"step {state.step + 1}: non-finite loss, update skipped ({state.bad_steps}/{tc.max_bad_steps})")
+    if state.bad_steps >= tc.max_bad_steps:
+        raise TrainingError(
+            f"{state.bad_steps} consecutive non-finite losses at step {state.step + 1}; stopping without a new "
+            f"checkpoint (the last good one is kept). Try a lower train.lr or train.bf16=false."
+        )
+    state.step += 1  # the step is consumed: its batch is skipped, the trajectory stays deterministic
+
+
+def _maybe_log(s: _Session, state: TrainState, stage: Any, out: dict[str, Any], bar: Any) -> None:
+    tc = s.config.train
+    if not (state.step % tc.log_every == 0 or state.step == tc.steps):
+        return
+    now = time.time()
+    tps = state.window_tokens / max(now - state.window_t, 1e-9)
+    state.window_t, state.window_tokens = now, 0
+    row = {
+        "step": state.step,
+        "loss": out["loss"],
+        "lr": s.optimizer.param_groups[0]["lr"],
+        "grad_norm": out["grad_norm"],
+        "tokens": state.tokens,
+        "tokens_per_s": tps,
+        "seq_len": stage.seq_len,
+        "batch_size": stage.batch_size,
+        "elapsed_s": now - s.t_start,
+        **out["aux"],
+    }
+    s.metrics.log(row)
+    bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:,.0f}", L=stage.seq_len)
+
+
+def _timed_out(s: _Session) -> bool:
+    """train.max_time_minutes has passed (decided together by every rank, so all stop at the same step)."""
+    limit = s.config.train.max_time_minutes
+    timed_out = limit is not None and (time.time() - s.t_start) > 60 * limit
+    if limit is not None and s.env.world_size > 1:
+        timed_out = dist.all_reduce(s.env, [float(timed_out)], op="max")[0] > 0
+    return timed_out
+
+
+def validate(s: _Session) -> dict[str, float]:
+    """Held-out loss on the validation split (each rank scores its share of the tiling; sums are reduced)."""
+    tc, env = s.config.train, s.env
+    args = (dist.eval_model(s.model), s.store, "validation", s.config.data.seq_len, tc.eval_batch_size, tc.eval_tokens)
+    if env.world_size == 1:
+        return evaluate_lm(*args).to_dict("val/")
+    try:
+        res = evaluate_lm(*args, rank=env.rank, world_size=env.world_size)
+        nll, count = res.loss * res.n_bases, res.n_bases
+    except ValueError as e:
+        if "no bases" not in str(e):
+            raise
+        nll, count = 0.0, 0  # this rank's share was padding only (a tiny split); the others' is not
+    nll, count = dist.all_reduce(env, [nll, count])
+    return EvalResult(nll / count, int(count)).to_dict("val/")
+
+
+def _maybe_evaluate(s: _Session, state: TrainState, force: bool) -> None:
+    tc = s.config.train
+    if not (force or state.step % tc.eval_every == 0 or state.step == tc.steps):
+        return
+    state.last_val = validate(s)
+    s.metrics.log({"step": state.step, "tokens": state.tokens, **state.last_val})
+    if s.env.is_main:
+        tqdm.write(
+            f"step {state.step}: validation loss {state.last_val['val/loss']:.4f}, "
+            f"{state.last_val['val/bits_per_base']:.4f} bits/base"
+        )
+
+
+def _maybe_checkpoint(s: _Session, state: TrainState, force: bool) -> None:
+    tc = s.config.train
+    if not (force or state.step % tc.ckpt_every == 0 or state.step == tc.steps):
+        return
+    saved = {
+        "step": state.step,
+        "tokens": state.tokens,
+        "sampler": s.sampler.state_dict(),
+        "schedule": s.schedule.state_dict(),
+        "torch_rng": torch.get_rng_state().tolist(),
+    }
+    if tc.parallel != "none":
+        save_sharded_checkpoint(s.run_dir, state.step, s.model, s.optimizer, saved, tc.keep_last, s.env)
+    else:
+        save_training_checkpoint(s.run_dir, state.step, s.model, s.optimizer, saved, tc.keep_last)
+
+
+def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, init_from, stop_after) -> TrainResult:
+    tc = config.train
+    s, state = _start(config, env, resume, progress, init_from)
+    stopped_early = False
+    bar = tqdm(total=tc.steps, initial=state.step, desc="train", unit="step", disable=not s.progress, dynamic_ncols=True)
+    state.window_t = time.time()
+    s.model.train()
+    try:
+        while state.step < tc.steps:
+            stage = s.schedule.at(state.step, state.tokens)
+            out = train_step(s, state, stage)
+            if out is None:
+                continue
+            state.step += 1
+            state.steps_this_call += 1
+            state.tokens += out["tokens"]
+            state.window_tokens += out["tokens"]
+            bar.update(1)
+            _maybe_log(s, state, stage, out, bar)
+            timed_out = _timed_out(s)
+            _maybe_evaluate(s, state, force=timed_out)
+            _maybe_checkpoint(s, state, force=timed_out)
             if timed_out:
-                if main:
-                    tqdm.write(f"stopping after {tc.max_time_minutes} min (train.max_time_minutes) at step {step}")
+                if env.is_main:
+                    tqdm.write(f"stopping after {tc.max_time_minutes} min (train.max_time_minutes) at step {state.step}")
                 stopped_early = True
                 break
-            if stop_after is not None and steps_this_call >= stop_after:
+            if stop_after is not None and state.steps_this_call >= stop_after:
                 stopped_early = True
                 break
     finally:
         bar.close()
-        if metrics.rows and main:
-            plot_metrics(run_dir / METRICS_FILE, run_dir / "loss.png")
+        if s.metrics.rows and env.is_main:
+            plot_metrics(s.run_dir / METRICS_FILE, s.run_dir / "loss.png")
 
     if not stopped_early:
-        _save_final_model(config, model, run_dir / FINAL_MODEL_DIR, {"step": step, "tokens": tokens}, env)
+        _save_final_model(config, s.model, s.run_dir / FINAL_MODEL_DIR, {"step": state.step, "tokens": state.tokens}, env)
     return TrainResult(
-        run_dir=run_dir,
-        steps=step,
-        tokens=tokens,
-        val_loss=last_val.get("val/loss"),
-        val_bits_per_base=last_val.get("val/bits_per_base"),
+        run_dir=s.run_dir,
+        steps=state.step,
+        tokens=state.tokens,
+        val_loss=state.last_val.get("val/loss"),
+        val_bits_per_base=state.last_val.get("val/bits_per_base"),
         stopped_early=stopped_early,
-        history=metrics.rows,
+        history=s.metrics.rows,
     )
 
 
@@ -472,10 +553,6 @@ def _save_final_model(config: RunConfig, model: torch.nn.Module, path: Path, ext
 def _load_init_weights(model: DNALM, source: str | Path) -> None:
     """Copy weights from a checkpoint or run into ``model`` (shapes must match; buffers that depend on
     the context length, such as filter position tables, are rebuilt by the model, not copied)."""
-    from safetensors.torch import load_file
-
-    from dnalm.train.checkpoint import latest_model_dir
-
     src = Path(source)
     found = latest_model_dir(src) or (src if (src / "model.safetensors").is_file() else None)
     if found is None:

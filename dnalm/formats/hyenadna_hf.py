@@ -51,10 +51,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, atomic_dir, save_pretrained
-from dnalm.config import ConfigError, HyenaConfig, model_config_from_dict, to_dict
+from dnalm.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    atomic_dir,
+    load_pretrained,
+    load_weights,
+    read_checkpoint_meta,
+    save_pretrained,
+)
+from dnalm.config import ConfigError, to_dict
+from dnalm.formats.base import CheckpointFormat
+from dnalm.models import model_config_from_dict
+from dnalm.models.hyena import HyenaConfig
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import BASES, PAD, VOCAB_SIZE, Tokenizer
 
@@ -339,9 +353,6 @@ def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as e:
@@ -681,8 +692,6 @@ def load_hf(
 
 def load_converted_classifier(path: str | Path, device: str | torch.device = "cpu") -> HyenaDNAClassifier:
     """Read a classifier written by :func:`convert` (``format: dnalm-hf-classifier``)."""
-    from dnalm.checkpoint import load_weights, read_checkpoint_meta
-
     folder = _as_path(path)
     cfg = folder / CONFIG_FILE
     meta = read_checkpoint_meta(folder, CLASSIFIER_FORMAT, "not a converted HyenaDNA classifier")
@@ -725,8 +734,6 @@ def convert(
     info = {"converted_from": str(src), "source_format": "hyenadna-hf"}
     if isinstance(model, HyenaDNAClassifier):
         with atomic_dir(dst) as tmp:
-            from safetensors.torch import save_model
-
             meta = {"format": CLASSIFIER_FORMAT, "model": to_dict(model.config), "tokenizer": model.tokenizer.to_dict(),
                     "classifier": model.spec(), "info": info}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -745,8 +752,6 @@ def convert(
 
 
 def _load_native(path: str | Path) -> DNALM:
-    from dnalm.checkpoint import load_pretrained
-
     return load_pretrained(path)
 
 
@@ -824,9 +829,18 @@ def save_hf(
         if weights == "bin":
             torch.save(state, tmp / "pytorch_model.bin")
         elif weights == "safetensors":
-            from safetensors.torch import save_file
-
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
         else:
             raise ValueError(f"weights must be 'bin' or 'safetensors' (got {weights!r})")
     return Path(path)
+
+
+FORMAT = CheckpointFormat(
+    name="hyenadna-hf",
+    description="HyenaDNA Hugging Face folder (LongSafari/hyenadna-*-hf), or a classifier converted from one",
+    detect=lambda path: is_hf_folder(path) or is_converted_classifier(path),
+    load=load,
+    convert=convert,
+    export=save_hf,
+    read_config=lambda path: read_hf_config(path).config if is_hf_folder(path) else None,
+)
