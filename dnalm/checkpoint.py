@@ -1,20 +1,16 @@
 """Model checkpoints: a directory with ``config.json`` and ``model.safetensors``, written atomically.
 
 Atomic means: everything is written into a temporary sibling directory, flushed to disk, and only then
-renamed into place. A killed writer leaves at most a ``.tmp-*`` directory, never a checkpoint that
-looks complete. Weights are safetensors only; nothing here unpickles.
+renamed into place (:mod:`dnalm.outputs`). A killed writer leaves at most a ``.tmp-*`` directory, never a
+checkpoint that looks complete. Weights are safetensors only; nothing here unpickles.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,6 +19,7 @@ from safetensors.torch import load_file, save_model
 from dnalm.config import ConfigError, to_dict
 from dnalm.models import model_config_from_dict
 from dnalm.models.lm import DNALM
+from dnalm.outputs import atomic_dir, atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from dnalm.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
@@ -35,63 +32,6 @@ _STEP_RE = re.compile(r"^step-(\d+)$")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read: missing files, bad config, mismatched weights."""
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces ``path`` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write a file via a temporary sibling, fsync and a rename: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (see atomic_write_bytes)."""
-    return atomic_write_bytes(path, text.encode())
 
 
 def write_model_files(model: torch.nn.Module, directory: Path, extra: dict[str, Any] | None = None) -> None:
@@ -118,9 +58,27 @@ def is_native_checkpoint(path: Path) -> bool:
     if not (cfg.is_file() and (path / WEIGHTS_FILE).is_file()):
         return False
     try:
-        return json.loads(cfg.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = json.loads(cfg.read_text())
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON
         return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """``path`` (a config.json) as a dict; CheckpointError naming the file when it is unreadable, not UTF-8,
+    not JSON, or JSON whose top level is not an object."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start + 1}); not a valid config.json") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the top level is a JSON {type(meta).__name__}, not an object (a mapping of settings)")
+    return meta
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -152,13 +110,9 @@ def read_checkpoint_meta(path: str | Path, fmt: str, wrong_format: str) -> dict[
         raise CheckpointError(f"{path}: no {CONFIG_FILE}; {wrong_format}")
     if not (path / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{path}: no {WEIGHTS_FILE}; the checkpoint is incomplete")
-    try:
-        meta = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt or "model" not in meta:
-        found = meta.get("format", "unknown") if isinstance(meta, dict) else "unknown"
-        raise CheckpointError(f"{path}: a {found!r} checkpoint; {wrong_format}")
+    meta = read_config_json(cfg)
+    if meta.get("format") != fmt or "model" not in meta:
+        raise CheckpointError(f"{path}: a {meta.get('format', 'unknown')!r} checkpoint; {wrong_format}")
     return meta
 
 
@@ -171,8 +125,21 @@ def load_weights(module: torch.nn.Module, path: str | Path, device: str | torch.
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
     check_state_dict(module, state, str(weights))
+    check_finite(state, str(weights))
     module.load_state_dict(state)
     return module.to(device).eval()
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """CheckpointError naming the tensors that hold NaN or infinite values (damaged weights would
+    otherwise print 'bits/base nan' and exit 0)."""
+    bad = []
+    for k, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(f"{k} ({int((~torch.isfinite(t)).sum())} of {t.numel()})")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{where}: non-finite (NaN or infinite) weights in {shown}; the checkpoint is damaged")
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

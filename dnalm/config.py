@@ -129,12 +129,18 @@ class RunConfig:
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
     """A YAML file whose top level is a mapping (``safe_load`` only); ConfigError naming the file otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected the {what} (a YAML file)")
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start + 1}: {e.reason}); save the {what} as UTF-8") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
@@ -241,7 +247,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be true or false (got {value!r})")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or int(value) != value):
             raise ConfigError(f"{where} must be an integer (got {value!r})")
         return int(value)
     if tp is float:
@@ -252,6 +259,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number (got {value!r})")
+        if not math.isfinite(value):  # YAML reads .nan and .inf as floats; no setting means them
+            raise ConfigError(f"{where} must be a finite number (got {value!r})")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

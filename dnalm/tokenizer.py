@@ -68,7 +68,8 @@ class InvalidSequenceError(ValueError):
 def encode_bytes(data: bytes | np.ndarray, name: str = "sequence") -> tuple[np.ndarray, np.ndarray]:
     """Bytes of bases -> (uint8 token ids, bool lower-case mask).
 
-    Raises InvalidSequenceError naming ``name`` and the 0-based position of the first bad character.
+    Raises InvalidSequenceError naming ``name`` and the position of the first bad character, 1-based as
+    every position in a message for people (see :mod:`dnalm.data.tables`).
     """
     raw = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     ids = BYTE_TO_ID[raw]
@@ -77,7 +78,7 @@ def encode_bytes(data: bytes | np.ndarray, name: str = "sequence") -> tuple[np.n
         pos = int(bad[0])
         ch = chr(int(raw[pos]))
         raise InvalidSequenceError(
-            f"{name}: invalid character {ch!r} at position {pos} (0-based); expected A/C/G/T/N or an IUPAC code"
+            f"{name}: invalid character {ch!r} at position {pos + 1} (1-based); expected A/C/G/T/N or an IUPAC code"
         )
     return ids, BYTE_IS_LOWER[raw]
 

@@ -70,3 +70,46 @@ def test_bad_key_in_config_exits_2(tmp_path, capsys):
     (tmp_path / "r.yaml").write_text("preset: hyenadna-tiny-1k\ntrain: {lr: 1e-3, warmup: 5}\n")
     assert main(["train", "--config", str(tmp_path / "r.yaml")]) == 2
     assert "unknown key(s) in train: warmup" in capsys.readouterr().err
+
+
+def _phix_config(tmp_path: Path, steps: int) -> Path:
+    cfg = {
+        "out_dir": str(tmp_path / "run"),
+        "model": {"family": "hyena", "n_layer": 1, "d_model": 16, "l_max": 66},
+        "data": {"inputs": [str(DATA / "phage_phix174.fa")], "seq_len": 64, "holdout_fraction": 0.2},
+        "train": {"steps": steps, "batch_size": 4, "eval_every": 100, "eval_tokens": 512, "ckpt_every": 2,
+                  "log_every": 1, "keep_last": 3, "threads": 1},
+    }
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, capsys):
+    cfg = _phix_config(tmp_path, 4)
+    assert main(["train", "--config", str(cfg)]) == 0
+    newest = tmp_path / "run" / "checkpoints" / "step-0000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a crash mid-copy, a full disk
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg), "--set", "train.steps=6", "--set", "train.lr=1e-3"]) == 0
+    cap = capsys.readouterr()
+    err = cap.err
+    assert "skipping a damaged checkpoint" in err and "step-0000004" in err
+    assert "from step 2" in cap.out + err
+    assert "changed train settings: steps 4 -> 6; lr 0.0006 -> 0.001" in err  # never silently
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["step"] == 6
+
+
+def test_a_failed_train_keeps_the_run_config(tmp_path, capsys):
+    cfg = _phix_config(tmp_path, 2)
+    assert main(["train", "--config", str(cfg)]) == 0
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg), "--set", "train.steps=4", "--set", "train.lr=1e30",
+                 "--set", "train.max_bad_steps=1"]) == 2
+    assert "non-finite" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+    fresh = tmp_path / "fresh"
+    assert main(["train", "--config", str(cfg), "--out", str(fresh), "--set", "train.lr=1e30",
+                 "--set", "train.max_bad_steps=1"]) == 2
+    assert not fresh.exists()  # nothing left behind by a run that never checkpointed

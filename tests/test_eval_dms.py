@@ -159,3 +159,119 @@ def test_cli(tmp_path, capsys):
     assert body[0].split("\t") == ["variant", "codons", "nt_changes", "n_choices", "dna", "delta_sum", "delta_mean",
                                    "fitness", "blosum62", "dE"]
     assert len(body) == 121
+
+
+# ------------------------------------------------------------------------------------------ CDS with flanks
+# aph3II_lacZ_context.fa: the real APH(3')II CDS between the real 5' and 3' context of E. coli lacZ
+# (tests/data/SOURCES.md); mutant numbers shifted by +2 play a numbering that does not start at the ATG
+# (as Ambler numbering of TEM-1 starts at 3).
+
+FLANKED = DATA / "aph3II_lacZ_context.fa"
+TINY = DATA / "ecoli_hyena_tiny"
+
+
+def _record(path: Path) -> str:
+    return "".join(ln.strip() for ln in path.read_text().splitlines() if not ln.startswith(">"))
+
+
+def test_flanked_file_is_built_from_real_sequence():
+    """Re-derive the file: lacZ's 100 bases upstream (gene orientation) + the CDS + lacZ's stop and 97 bases."""
+    import gzip
+
+    from dnalm.tokenizer import decode, reverse_complement_ids
+
+    genome = b"".join(ln.strip() for ln in gzip.open(Path(__file__).parents[1] / "dnalm/resources/ecoli_k12_mg1655.fa.gz")
+                      if not ln.startswith(b">")).decode()
+
+    def rc(s: str) -> str:
+        return decode(reverse_complement_ids(encode_bytes_(s)))
+
+    assert rc(genome[366302:366305]) == "ATG"  # lacZ = complement(363231..366305) in the GFF
+    up, down = rc(genome[366305:366405]), rc(genome[363133:363233])
+    assert down[:3] == "TAA" and _record(FLANKED) == up + cds_text() + down
+
+
+def encode_bytes_(s: str):
+    from dnalm.tokenizer import encode_bytes
+
+    return encode_bytes(s.encode())[0]
+
+
+def _shifted_table(tmp_path: Path, shift: int) -> Path:
+    """The real mutant table with every residue number + shift."""
+    import re
+
+    out = []
+    for ln in MUTANTS.read_text().splitlines():
+        m = re.match(r"^([A-Z*])(\d+)([A-Z*]);", ln)
+        out.append(f"{m[1]}{int(m[2]) + shift}{m[3]};{ln.split(';', 1)[1]}" if m else ln)
+    p = tmp_path / "shifted.csv"
+    p.write_text("\n".join(out) + "\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import dnalm
+
+    return dnalm.load(TINY)
+
+
+def test_flanks_and_offset_numbering_against_hand_checked_codons(tmp_path, tiny):
+    table = _shifted_table(tmp_path, 2)
+    res = score_dms(tiny, FLANKED, table, numbering_offset=2, progress=False)
+    cds = res["cds"]
+    # hand-checked: the CDS is record positions 101-895 (100 flank bases, 264 codons, then lacZ's TAA)
+    assert (cds.strand, cds.span(), cds.codons, cds.stop) == (1, (101, 895), 264, True)
+    assert "100 bases upstream and 97 downstream kept as context" in res["notes"][0]
+    rows = {r["variant"]: r for r in res["rows"]}
+    rec = _record(FLANKED)
+    # residue 23 of the table = codon 21 = record positions 161-163 = GGC (G); A: GCC, 1 change at c.62
+    assert rec[160:163] == "GGC" and rows["G23A"]["codons"] == "GGC>GCC" and rows["G23A"]["dna"] == "c.62G>C"
+    # residue 24 = codon 22 = positions 164-166 = TAT (Y); F: TTT at c.65; E: GAA|GAG tie (2 changes) -> GAA
+    assert rec[163:166] == "TAT"
+    assert rows["Y24F"]["codons"] == "TAT>TTT" and rows["Y24F"]["dna"] == "c.65A>T"
+    assert rows["Y24E"]["codons"] == "TAT>GAA|GAG" and rows["Y24E"]["dna"] == "c.64T>G;c.66T>A"
+    # the window is the model's 257 bases centred on the codon, flanks included: record[33:290]
+    for name, i, codon in (("G23A", 160, "GCC"), ("Y24F", 163, "TTT")):
+        lo = (2 * i + 3) // 2 - 257 // 2
+        assert lo < 100  # upstream flank bases are in the scored window
+        ref = rec[lo : lo + 257]
+        mut = (rec[:i] + codon + rec[i + 3 :])[lo : lo + 257]
+        assert rows[name]["delta_sum"] == pytest.approx(float(dnalm.score(tiny, mut) - dnalm.score(tiny, ref)), abs=2e-4)
+
+
+def test_without_the_offset_the_frame_is_found_and_the_numbering_flagged(tmp_path, tiny):
+    table = _shifted_table(tmp_path, 2)
+    with_offset = {r["variant"]: r for r in score_dms(tiny, FLANKED, table, numbering_offset=2, progress=False)["rows"]}
+    res = score_dms(tiny, FLANKED, table, progress=False)
+    assert res["cds"].span()[0] == 95  # codon "1" two codons before the ATG
+    assert any("not ATG" in n and "--numbering-offset" in n for n in res["notes"])
+    for r in res["rows"]:  # the same codons and scores; only the c. numbering moves by 6
+        assert r["codons"] == with_offset[r["variant"]]["codons"]
+        assert r["delta_sum"] == with_offset[r["variant"]]["delta_sum"]
+    assert {r["variant"]: r["dna"] for r in res["rows"]}["G23A"] == "c.68G>C"
+
+
+def test_cds_on_the_reverse_strand_and_given_positions(tmp_path, tiny):
+    from dnalm.tokenizer import decode, reverse_complement_ids
+
+    rec = _record(FLANKED)
+    rc = tmp_path / "rc.fa"
+    rc.write_text(">aph3II_rc\n" + decode(reverse_complement_ids(encode_bytes_(rec))) + "\n")
+    fwd = {r["variant"]: r["delta_sum"] for r in score_dms(tiny, FLANKED, MUTANTS, progress=False)["rows"]}
+    found = score_dms(tiny, rc, MUTANTS, progress=False)
+    assert (found["cds"].strand, found["cds"].span()) == (-1, (98, 892))  # 992 - 895 + 1 .. 992 - 101 + 1
+    given = score_dms(tiny, rc, MUTANTS, cds_start=892, cds_end=98, progress=False)
+    assert "given by --cds-start" in given["notes"][0]
+    for res in (found, given):
+        assert {r["variant"]: r["delta_sum"] for r in res["rows"]} == fwd  # the gene read the same way
+
+
+def test_ambiguous_frames_ask_for_cds_start(tmp_path, tiny):
+    p = tmp_path / "one.csv"
+    p.write_text("variant;y\nG21A;1.0\n")  # one residue fits many frames of a flanked record
+    with pytest.raises(DataError, match=r"reading frames translate to all 1 mutated wild-type residues.*--cds-start"):
+        score_dms(tiny, FLANKED, p, progress=False)
+    res = score_dms(tiny, FLANKED, p, cds_start=101, progress=False)
+    assert res["rows"][0]["codons"] == "GGC>GCC" and res["cds"].span() == (101, 895)

@@ -61,14 +61,16 @@ def test_padding_does_not_change_embeddings(model, pool, layer):
 
 def test_long_sequences_are_windowed(model):
     seq = LAMBDA[20000:20150]  # 150 bases; the model takes 65 bases per window
-    emb = embed_sequences(model, [seq, LAMBDA[:30]], pool="mean")
+    with pytest.raises(DataError, match=r"1 sequences longer than the model's 65 bases: seq0 \(150 bp\); pass --crop"):
+        embed_sequences(model, [seq, LAMBDA[:30]], pool="mean")  # the default: an error naming them
+    emb = embed_sequences(model, [seq, LAMBDA[:30]], pool="mean", windows=True)
     assert emb.windows == [3, 1] and emb.lengths == [150, 30] and emb.meta["window_bases"] == 65
     parts = [reference(model, seq[i : i + 65], -1) for i in (0, 65, 130)]
     want = torch.cat(parts).mean(0)  # every base weighted once
     np.testing.assert_allclose(emb.array[0], want.numpy(), rtol=1e-5, atol=1e-5)
-    last = embed_sequences(model, [seq], pool="last").array[0]
+    last = embed_sequences(model, [seq], pool="last", windows=True).array[0]
     np.testing.assert_allclose(last, parts[-1][-1].numpy(), rtol=1e-5, atol=1e-5)
-    per_base = embed_sequences(model, [seq, LAMBDA[:30]], pool="none")
+    per_base = embed_sequences(model, [seq, LAMBDA[:30]], pool="none", windows=True)
     assert per_base.array.shape == (180, 16) and per_base.meta["offsets"] == [0, 150, 180]
     np.testing.assert_allclose(per_base.array[65:130], parts[1].numpy(), rtol=1e-5, atol=1e-5)
 
@@ -88,8 +90,10 @@ def test_cli_writes_npy_and_metadata(tmp_path, capsys):
     csv = tmp_path / "seqs.csv"
     csv.write_text("id,sequence\nshort," + LAMBDA[:40] + "\nlong," + LAMBDA[40:240] + "\n")
     out = tmp_path / "emb.npy"
-    assert main(["embed", str(tmp_path / "m"), "--csv", str(csv), "-o", str(out), "--quiet"]) == 0
-    assert "1 sequences were longer than 65 bases" in capsys.readouterr().out
+    assert main(["embed", str(tmp_path / "m"), "--csv", str(csv), "-o", str(out), "--quiet"]) == 2
+    assert "long (200 bp); pass --crop" in capsys.readouterr().err and not out.exists()
+    assert main(["embed", str(tmp_path / "m"), "--csv", str(csv), "-o", str(out), "--windows", "--quiet"]) == 0
+    assert "1 sequences were longer than 65 bases and used several windows" in capsys.readouterr().out
     arr = np.load(out, allow_pickle=False)
     meta = json.loads(out.with_suffix(".json").read_text())
     assert arr.shape == (2, 16) and arr.dtype == np.float32

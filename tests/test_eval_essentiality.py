@@ -90,7 +90,7 @@ def test_label_errors(tmp_path, model):
     with pytest.raises(DataError, match=r"2 labels that are not 0/1: line 3 essential_x is empty; line 4 essential_x='yes'"):
         read_labels(p)
     p.write_text("gene_id\tessential_x\nb0001\t1\n")
-    with pytest.raises(DataError, match="needs a locus_tag"):
+    with pytest.raises(DataError, match=r"no locus_tag \(or gene\) column"):
         read_labels(p)
     p.write_text("locus_tag\tscore\nb0001\t1\n")
     with pytest.raises(DataError, match="no label columns"):
@@ -112,3 +112,28 @@ def test_cli_with_labels(tmp_path, capsys):
     bad.write_text("##gff-version 3\nchrZ\tx\tCDS\t1\t30\t.\t+\t0\tID=c1;locus_tag=z1\n")
     assert main(["essentiality", str(TINY), "--fasta", str(GENOME), "--gff", str(bad), "--quiet"]) == 2
     assert "not records of" in capsys.readouterr().err
+
+
+def test_labels_keyed_by_gene_name(tmp_path, model):
+    """The label file's gene names (not locus tags) find their genes; this once failed with 'dictionary
+    changed size during iteration'. Real labels: the first 12 rows, locus_tag column dropped."""
+    rows = [ln.split("\t") for ln in LABELS.read_text().splitlines()[:13]]
+    p = tmp_path / "by_name.tsv"
+    p.write_text("\n".join("\t".join(r[1:]) for r in rows) + "\n")  # gene, start, ..., essential_*
+    by_name = score_essentiality(model, GENOME, GFF, p, window=64, progress=False)
+    by_tag = score_essentiality(model, GENOME, GFF, LABELS, window=64, max_genes=12, progress=False)
+    assert len(by_name["rows"]) == 12
+    assert {r["locus_tag"]: r["delta_sum"] for r in by_name["rows"]} == {r["locus_tag"]: r["delta_sum"]
+                                                                       for r in by_tag["rows"]}
+
+
+def test_label_column_of_one_class_fails_before_scoring(tmp_path, capsys):
+    out = tmp_path / "ess.tsv"
+    rows = LABELS.read_text().splitlines()[:9]  # 8 genes, none essential in the Keio column
+    p = tmp_path / "few.tsv"
+    p.write_text("\n".join(rows) + "\n")
+    assert main(["essentiality", str(TINY), "--fasta", str(GENOME), "--gff", str(GFF), "--labels", str(p),
+                 "--label-column", "essential_baba2006_keio", "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'essential_baba2006_keio' is 0 for all 8 scored genes" in err[0]
+    assert not out.exists() and not out.with_suffix(".roc.png").exists()

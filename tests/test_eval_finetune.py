@@ -144,7 +144,7 @@ def test_bad_input(tmp_path, capsys):
     p = tmp_path / "t.csv"
     p.write_text("sequence,label\nACGTACGT,1\nACGTTT,\n")
     assert main(["finetune", str(TINY), "--train", str(p), "--quiet"]) == 2
-    assert "rows with an empty label ('label'): row 3" in capsys.readouterr().err
+    assert "rows with an empty label ('label'): line 3" in capsys.readouterr().err
     p.write_text("sequence,label\nACGTACGT,1\n")
     d = tmp_path / "d.csv"
     d.write_text("sequence,label\nACGTACGT,2\n")

@@ -508,3 +508,16 @@ def test_cuda_parity(lm):
     with torch.no_grad():
         got = model(exp["in1.input_ids"].cuda()).logits.cpu()
     assert maxdiff(got, exp["in1.logits"]) < 1e-4
+
+
+def test_info_describes_a_hyenadna_hf_folder(capsys):
+    """`dnalm eval` opens a -hf folder; `dnalm info` must too (it once failed with KeyError: 'model')."""
+    from dnalm.cli import main
+    from dnalm.formats.hyenadna_hf import read_hf_config
+
+    folder = Path(__file__).parent / "data" / "hyenadna_hf" / "tiny"
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    c = read_hf_config(folder).config
+    assert f"{c.n_layer} layers, d_model {c.d_model}, max length {c.l_max:,}" in out
+    assert "HyenaDNA Hugging Face folder" in out and "parameters" in out

@@ -6,40 +6,81 @@ The subcommands live in modules by area, each function next to the arguments it 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 # each module registers its subcommands; this order is the order of `dnalm --help`
 from dnalm.cli import apps, models, run, scaling  # noqa: F401, I001
 from dnalm.cli.base import COMMANDS, user_error_types
+from dnalm.models import list_presets
+from dnalm.outputs import check_output
 from dnalm.version import __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dnalm",
         description="Build DNA language models from scratch and put them to work.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dnalm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, fn, help_, description, args in COMMANDS:
         p = sub.add_parser(
             name, help=help_, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
+        outputs = {}
         for a in args:
-            p.add_argument(*a.flags, **a.kwargs)
-        p.set_defaults(_fn=fn)
+            action = p.add_argument(*a.flags, **a.kwargs)
+            if a.output:
+                outputs[action.dest] = (a.output, "/".join(a.flags))
+        p.set_defaults(_fn=fn, _outputs=outputs)
     return parser
 
 
+# commands that score or embed with a model's weights: a preset name there means random weights
+_USES_WEIGHTS = {"eval", "generate", "score", "score-variants", "essentiality", "dms", "embed", "finetune", "boundaries"}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    for dest, (kind, flag) in getattr(args, "_outputs", {}).items():
+        value = getattr(args, dest, None)
+        if value is not None and str(value) != "-":
+            check_output(value, kind, f"{flag} output")
+
+
+def _warn_untrained(args: argparse.Namespace) -> None:
+    model = getattr(args, "model", None)
+    if args.command in _USES_WEIGHTS and model in list_presets() and not Path(model).exists():
+        print(f"dnalm {args.command}: warning: {model} is a preset, built with random (untrained) weights; its "
+              "scores mean nothing. Pass a run or checkpoint directory to use trained weights.", file=sys.stderr)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. User mistakes: one line on stderr, exit 2 (bad syntax included); an unexpected
+    exception: one line, exit 1 (``DNALM_DEBUG=1`` shows the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_fn", None):
         parser.print_help()
         return 2
     try:
-        return int(args._fn(args) or 0)
+        _check_outputs(args)
+        code = int(args._fn(args) or 0)
+        _warn_untrained(args)  # after the results, so that an error stays one line
+        return code
     except KeyboardInterrupt:
         print("dnalm: interrupted", file=sys.stderr)
         return 130
@@ -47,11 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except user_error_types() as e:
-        print(f"dnalm {args.command}: error: {e}", file=sys.stderr)
+        print(f"dnalm {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
-        print(f"dnalm {args.command}: error: {e}", file=sys.stderr)
+    except OSError as e:  # an input or output the readers and writers did not name (permissions, devices)
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"dnalm {args.command}: error: {where}{e.strerror or _one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug, not a user mistake: still one line, exit 1
+        if os.environ.get("DNALM_DEBUG"):
+            raise
+        print(f"dnalm {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+              "(please report it; DNALM_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

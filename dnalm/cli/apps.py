@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 from dnalm.checkpoint import atomic_write_text
-from dnalm.cli.base import arg, command
-from dnalm.data.errors import DataError, listing
+from dnalm.cli.base import LONG_INPUTS, arg, command, positive_float, positive_int
+from dnalm.data.errors import DataError
 from dnalm.data.sequences import read_sequences
+from dnalm.data.tables import display_name, is_regular_file
 from dnalm.eval.boundaries import analyze_boundaries, format_summary, write_report
-from dnalm.eval.dms import score_dms
-from dnalm.eval.embed import embed_sequences, read_sequence_file
-from dnalm.eval.essentiality import DEFAULT_CASSETTE, essentiality_report, score_essentiality
+from dnalm.eval.dms import place_cds, read_mutants, score_dms
+from dnalm.eval.embed import embed_sequences, embedding_paths, fit_to_context, long_policy, read_sequence_file
+from dnalm.eval.essentiality import DEFAULT_CASSETTE, essentiality_report, read_labels, score_essentiality
 from dnalm.eval.finetune import _model_inputs, finetune, load_classifier, load_sets, predict_proba, save_classifier
 from dnalm.eval.longcontext import LONG_FROM, score_records
 from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot, write_tsv
@@ -27,6 +28,7 @@ from dnalm.eval.scoring import window_bases
 from dnalm.eval.variants import binary_labels, read_variants, score_variants
 from dnalm.formats import load
 from dnalm.models.lm import DNALM
+from dnalm.outputs import check_output, output_group
 from dnalm.tokenizer import UNK
 
 
@@ -36,17 +38,20 @@ from dnalm.tokenizer import UNK
     arg("model", metavar="MODEL", help="dnaHNet run directory, checkpoint directory or preset"),
     arg("--fasta", required=True, help="genome FASTA (or GenBank)"),
     arg("--gff", required=True, help="GFF3/GTF annotation; seqids must match the FASTA record names"),
-    arg("-o", "--out", default="boundaries", help="output directory for boundaries.tsv, gene_profile.tsv and PNGs"),
+    arg("-o", "--out", default="boundaries", output="dir",
+        help="output directory for boundaries.tsv, gene_profile.tsv and PNGs"),
     arg("--window", type=int, default=None, help="bases per window (default: the model's max length - 1, at most 4096)"),
     arg("--context", type=int, default=None, help="bases of overlap between windows, run but not counted (default: window/4)"),
     arg("--upstream", type=int, default=100, help="bases 5' of a gene start that count as 'upstream'"),
     arg("--max-bases", type=int, default=200_000, help="analyse only the first N bases of each record (0 = all)"),
     arg("--forward-only", action="store_true", help="skip the reverse-complement reading (minus-strand CDS then drop out of the codon table)"),
     arg("--zero-based-gff", action="store_true", help="the GFF's start column is 0-based (e.g. the phiX174 file)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
+
+
 def boundaries_cmd(args: argparse.Namespace) -> int:
     """Run a dnaHNet model over annotated sequence and report, per stage, the boundary rate by codon
     position (1/2/3) inside CDS read on the coding strand, and by region type (CDS, upstream of a gene,
@@ -65,7 +70,8 @@ def boundaries_cmd(args: argparse.Namespace) -> int:
     "Zero-shot variant effects: delta log-likelihood (alt - ref) of a window centred on each variant.",
     arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
     arg("--fasta", required=True, help="reference FASTA; a record named chrom:start-end is placed on chrom at start"),
-    arg("--variants", required=True, help="VCF, or TSV/CSV with chromosome/position/ref/alt columns (1-based)"),
+    arg("--variants", required=True,
+        help="VCF, or TSV/CSV with chromosome/position/ref/alt columns (1-based); .gz ok; '-' reads standard input"),
     arg("--window", type=int, default=None, help="bases per window (default: 8192, or the model's context if shorter)"),
     arg("--rc-average", action="store_true", help="also score reverse complements and average the strand deltas"),
     arg("--fasta-offset", type=int, default=None, help="1-based chromosome position of the first base of each record"),
@@ -74,12 +80,15 @@ def boundaries_cmd(args: argparse.Namespace) -> int:
     arg("--label-column", default=None, help="column with class labels: report AUROC of -delta and plot the ROC"),
     arg("--positive", action="append", default=None, help="label value(s) of the positive class, e.g. LOF (repeatable)"),
     arg("--baseline-column", action="append", default=[], help="numeric column to report as a baseline AUROC"),
-    arg("-o", "--out", default=None, help="output TSV (default: <variants>.scores.tsv in the current directory)"),
-    arg("--plot", default=None, help="ROC plot PNG (default: next to the TSV)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("-o", "--out", default=None, output="file",
+        help="output TSV (default: <variants>.scores.tsv in the current directory)"),
+    arg("--plot", default=None, output="file", help="ROC plot PNG (default: next to the TSV)"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
+
+
 def score_variants_cmd(args: argparse.Namespace) -> int:
     """Score SNVs (and optionally indels) by the change in log-likelihood of a window centred on each,
     ref and alt windows of the same length, each distinct window scored once. Writes a TSV (atomically)
@@ -105,13 +114,17 @@ def score_variants_cmd(args: argparse.Namespace) -> int:
     arg("--cassette", default="TAATAATAATAGTGA", help="sequence inserted in frame (default: 5 stop codons, 15 bp)"),
     arg("--insert-offset", type=int, default=12, help="bases after the first base of the start codon"),
     arg("--zero-based-gff", action="store_true", help="the GFF's start column is 0-based (e.g. the phiX174 file)"),
-    arg("--max-genes", type=int, default=None, help="score only the first N genes (for a quick look)"),
-    arg("-o", "--out", default=None, help="per-gene TSV (default: essentiality.tsv)"),
-    arg("--plot", default=None, help="ROC plot PNG (default: next to the TSV)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--circular", default=None, metavar="PAT,...",
+        help="comma-separated glob patterns of circular records: genes across their origin are skipped, not an error"),
+    arg("--max-genes", type=positive_int, default=None, help="score only the first N genes (for a quick look)"),
+    arg("-o", "--out", default=None, output="file", help="per-gene TSV (default: essentiality.tsv)"),
+    arg("--plot", default=None, output="file", help="ROC plot PNG (default: next to the TSV)"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
+
+
 def essentiality_cmd(args: argparse.Namespace) -> int:
     """Evo's zero-shot essentiality protocol: for each protein-coding gene insert a stop cassette in
     frame near the start codon, score the change in log-likelihood of a window around the gene (read in
@@ -120,7 +133,8 @@ def essentiality_cmd(args: argparse.Namespace) -> int:
         args.model, args.fasta, args.gff, labels=args.labels, label_columns=args.label_column, out=args.out,
         plot=args.plot, window=args.window, cassette=args.cassette, insert_offset=args.insert_offset,
         zero_based_gff=args.zero_based_gff, max_genes=args.max_genes, batch_size=args.batch_size,
-        device=args.device, progress=not args.quiet,
+        circular=[p.strip() for p in (args.circular or "").split(",") if p.strip()], device=args.device,
+        progress=not args.quiet,
     ))  # fmt: skip
     return 0
 
@@ -130,25 +144,38 @@ def essentiality_cmd(args: argparse.Namespace) -> int:
     "Zero-shot protein fitness from DNA: score protein mutants via their closest codon change.",
     arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
     arg("--cds", required=True, help="FASTA with the wild-type coding sequence"),
-    arg("--variants", required=True, help="mutant table (';', tab or ',' separated; '#' comments), e.g. G21A"),
+    arg("--variants", required=True,
+        help="mutant table (';', tab or ',' separated; '#' comments), e.g. G21A; .gz ok; '-' reads standard input"),
     arg("--ties", choices=["first", "mean"], default="first",
         help="equally close codons: first in A<C<G<T order, or the mean delta over all of them"),
-    arg("--record", default=None, help="CDS record name (default: the first record)"),
+    arg("--record", default=None, help="record holding the CDS (default: searched in every record)"),
+    arg("--cds-start", type=int, default=None, metavar="POS",
+        help="1-based record position of the first base of codon 1 (default: found from the mutants' residues)"),
+    arg("--cds-end", type=int, default=None, metavar="POS",
+        help="1-based record position of the CDS's last base (default: the first in-frame stop); "
+        "an end before the start means the reverse strand"),
+    arg("--numbering-offset", type=int, default=0, metavar="K",
+        help="the table's residue n is codon n - K of the CDS (e.g. 2 for TEM-1's Ambler numbering)"),
     arg("--variant-column", default=None, help="mutant column (default: variant/mutant/mutation)"),
     arg("--fitness-column", default=None, help="measured fitness column (default: y/fitness/score/DMS_score)"),
     arg("--baseline-column", action="append", default=None,
         help="baseline score column(s) (default: every other numeric column, e.g. dE)"),
-    arg("-o", "--out", default=None, help="output TSV (default: <variants>.dms.tsv)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("-o", "--out", default=None, output="file", help="output TSV (default: <variants>.dms.tsv)"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
+
+
 def dms_cmd(args: argparse.Namespace) -> int:
     """Map each protein mutant to the codon with the fewest nucleotide changes, score the delta
     log-likelihood of the gene, and report Spearman with measured fitness beside BLOSUM62 and any
-    baseline columns."""
+    baseline columns. The CDS may carry flanks (kept as context in the scored window): it is the reading
+    frame, on either strand, that encodes every mutant's wild-type residue, or --cds-start/--cds-end;
+    the choice is reported. --variants - reads the table from standard input."""
     print(dms_command(
         args.model, args.cds, args.variants, out=args.out, ties=args.ties, record=args.record,
+        cds_start=args.cds_start, cds_end=args.cds_end, numbering_offset=args.numbering_offset,
         variant_column=args.variant_column, fitness_column=args.fitness_column,
         baseline_columns=args.baseline_column, batch_size=args.batch_size, device=args.device,
         progress=not args.quiet,
@@ -165,17 +192,21 @@ def dms_cmd(args: argparse.Namespace) -> int:
     arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
     arg("--layer", type=int, default=-1, help="hidden state: 0 = embeddings, i = after block i, -1 = final norm"),
     arg("--pool", choices=["mean", "last", "none"], default="mean", help="pooling over the bases"),
-    arg("-o", "--out", default=None, help="output .npy (default: <input>.emb.npy; metadata next to it)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("-o", "--out", default=None, output="file", help="output .npy (default: <input>.emb.npy; metadata next to it)"),
+    *LONG_INPUTS,
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
+
+
 def embed_cmd(args: argparse.Namespace) -> int:
-    """Embed sequences; those longer than the model's context are embedded in consecutive windows
-    (stated in the metadata)."""
+    """Embed sequences. One longer than the model's context is an error unless --crop keeps one window of
+    it or --windows embeds it in consecutive windows pooled together (stated in the metadata)."""
     print(embed_command(
         args.model, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
-        layer=args.layer, pool=args.pool, batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+        layer=args.layer, pool=args.pool, batch_size=args.batch_size, crop=args.crop, windows=args.windows,
+        device=args.device, progress=not args.quiet,
     ))  # fmt: skip
     return 0
 
@@ -193,17 +224,20 @@ def embed_cmd(args: argparse.Namespace) -> int:
     arg("--soft-prompt", type=int, default=0, metavar="N", help="learn N prompt embeddings for the frozen model"),
     arg("--pool", choices=["mean", "last"], default="mean", help="pooling of the hidden states over the bases"),
     arg("--layer", type=int, default=-1, help="hidden state to pool (-1 = after the final norm)"),
-    arg("--epochs", type=int, default=3, help="epochs (full fine-tuning and soft prompts)"),
-    arg("--lr", type=float, default=None, help="learning rate (default: 1e-2 probe/prompt, 3e-4 full)"),
-    arg("--batch-size", type=int, default=32, help="sequences per step"),
-    arg("--probe-steps", type=int, default=500, help="full-batch steps of the linear probe"),
-    arg("--max-train", type=int, default=None, help="use a random subset of this many training sequences"),
+    arg("--epochs", type=positive_int, default=3, help="epochs (full fine-tuning and soft prompts)"),
+    arg("--lr", type=positive_float, default=None, help="learning rate (default: 1e-2 probe/prompt, 3e-4 full)"),
+    arg("--batch-size", type=positive_int, default=32, help="sequences per step"),
+    arg("--probe-steps", type=positive_int, default=500, help="full-batch steps of the linear probe"),
+    arg("--max-train", type=positive_int, default=None, help="use a random subset of this many training sequences"),
     arg("--seed", type=int, default=0, help="seed of the head/prompt init and the data order"),
     arg("--split-seed", type=int, default=0, help="seed of the 80/10/10 split when no --dev/--test is given"),
-    arg("-o", "--out", default="finetuned", help="output directory (classifier, report.json, split.json)"),
+    arg("-o", "--out", default="finetuned", output="dir", help="output directory (classifier, report.json, split.json)"),
+    *LONG_INPUTS,
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
+
+
 def finetune_cmd(args: argparse.Namespace) -> int:
     """Add a classification head on pooled hidden states and train it (class-weighted loss, best dev
     checkpoint kept). Reports test accuracy, MCC and AUROC beside a k-mer logistic regression trained in
@@ -213,7 +247,7 @@ def finetune_cmd(args: argparse.Namespace) -> int:
         label_column=args.label_column, mode=args.mode, soft_prompt=args.soft_prompt, pool=args.pool,
         layer=args.layer, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         probe_steps=args.probe_steps, seed=args.seed, split_seed=args.split_seed, max_train=args.max_train,
-        device=args.device, progress=not args.quiet,
+        crop=args.crop, windows=args.windows, device=args.device, progress=not args.quiet,
     ))  # fmt: skip
     return 0
 
@@ -225,17 +259,21 @@ def finetune_cmd(args: argparse.Namespace) -> int:
     arg("--fasta", default=None, help="FASTA/GenBank file of sequences"),
     arg("--csv", dest="csv_path", default=None, help="CSV/TSV with a sequence column"),
     arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
-    arg("-o", "--out", default=None, help="output TSV (default: <input>.predictions.tsv)"),
-    arg("--batch-size", type=int, default=32, help="sequences per forward pass"),
+    arg("-o", "--out", default=None, output="file", help="output TSV (default: <input>.predictions.tsv)"),
+    *LONG_INPUTS,
+    arg("--batch-size", type=positive_int, default=32, help="sequences per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
+
+
 def predict_cmd(args: argparse.Namespace) -> int:
     """Apply a fine-tuned classifier: one row per sequence with the predicted class and the probability
     of each class."""
     print(predict_command(
         args.classifier, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
-        batch_size=args.batch_size, device=args.device, progress=not args.quiet,
+        batch_size=args.batch_size, crop=args.crop, windows=args.windows, device=args.device,
+        progress=not args.quiet,
     ))  # fmt: skip
     return 0
 
@@ -246,15 +284,17 @@ def predict_cmd(args: argparse.Namespace) -> int:
     arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
     arg("--fasta", required=True, help="FASTA/GenBank file (plain or gzip); every record is scored whole"),
     arg("--reduce", choices=["sum", "mean"], default="sum", help="sum or per-base mean of the log-likelihood"),
-    arg("-o", "--out", default=None, help="output TSV, written atomically; without it the table is printed"),
-    arg("--long-from", type=int, default=32768,
+    arg("-o", "--out", default=None, output="file", help="output TSV, written atomically; without it the table is printed"),
+    arg("--long-from", type=positive_int, default=32768,
         help="records of this many tokens or more go through the one-pass long-context path"),
     arg("--max-memory", type=float, default=None, metavar="GIB",
         help="GiB the one-pass path may use; unset = what the system reports as available"),
-    arg("--batch-size", type=int, default=8, help="short records per forward pass"),
+    arg("--batch-size", type=positive_int, default=8, help="short records per forward pass"),
     arg("--device", default="cpu", help="torch device"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
+
+
 def score_cmd(args: argparse.Namespace) -> int:
     """Score whole records: natural-log likelihood of every base (the first one too when the tokenizer
     prepends [BOS]), as a sum or a per-base mean, plus bits per base. A HyenaDNA record of --long-from
@@ -311,62 +351,70 @@ def score_variants_command(
 ) -> str:
     """``dnalm score-variants``: score, write the TSV (and ROC plot with labels), return a summary."""
 
-    model = load(model_path, device=device)
+    # inputs and outputs are checked before the model is loaded: a mistake costs no model time
     vlist, columns = read_variants(variants, allow_indels=indels, pos_column=pos_column)
-    if label_column is not None and not any(label_column in v.fields for v in vlist):
-        raise DataError(f"{variants}: no column {label_column!r} (columns: {', '.join(vlist[0].fields) or 'none'})")
+    for c in ([label_column] if label_column is not None else []) + list(baseline_columns):
+        if not any(c in v.fields for v in vlist):
+            raise DataError(
+                f"{display_name(variants)}: no column {c!r} (columns: {', '.join(vlist[0].fields) or 'none'})"
+            )
     y = None
     if label_column is not None:  # check the labels before spending time on the model
-        y = binary_labels([(v.row, v.fields.get(label_column)) for v in vlist], label_column, positive)
+        y = binary_labels([(v.row, v.fields.get(label_column)) for v in vlist], label_column, positive,
+                          display_name(variants))
+    out_path = check_output(Path(out) if out else _default_out(variants, ".scores.tsv"), "file", "output TSV")
+    if label_column is not None:
+        check_output(Path(plot) if plot else out_path.with_suffix(".roc.png"), "file", "ROC plot")
+    model = load(model_path, device=device)
     res = score_variants(model, fasta, vlist, window=window, rc_average=rc_average, fasta_offset=fasta_offset,
                          pos_column=pos_column, allow_indels=indels, batch_size=batch_size, progress=progress,
                          source=str(variants))
     res.columns = columns
     res.notes.append("columns used: " + ", ".join(f"{k}={v}" for k, v in columns.items()))
-    out_path = Path(out) if out else _default_out(variants, ".scores.tsv")
     extra = [label_column] if label_column else []
     for r in res.rows:
         if label_column:
             r[label_column] = r["_fields"].get(label_column)
         for b in baseline_columns:
             r[b] = r["_fields"].get(b)
-    res.write_tsv(out_path, extra + [b for b in baseline_columns if b not in extra])
-    lines = [
-        f"scored {len(res.rows)} variants ({res.n_windows_scored} distinct windows, {res.notes[0]}) "
-        f"in {res.seconds:.1f} s = {len(res.rows) / max(res.seconds, 1e-9):.2f} variants/s -> {out_path}",
-    ]
-    if y is not None:
-        score = -np.array([r["delta_sum"] for r in res.rows])
-        try:
-            a = auroc(y, score)
-            lo, hi = auroc_ci(y, score)
-        except MetricError as e:
-            raise DataError(f"label column {label_column!r}: {e}") from None
-        pos_name = ",".join(positive) if positive else "1"
-        lines.append(f"AUROC ({label_column} = {pos_name} vs the rest, score -delta_sum): {a:.4f} "
-                     f"(95% bootstrap CI {lo:.3f}-{hi:.3f}; {int(y.sum())} positive, {int(len(y) - y.sum())} negative)")
-        curves = {"model (-delta)": (y, score)}
-        for b in baseline_columns:
-            vals = np.array([_float_or_nan(r["_fields"].get(b)) for r in res.rows])
-            ok = np.isfinite(vals)
-            if ok.sum() < len(vals):
-                lines.append(f"baseline {b}: {int((~ok).sum())} rows without a number are left out of its AUROC")
+    with output_group():  # the TSV and the ROC plot appear together, or neither
+        res.write_tsv(out_path, extra + [b for b in baseline_columns if b not in extra])
+        lines = [
+            f"scored {len(res.rows)} variants ({res.n_windows_scored} distinct windows, {res.notes[0]}) "
+            f"in {res.seconds:.1f} s = {len(res.rows) / max(res.seconds, 1e-9):.2f} variants/s -> {out_path}",
+        ]
+        if y is not None:
+            score = -np.array([r["delta_sum"] for r in res.rows])
             try:
-                ab = auroc(y[ok], vals[ok])
+                a = auroc(y, score)
+                lo, hi = auroc_ci(y, score)
             except MetricError as e:
-                lines.append(f"baseline {b}: {e}")
-                continue
-            lines.append(f"baseline AUROC of {b} (higher = more damaging): {ab:.4f}")
-            if ok.all():
-                curves[b] = (y, vals)
-        plot_path = Path(plot) if plot else out_path.with_suffix(".roc.png")
-        save_roc_plot(plot_path, curves, title=f"{Path(variants).name}: {label_column}")
-        lines.append(f"ROC plot -> {plot_path}")
+                raise DataError(f"{display_name(variants)}: label column {label_column!r}: {e}") from None
+            pos_name = ",".join(positive) if positive else "1"
+            lines.append(f"AUROC ({label_column} = {pos_name} vs the rest, score -delta_sum): {a:.4f} "
+                         f"(95% bootstrap CI {lo:.3f}-{hi:.3f}; {int(y.sum())} positive, {int(len(y) - y.sum())} negative)")
+            curves = {"model (-delta)": (y, score)}
+            for b in baseline_columns:
+                vals = np.array([_float_or_nan(r["_fields"].get(b)) for r in res.rows])
+                ok = np.isfinite(vals)
+                if ok.sum() < len(vals):
+                    lines.append(f"baseline {b}: {int((~ok).sum())} rows without a number are left out of its AUROC")
+                try:
+                    ab = auroc(y[ok], vals[ok])
+                except MetricError as e:
+                    lines.append(f"baseline {b}: {e}")
+                    continue
+                lines.append(f"baseline AUROC of {b} (higher = more damaging): {ab:.4f}")
+                if ok.all():
+                    curves[b] = (y, vals)
+            plot_path = Path(plot) if plot else out_path.with_suffix(".roc.png")
+            save_roc_plot(plot_path, curves, title=f"{display_name(variants)}: {label_column}")
+            lines.append(f"ROC plot -> {plot_path}")
     return "\n".join(lines)
 
 
 def _default_out(path: str | Path, suffix: str) -> Path:
-    name = Path(path).name
+    name = Path(path).name if is_regular_file(path) else "variants"  # stdin or a pipe: no useful name
     for ext in (".gz", ".vcf", ".tsv", ".csv", ".txt"):
         name = name.removesuffix(ext)
     return Path(f"{name}{suffix}")
@@ -383,46 +431,54 @@ def essentiality_command(
     model_path: str, fasta: str, gff: str, *, labels: str | None = None, label_columns: Sequence[str] | None = None,
     out: str | None = None, plot: str | None = None, window: int | None = None, cassette: str = DEFAULT_CASSETTE,
     insert_offset: int = 12, zero_based_gff: bool = False, max_genes: int | None = None, batch_size: int = 8,
-    device: str = "cpu", progress: bool = True,
+    circular: Sequence[str] = (), device: str = "cpu", progress: bool = True,
 ) -> str:
     """``dnalm essentiality``: score genes, write the per-gene TSV (+ ROC plot with labels), return a summary."""
 
+    if labels is not None:
+        read_labels(labels, label_columns)  # a bad label file fails before the model is loaded
+    out_path = check_output(Path(out) if out else Path("essentiality.tsv"), "file", "output TSV")
+    plot_path = check_output(Path(plot) if plot else out_path.with_suffix(".roc.png"), "file", "ROC plot")
     model = load(model_path, device=device)
     t0 = time.perf_counter()
     res = score_essentiality(model, fasta, gff, labels, label_columns=label_columns, window=window, cassette=cassette,
                              insert_offset=insert_offset, zero_based_gff=zero_based_gff, max_genes=max_genes,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress, need_both_classes=True, circular=circular)
     secs = time.perf_counter() - t0
-    out_path = Path(out) if out else Path("essentiality.tsv")
     header = ["locus_tag", "gene", "seqid", "start", "end", "strand", "length", "insert_after", "window_start",
               "window_end", "delta_sum", "delta_mean", *res["label_columns"]]
-    write_tsv(out_path, header, ([r[c] for c in header] for r in res["rows"]), res["notes"])
-    lines = [f"scored {len(res['rows'])} genes in {secs:.1f} s -> {out_path}", *res["notes"]]
-    if res["label_columns"]:
-        plot_path = Path(plot) if plot else out_path.with_suffix(".roc.png")
-        for r in essentiality_report(res, plot_path):
-            lines.append(
-                f"{r['label']}: AUROC {r['auroc']:.4f} (95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}; "
-                f"{r['n_pos']} essential of {r['n']}); gene-length baseline AUROC {r['auroc_gene_length']:.4f}"
-            )
-        lines.append(f"ROC plot -> {plot_path}")
+    with output_group():  # the TSV and the ROC plot appear together, or neither
+        write_tsv(out_path, header, ([r[c] for c in header] for r in res["rows"]), res["notes"])
+        lines = [f"scored {len(res['rows'])} genes in {secs:.1f} s -> {out_path}", *res["notes"]]
+        if res["label_columns"]:
+            for r in essentiality_report(res, plot_path):
+                lines.append(
+                    f"{r['label']}: AUROC {r['auroc']:.4f} (95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}; "
+                    f"{r['n_pos']} essential of {r['n']}); gene-length baseline AUROC {r['auroc_gene_length']:.4f}"
+                )
+            lines.append(f"ROC plot -> {plot_path}")
     return "\n".join(lines)
 
 
 def dms_command(
     model_path: str, cds: str, variants: str, *, out: str | None = None, ties: str = "first",
-    record: str | None = None, variant_column: str | None = None, fitness_column: str | None = None,
+    record: str | None = None, cds_start: int | None = None, cds_end: int | None = None, numbering_offset: int = 0,
+    variant_column: str | None = None, fitness_column: str | None = None,
     baseline_columns: Sequence[str] | None = None, batch_size: int = 8, device: str = "cpu", progress: bool = True,
 ) -> str:
     """``dnalm dms``: score mutants, write the TSV, return a summary with Spearman correlations."""
 
+    # the table, the CDS and the output are checked before the model is loaded
+    mutants = read_mutants(variants, variant_column, fitness_column, baseline_columns)
+    place_cds(cds, mutants[0], record=record, cds_start=cds_start, cds_end=cds_end, offset=numbering_offset,
+              source=mutants[1]["source"])
+    stem = Path(variants).stem if is_regular_file(variants) else "mutants"
+    out_path = check_output(Path(out) if out else Path(stem + ".dms.tsv"), "file", "output TSV")
     model = load(model_path, device=device)
     t0 = time.perf_counter()
-    res = score_dms(model, cds, variants, ties=ties, record=record, variant_column=variant_column,
-                    fitness_column=fitness_column, baseline_columns=baseline_columns, batch_size=batch_size,
-                    progress=progress)
+    res = score_dms(model, cds, variants, ties=ties, record=record, cds_start=cds_start, cds_end=cds_end,
+                    numbering_offset=numbering_offset, batch_size=batch_size, progress=progress, mutants=mutants)
     secs = time.perf_counter() - t0
-    out_path = Path(out) if out else Path(Path(variants).stem + ".dms.tsv")
     header = ["variant", "codons", "nt_changes", "n_choices", "dna", "delta_sum", "delta_mean", "fitness",
               "blosum62", *res["meta"]["baselines"]]
     write_tsv(out_path, header, ([r[c] for c in header] for r in res["rows"]), res["notes"])
@@ -437,8 +493,8 @@ def dms_command(
 
 def embed_command(
     model_path: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
-    out: str | None = None, layer: int = -1, pool: str = "mean", batch_size: int = 8, device: str = "cpu",
-    progress: bool = True,
+    out: str | None = None, layer: int = -1, pool: str = "mean", batch_size: int = 8, crop: str | None = None,
+    windows: bool = False, device: str = "cpu", progress: bool = True,
 ) -> str:
     """``dnalm embed``: embed every sequence of a FASTA or CSV and write .npy + .json; return a summary."""
 
@@ -446,16 +502,21 @@ def embed_command(
         raise DataError("give exactly one of --fasta or --csv")
     src = fasta or csv_path
     ids, toks, lows = read_sequence_file(src, column=column)
+    stem = Path(src).name.split(".")[0] if is_regular_file(src) else "sequences"
+    npy, meta_path = embedding_paths(out or stem + ".emb.npy")
+    check_output(npy, "file", "embedding array")
+    check_output(meta_path, "file", "embedding metadata")
     model = load(model_path, device=device)
     if model.tokenizer.lowercase == "unk":
         toks = [np.where(lo, UNK, t).astype(np.uint8) for t, lo in zip(toks, lows)]
-    emb = embed_sequences(model, toks, ids=ids, layer=layer, pool=pool, batch_size=batch_size, progress=progress)
+    emb = embed_sequences(model, toks, ids=ids, layer=layer, pool=pool, batch_size=batch_size, crop=crop,
+                          windows=windows, progress=progress, source=str(src))
     emb.meta.update(model=str(model_path), source=str(src))
-    npy, meta = emb.save(out or Path(src).name.split(".")[0] + ".emb.npy")
-    n_split = sum(1 for w in emb.windows if w > 1)
+    npy, meta = emb.save(npy)
+    n_long = emb.meta["longer_than_window"]
+    how = "were cropped" if crop else "used several windows"
     return (f"embedded {len(ids)} sequences -> {npy} {tuple(emb.array.shape)} float32, metadata {meta}"
-            + (f"; {n_split} sequences were longer than {emb.meta['window_bases']} bases and used several windows"
-               if n_split else ""))
+            + (f"; {n_long} sequences were longer than {emb.meta['window_bases']} bases and {how}" if n_long else ""))
 
 
 def finetune_command(
@@ -463,16 +524,18 @@ def finetune_command(
     seq_column: str | None = None, label_column: str | None = None, mode: str = "probe", soft_prompt: int = 0,
     pool: str = "mean", layer: int = -1, epochs: int = 3, lr: float | None = None, batch_size: int = 32,
     probe_steps: int = 500, seed: int = 0, split_seed: int = 0, max_train: int | None = None,
-    device: str = "cpu", progress: bool = True,
+    crop: str | None = None, windows: bool = False, device: str = "cpu", progress: bool = True,
 ) -> str:
     """``dnalm finetune``: read the sets (or split one seeded), train, compare with k-mers, save; summary."""
 
     data, classes, split_info = load_sets(train, dev, test, seq_column=seq_column, label_column=label_column,
                                           split_seed=split_seed, max_train=max_train, seed=seed)
+    check_output(out, "dir", "classifier directory")
     model = load(model_path, device=device)
     clf, report = finetune(model, data["train"], data["dev"], data["test"], classes, mode=mode,
                            soft_prompt=soft_prompt, pool=pool, layer=layer, epochs=epochs, lr=lr,
-                           batch_size=batch_size, probe_steps=probe_steps, seed=seed, progress=progress)
+                           batch_size=batch_size, probe_steps=probe_steps, seed=seed, crop=crop, windows=windows,
+                           progress=progress)
     report["base_model"] = str(model_path)
     files = {"report.json": json.dumps(report, indent=1) + "\n"}
     if split_info:
@@ -484,7 +547,9 @@ def finetune_command(
         f"{report['mode']} ({pool} pooling, layer {layer}"
         + (f", {soft_prompt} prompt tokens" if soft_prompt else "") + f"): train {s['train']}, dev {s['dev']}, "
         f"test {s['test']}; classes {classes} with train counts {report['train_class_counts']}"
-        + (f"; seeded stratified 80/10/10 split (seed {split_seed}) saved to {out}/split.json" if split_info else ""),
+        + (f"; seeded stratified 80/10/10 split (seed {split_seed}) saved to {out}/split.json" if split_info else "")
+        + (f"; {report['longer_than_context']} sequences longer than the context: {report['long_inputs']}"
+           if report["longer_than_context"] else ""),
         f"{'':<22}{'accuracy':>9}{'MCC':>9}{'AUROC':>9}",
         f"{'model (test)':<22}{t['accuracy']:>9.4f}{t['mcc']:>9.4f}{t['auroc']:>9.4f}",
         f"{'k-mer LR (test)':<22}{b['accuracy']:>9.4f}{b['mcc']:>9.4f}{b['auroc']:>9.4f}"
@@ -497,26 +562,28 @@ def finetune_command(
 
 def predict_command(
     classifier: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
-    out: str | None = None, batch_size: int = 32, device: str = "cpu", progress: bool = True,
+    out: str | None = None, batch_size: int = 32, crop: str | None = None, windows: bool = False,
+    device: str = "cpu", progress: bool = True,
 ) -> str:
     """``dnalm predict``: class probabilities of new sequences with a fine-tuned classifier -> TSV."""
+
     if (fasta is None) == (csv_path is None):
         raise DataError("give exactly one of --fasta or --csv")
-    clf, classes = load_classifier(classifier, device)
     src = fasta or csv_path
+    stem = Path(src).name.split(".")[0] if is_regular_file(src) else "sequences"
+    out_path = check_output(Path(out) if out else Path(stem + ".predictions.tsv"), "file", "output TSV")
     ids, toks, lows = read_sequence_file(src, column=column)
+    clf, classes = load_classifier(classifier, device)
     toks = _model_inputs(clf.lm, toks, lows)
-    limit = window_bases(clf.lm) - clf.n_prompt
-    long = [f"{i} ({len(t)} bp)" for i, t in zip(ids, toks) if len(t) > limit]
-    if long:
-        raise DataError(f"{src}: " + listing(long, f"sequences longer than the classifier's {limit} bases"))
-    probs = predict_proba(clf, toks, batch_size, progress)
-    out_path = Path(out) if out else Path(Path(src).name.split(".")[0] + ".predictions.tsv")
+    fitted, n_long = fit_to_context(toks, window_bases(clf.lm) - clf.n_prompt, crop=crop, windows=windows, names=ids,
+                                    source=str(src), what="the classifier's")
+    probs = predict_proba(clf, fitted, batch_size, progress)
     header = ["id", "predicted", *[f"prob_{c}" for c in classes]]
     rows = ([i, classes[int(p.argmax())], *p.tolist()] for i, p in zip(ids, probs))
-    write_tsv(out_path, header, rows, [f"classifier {classifier}"])
+    write_tsv(out_path, header, rows, [f"classifier {classifier}", f"long inputs: {long_policy(crop, windows)}"])
     counts = np.bincount(probs.argmax(1), minlength=len(classes))
-    return f"predicted {len(ids)} sequences -> {out_path} ({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))})"
+    return (f"predicted {len(ids)} sequences -> {out_path} ({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))})"
+            + (f"; {n_long} longer than the context: {long_policy(crop, windows)}" if n_long else ""))
 
 
 def score_command(

@@ -35,7 +35,7 @@ from dnalm.train.checkpoint import export_checkpoint
     arg("--include-prompt", action="store_true", help="write prompt + continuation, not the continuation alone"),
     arg("--recompute", action="store_true", help="recompute the whole prefix for every token (slow; for checking)"),
     arg("--device", default="cpu", help="torch device, e.g. cpu or cuda"),
-    arg("-o", "--out", default="-", help="FASTA file to write (atomically); '-' writes to stdout"),
+    arg("-o", "--out", default="-", output="file", help="FASTA file to write (atomically); '-' writes to stdout"),
     arg("--quiet", action="store_true", help="no progress bar"),
 )
 def generate_cmd(args: argparse.Namespace) -> int:
@@ -89,7 +89,8 @@ def generate_cmd(args: argparse.Namespace) -> int:
     "Convert a downloaded foreign checkpoint (e.g. a HyenaDNA Hugging Face folder) into a native dnalm checkpoint.",
     arg("src", metavar="SRC", help="checkpoint folder in a registered format, e.g. a HyenaDNA -hf folder "
         "(config.json + pytorch_model.bin or model.safetensors)"),
-    arg("--out", required=True, metavar="DST", help="checkpoint directory to write (config.json + model.safetensors)"),
+    arg("--out", required=True, metavar="DST", output="dir",
+        help="checkpoint directory to write (config.json + model.safetensors)"),
     arg("--lowercase", choices=["unk", "upper"], default="unk",
         help="lower-case bases: 'unk' maps them to [UNK] as the checkpoint's tokenizer does; 'upper' reads them as bases"),
     arg("--no-sep", action="store_true", help="do not append [SEP] to each sequence (the checkpoint's tokenizer does)"),
@@ -125,7 +126,7 @@ def convert_cmd(args: argparse.Namespace) -> int:
     "Make config.json + model.safetensors from a (sharded) training checkpoint or a run directory, "
     "or write a model in a foreign format (--format).",
     arg("src", metavar="CHECKPOINT_OR_RUN", help="checkpoint directory (sharded or not) or run directory (newest checkpoint)"),
-    arg("--out", required=True, metavar="DIR", help="model directory to write (atomically)"),
+    arg("--out", required=True, metavar="DIR", output="dir", help="model directory to write (atomically)"),
     arg("--format", dest="fmt", default="dnalm",
         help="dnalm (config.json + model.safetensors) or a registered format that can be written, e.g. hyenadna-hf"),
     arg("--force", action="store_true", help="replace DIR if it exists"),

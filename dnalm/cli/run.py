@@ -13,13 +13,13 @@ from typing import Any
 import torch
 import yaml
 
-from dnalm.checkpoint import CheckpointError, atomic_write_text, latest_model_dir
-from dnalm.cli.base import UserError, arg, command
+from dnalm.checkpoint import CheckpointError, atomic_write_text, latest_model_dir, read_config_json
+from dnalm.cli.base import UserError, arg, command, positive_int
 from dnalm.config import ConfigError, RunConfig
 from dnalm.data.store import TokenStore, default_genome
 from dnalm.data.store import prepare as prepare_store
 from dnalm.eval.likelihood import markov_report
-from dnalm.formats import load
+from dnalm.formats import detect_format, load
 from dnalm.models import get_preset, list_presets, model_config_from_dict
 from dnalm.models import list_presets as all_presets  # info_report's parameter is named list_presets
 from dnalm.models.lm import DNALM
@@ -37,7 +37,7 @@ from dnalm.train.trainer import CONFIG_SNAPSHOT, TrainingError, prepare_data, tr
     arg("inputs", nargs="*", metavar="INPUT",
         help="FASTA (.fa/.fasta/.fna; plain, gzip or bgzip) or GenBank (.gb/.gbk/.gbff) files; "
         "with none, the embedded E. coli K-12 MG1655 genome and its GFF3", default=argparse.SUPPRESS),
-    arg("--out", required=True, metavar="DIR", default=argparse.SUPPRESS,
+    arg("--out", required=True, metavar="DIR", default=argparse.SUPPRESS, output="dir",
         help="store directory to write (replaced atomically)"),
     arg("--gff", action="append", default=[], metavar="ANNOTATION",
         help="GFF3 or GTF annotation whose genes feed genic windows (repeatable; .gz ok)"),
@@ -89,7 +89,7 @@ def prepare(args: argparse.Namespace) -> int:
 @command(
     "demo",
     "Prepare the embedded E. coli genome, train a small HyenaDNA on CPU, compare with Markov baselines.",
-    arg("--out", default="runs/demo", help="run directory to write"),
+    arg("--out", default="runs/demo", output="dir", help="run directory to write"),
     arg("--minutes", type=float, default=None,
         help="stop training after this many minutes; None keeps the demo's 12-minute guard"),
     arg("--steps", type=int, default=None, help="override the number of training steps"),
@@ -109,7 +109,7 @@ def demo(args: argparse.Namespace) -> int:
     arg("--config", required=True, help="YAML run config (see configs/); sections model/data/train"),
     arg("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.lr=3e-4 (repeatable)"),
-    arg("--out", default=None, help="run directory (overrides out_dir in the config)"),
+    arg("--out", default=None, output="dir", help="run directory (overrides out_dir in the config)"),
     arg("--restart", action="store_true", help="ignore existing checkpoints in the run directory and start over"),
     arg("--init-from", default=None,
         help="start from another run's or checkpoint's weights (staged context extension); fresh LR schedule"),
@@ -140,10 +140,10 @@ def train_cmd(args: argparse.Namespace) -> int:
     arg("--fasta", default=None, help="FASTA/GenBank file to score (every base once, in windows)"),
     arg("--store", default=None, help="prepared store to score (default: the run's own store)"),
     arg("--split", default="validation", help="store split(s) to score, comma-separated"),
-    arg("--seq-len", type=int, default=None, help="window length (default: the run's seq_len or the model max)"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    arg("--seq-len", type=positive_int, default=None, help="window length (default: the run's seq_len or the model max)"),
+    arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--markov-order", type=int, default=10, help="highest Markov order to fit (0 disables the baseline)"),
-    arg("--json", dest="json_out", default=None, help="also write the results to this JSON file"),
+    arg("--json", dest="json_out", default=None, output="file", help="also write the results to this JSON file"),
 )
 def evaluate(args: argparse.Namespace) -> int:
     """Score held-out DNA with a model: loss, perplexity and bits per base, tiled so every base is
@@ -160,8 +160,8 @@ def evaluate(args: argparse.Namespace) -> int:
     "info",
     "Parameters, FLOPs per token and memory estimate of a run, checkpoint or preset.",
     arg("model", metavar="RUN_OR_PRESET", nargs="?", default=None, help="run/checkpoint directory or preset name"),
-    arg("--seq-len", type=int, default=None, help="sequence length for FLOPs and memory (default: model max)"),
-    arg("--batch-size", type=int, default=1, help="batch size for the memory estimate"),
+    arg("--seq-len", type=positive_int, default=None, help="sequence length for FLOPs and memory (default: model max)"),
+    arg("--batch-size", type=positive_int, default=1, help="batch size for the memory estimate"),
     arg("--list", action="store_true", help="list the presets"),
 )
 def info(args: argparse.Namespace) -> int:
@@ -257,11 +257,17 @@ def model_config_of(name: str) -> tuple[Any, str]:
         if name in list_presets():
             return get_preset(name), f"preset {name}"
         raise FileNotFoundError(f"{name}: no such run, checkpoint or preset")
+    fmt = detect_format(p) if p.is_dir() else None
+    if fmt is not None:  # a foreign checkpoint (a HyenaDNA -hf folder, ...): its own config layout
+        config = fmt.read_config(p) if fmt.read_config is not None else None
+        return (config if config is not None else load(p).config), f"{fmt.description}: {p}"
     model_dir = p if (p / "config.json").is_file() else latest_model_dir(p)
     if model_dir is None:
         raise CheckpointError(f"{name}: no model found (config.json + model.safetensors)")
-    meta = json.loads((model_dir / "config.json").read_text())
-    return model_config_from_dict(meta["model"]), f"checkpoint {model_dir}"
+    meta = read_config_json(model_dir / "config.json")
+    if "model" not in meta:
+        raise CheckpointError(f"{model_dir / 'config.json'}: no 'model' section; not a dnalm checkpoint config")
+    return model_config_from_dict(meta["model"], where=f"{model_dir / 'config.json'}:model"), f"checkpoint {model_dir}"
 
 
 def info_report(name: str | None, seq_len: int | None = None, batch_size: int = 1, list_presets: bool = False) -> str:

@@ -29,7 +29,7 @@ from dnalm.scaling.sweep import run_sweep
     arg("--law", default=None, help="fit.json from 'dnalm scaling fit': recommend N and D for --flops"),
     arg("--family", default=None, help="which family of --law to use (when it holds several)"),
     arg("--flops", type=float, default=None, help="compute budget C in FLOPs, with --law"),
-    arg("--json", dest="json_out", default=None, help="also write the plan to this JSON file"),
+    arg("--json", dest="json_out", default=None, output="file", help="also write the plan to this JSON file"),
 )
 def plan_cmd(args: argparse.Namespace) -> int:
     """Plan a large training run before launching it: total training FLOPs (6ND and the per-layer count),
@@ -53,7 +53,8 @@ def plan_cmd(args: argparse.Namespace) -> int:
     "Fit scaling laws to a sweep's results: L(N, D) = E + A/N^alpha + B/D^beta and IsoFLOP parabolas.",
     arg("action", choices=["fit"], help="what to do (fit)"),
     arg("results", metavar="RESULTS", help="results CSV written by 'dnalm sweep' (params, tokens, val_loss, ...)"),
-    arg("--out", default=None, help="output directory for fit.json and plots (default: RESULTS' folder/scaling_fit)"),
+    arg("--out", default=None, output="dir",
+        help="output directory for fit.json and plots (default: RESULTS' folder/scaling_fit)"),
     arg("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals"),
     arg("--seed", type=int, default=0, help="bootstrap seed"),
     arg("--loss-column", default="val_loss", help="column holding the held-out loss"),
@@ -78,7 +79,7 @@ def scaling_cmd(args: argparse.Namespace) -> int:
     "sweep",
     "Train a grid of model sizes x compute budgets (x families), resumable; results in one CSV.",
     arg("--grid", required=True, help="grid YAML (see configs/sweep_ecoli.yaml)"),
-    arg("--out", default=None, help="output directory (overrides out_dir in the grid)"),
+    arg("--out", default=None, output="dir", help="output directory (overrides out_dir in the grid)"),
     arg("--dry-run", action="store_true", help="list the points (parameters, tokens, steps, FLOPs) and stop"),
 )
 def sweep_cmd(args: argparse.Namespace) -> int:

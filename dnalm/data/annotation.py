@@ -5,7 +5,8 @@ Conventions (owned here, stated once):
 - Coordinates become 0-based half-open at the reader: a GFF/GTF line ``start=190 end=255`` (1-based,
   inclusive) is ``Feature(start=189, end=255)``. Some files (e.g. the phiX174 GFF from orfipy) write
   0-based starts; read them with ``zero_based_starts=True`` so that ``start`` is taken as is.
-- Strand is +1, -1 or 0 (``.`` or ``?``). ``parts`` lists the pieces of a multi-part feature (GFF3 lines
+- Strand is +1, -1 or 0 (``.`` or ``?``); any other strand value is an error naming the line.
+  ``parts`` lists the pieces of a multi-part feature (GFF3 lines
   sharing one ID, e.g. a CDS split by a frameshift or an intron; in GTF, the CDS / start_codon /
   stop_codon lines of one transcript), sorted by start; ``start``/``end`` span all parts.
 - Circular records: a feature that crosses the origin is written, as GFF3 says, with ``end`` past the
@@ -165,6 +166,11 @@ def read_annotations(
                     ) from None
                 attrs = _parse_gtf_attributes(s_attrs) if fmt == "gtf" else _parse_gff3_attributes(s_attrs)
                 label = attrs.get("ID") or attrs.get("gene_id") or ftype
+                if s_strand not in _STRANDS:
+                    raise DataError(
+                        f"{path}: line {lineno}: feature {label!r} on {seqid!r} has strand {s_strand!r}; "
+                        "the strand column (7) must be +, -, . or ?"
+                    )
                 if end < start:
                     raise DataError(
                         f"{path}: line {lineno}: feature {label!r} on {seqid!r} has end {end} < start {start}"
@@ -204,7 +210,7 @@ def read_annotations(
                     type=ftype,
                     start=start,
                     end=end,
-                    strand=_STRANDS.get(s_strand, 0),
+                    strand=_STRANDS[s_strand],
                     id=fid,
                     name=name,
                     parent=parent,
@@ -238,7 +244,7 @@ def check_features(
             where = f"line {f.line}" if f.line else "feature"
             hint = (
                 f"; if {f.seqid} is circular and the feature crosses the origin, mark the record circular "
-                f"(dnalm prepare --circular {f.seqid})"
+                f"(--circular {f.seqid})"
                 if f.seqid not in circular and f.start < n
                 else ""
             )

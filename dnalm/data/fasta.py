@@ -15,7 +15,6 @@ Conventions (owned here, stated once):
 from __future__ import annotations
 
 import gzip
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import IO
 import numpy as np
 
 from dnalm.data.errors import DataError
+from dnalm.data.tables import check_input_file, gzip_error_types
 from dnalm.tokenizer import BYTE_IS_LOWER, BYTE_TO_ID
 
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas", ".seq")
@@ -54,13 +54,7 @@ def open_binary(path: str | Path) -> IO[bytes]:
 
     Raises DataError for a missing or empty file.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a sequence or annotation file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file")
+    path = check_input_file(path, "sequence or annotation file")
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == _GZIP_MAGIC:
@@ -69,8 +63,7 @@ def open_binary(path: str | Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _gzip_error_types() -> tuple[type[BaseException], ...]:
-    return (EOFError, gzip.BadGzipFile, zlib.error)
+_gzip_error_types = gzip_error_types
 
 
 def strip_compression_suffix(path: str | Path) -> str:

@@ -9,6 +9,8 @@ parts sorted, origin-crossing features of circular records written with ``end`` 
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,7 +65,9 @@ def read_genbank(path: str | Path) -> Iterator[SeqRecord]:
         it = SeqIO.parse(text, "genbank")
         while True:
             try:
-                rec = next(it)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    rec = next(it)
             except StopIteration:
                 break
             except _gzip_error_types() as e:
@@ -73,6 +77,13 @@ def read_genbank(path: str | Path) -> Iterator[SeqRecord]:
                 raise DataError(f"{path}: not valid GenBank {where}: {e}") from None
             count += 1
             name = rec.id if rec.id and rec.id != "<unknown id>" else rec.name
+            for w in caught:  # biopython only warns when the sequence is shorter than the LOCUS line says
+                m = re.search(r"Expected sequence length (\d+), found (\d+)", str(w.message))
+                if m:
+                    raise DataError(
+                        f"{path}: record {name!r} has {int(m[2]):,} bases but its LOCUS line says {int(m[1]):,}: "
+                        "the file is truncated or damaged"
+                    )
             try:
                 seq = bytes(rec.seq)
             except UndefinedSequenceError:

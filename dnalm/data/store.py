@@ -19,7 +19,8 @@ Conventions (owned here, stated once):
   block, then a test block at its end (for a kind of held-out split that is chosen by name, that block is
   omitted). Samplers keep every window inside one interval, so no window crosses a split boundary.
 - The store is written into a temporary sibling directory and renamed into place, so a killed prepare
-  never leaves a store that looks complete. ``TokenStore.open`` also checks the manifest and the sizes.
+  never leaves a store that looks complete; the next prepare removes such leftovers (dnalm.outputs).
+  ``TokenStore.open`` refuses a temporary folder and checks the manifest and the sizes.
 - Re-running prepare with the same inputs (by content checksum) and options is a no-op that returns the
   manifest with ``up_to_date: True``; changed inputs or options rebuild the store.
 """
@@ -45,6 +46,8 @@ from dnalm.data.annotation import Feature, annotation_format, check_features, ge
 from dnalm.data.errors import DataError
 from dnalm.data.fasta import sniff_format
 from dnalm.data.sequences import read_sequences
+from dnalm.data.tables import check_input_file
+from dnalm.outputs import clean_stale, is_temporary
 from dnalm.tokenizer import C, G, N
 from dnalm.version import __version__
 
@@ -207,6 +210,7 @@ def prepare(
     """
     t0 = time.perf_counter()
     out = Path(out)
+    clean_stale(out)  # temporaries of a killed prepare, also when the store is up to date
     inputs = [Path(p) for p in inputs]
     annotations = [Path(p) for p in annotations]
     if not inputs:
@@ -219,11 +223,10 @@ def prepare(
     val_records = _check_patterns(val_records, "--val-records")
     test_records = _check_patterns(test_records, "--test-records")
     circular = _check_patterns(circular, "--circular")
-    for p in [*inputs, *annotations]:
-        if not p.is_file():
-            raise DataError(f"{p}: no such file")
-        if p.stat().st_size == 0:
-            raise DataError(f"{p}: empty file")
+    for p in inputs:
+        check_input_file(p, "genome file")
+    for p in annotations:
+        check_input_file(p, "annotation file")
 
     options = {
         "val_fraction": float(val_fraction),
@@ -465,6 +468,8 @@ class TokenStore:
         path = Path(path)
         if not path.is_dir():
             raise DataError(f"{path}: no token store here; create one with `dnalm prepare INPUT... --out {path}`")
+        if is_temporary(path):
+            raise DataError(f"{path}: a temporary folder left by an interrupted `dnalm prepare`, not a store; remove it")
         try:
             manifest = json.loads((path / MANIFEST_FILE).read_text())
         except (OSError, ValueError):

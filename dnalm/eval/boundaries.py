@@ -23,8 +23,7 @@ Conventions (owned here):
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,11 +32,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dnalm.checkpoint import atomic_write_text
 from dnalm.data.annotation import read_annotations
 from dnalm.data.errors import DataError
 from dnalm.data.sequences import read_sequences
 from dnalm.models.hnet import nucleotide_boundaries
+from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
 from dnalm.tokenizer import BOS, reverse_complement_ids
 
 REGIONS = ("CDS", "upstream", "intergenic", "noncoding_gene")
@@ -307,14 +306,9 @@ def analyze_boundaries(
 
 
 def _atomic_save_figure(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_report(rep: BoundaryReport, out_dir: str | Path) -> list[Path]:
@@ -325,7 +319,12 @@ def write_report(rep: BoundaryReport, out_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_group():  # the four files appear together, or none of them
+        _write_report(rep, out, plt)
+    return [out / n for n in ("boundaries.tsv", "gene_profile.tsv", "codon_positions.png", "gene_profile.png")]
+
+
+def _write_report(rep: BoundaryReport, out: Path, plt: Any) -> None:
     lines = ["stage\ttable\tcategory\tpositions\tboundaries\trate"]
     lines += [f"{s}\t{t}\t{c}\t{n}\t{b}\t{r:.6f}" for s, t, c, n, b, r in rep.rows()]
     atomic_write_text(out / "boundaries.tsv", "\n".join(lines) + "\n")
@@ -361,7 +360,6 @@ def write_report(rep: BoundaryReport, out_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     _atomic_save_figure(fig, out / "gene_profile.png")
     plt.close(fig)
-    return [out / n for n in ("boundaries.tsv", "gene_profile.tsv", "codon_positions.png", "gene_profile.png")]
 
 
 def format_summary(rep: BoundaryReport) -> str:

@@ -4,11 +4,13 @@
   final norm (the default).
 - ``pool``: ``mean`` over the sequence's bases (never the [BOS] or padding), ``last`` = the last base
   (in a causal model the only position that has seen the whole sequence), ``none`` = one vector per base.
-- Long sequences: a sequence longer than the model's context is cut into consecutive, non-overlapping
-  windows of the model's length; each window starts afresh with its own [BOS], so context does not cross
-  window boundaries. ``mean`` then averages over all bases of all windows (weighted by length), ``last``
-  is the last base of the last window, ``none`` concatenates the windows. The metadata records the
-  window length and how many windows each sequence needed.
+- Long sequences (longer than the model's context; the same rules serve ``finetune`` and ``predict``,
+  see :func:`fit_to_context`): an error by default, naming them. ``crop`` keeps one window of each
+  (``center``, ``left`` = the first bases, ``right`` = the last). ``windows`` cuts each into consecutive,
+  non-overlapping windows of the model's length; each window starts afresh with its own [BOS], so context
+  does not cross window boundaries. ``mean`` then averages over all bases of all windows (weighted by
+  length), ``last`` is the last base of the last window, ``none`` concatenates the windows. The metadata
+  records the policy, the window length and how many windows each sequence needed.
 - Batches are right-padded, which leaves a causal model's real positions exactly unchanged (see
   ``dnalm.models.heads``).
 
@@ -19,8 +21,6 @@ written to temporary names and renamed at the end.
 
 from __future__ import annotations
 
-import csv
-import gzip
 import io
 import json
 from dataclasses import dataclass, field
@@ -30,13 +30,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dnalm.checkpoint import atomic_write_bytes
 from dnalm.data.errors import DataError, listing
 from dnalm.data.sequences import read_sequences
-from dnalm.eval.metrics import AtomicWriter
+from dnalm.data.tables import check_input_file, is_regular_file, read_table
 from dnalm.eval.metrics import progress as bar
 from dnalm.eval.scoring import window_bases
 from dnalm.models.heads import count_hidden_states, pool_hidden
+from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
 from dnalm.tokenizer import BOS, PAD, UNK, encode_bytes
 
 
@@ -51,19 +51,23 @@ class Embeddings:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, out: str | Path) -> tuple[Path, Path]:
-        """Write ``out`` (.npy added if missing) and the metadata JSON beside it, atomically."""
-        out = Path(out)
-        npy = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
-        meta_path = npy.with_suffix(".json")
+        """Write ``out`` (.npy added if missing) and the metadata JSON beside it, atomically and together."""
+        npy, meta_path = embedding_paths(out)
         buf = io.BytesIO()
         np.save(buf, self.array, allow_pickle=False)
         meta = {**self.meta, "ids": self.ids, "lengths": self.lengths, "windows": self.windows,
                 "shape": list(self.array.shape), "array": npy.name}
-        atomic_write_bytes(npy, buf.getvalue())
-        with AtomicWriter(meta_path) as fh:
-            json.dump(meta, fh, indent=1)
-            fh.write("\n")
+        with output_group():  # both files appear, or neither
+            atomic_write_bytes(npy, buf.getvalue())
+            atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
         return npy, meta_path
+
+
+def embedding_paths(out: str | Path) -> tuple[Path, Path]:
+    """The ``.npy`` array and ``.json`` metadata paths of an embedding output."""
+    out = Path(out)
+    npy = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+    return npy, npy.with_suffix(".json")
 
 
 def read_sequence_file(
@@ -72,67 +76,48 @@ def read_sequence_file(
     """FASTA/GenBank (any compression) or CSV/TSV with a sequence column -> (ids, token ids, lower masks).
 
     CSV: the sequence column is ``column`` or the first of sequence/seq/seqs/sequences; ids come from
-    ``id_column``/``id``/``name`` or are ``row<N>``.
+    ``id_column``/``id``/``name`` or are ``line<N>`` (the 1-based file line).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith((".csv", ".tsv", ".txt")):
-        rows, header, seq_col, _ = read_table(path, column, None)
-        idc = id_column or next((c for c in ("id", "name", "seq_id") if c in header), None)
-        ids, toks, lows = [], [], []
-        for i, r in enumerate(rows):
-            t, lo = encode_bytes(r[seq_col].encode(), f"{path} row {i + 2}")
-            ids.append(r[idc] if idc else f"row{i + 2}")
-            toks.append(t)
-            lows.append(lo)
+    name = Path(path).name.lower().removesuffix(".gz")
+    if name.endswith((".csv", ".tsv", ".txt")) or not is_regular_file(path):
+        table, sc, _ = read_sequence_table(path, column, None, seq_option="--column")
+        idc = table.column(id_column, ("id", "name", "seq_id"), "id", required=False)
+        ids = [r[idc] if idc is not None else f"line{ln}" for ln, r in zip(table.lines, table.rows)]
+        toks, lows = encode_column(table, sc)
         return ids, toks, lows
 
+    check_input_file(path, "sequence file")
     recs = list(read_sequences(path))
     return [r.name for r in recs], [r.ids for r in recs], [r.lower for r in recs]
 
 
-def read_table(
-    path: str | Path, seq_column: str | None = None, label_column: str | None = None, need_label: bool = False
-) -> tuple[list[dict[str, str]], list[str], str, str | None]:
-    """A CSV/TSV of sequences -> (rows, header, sequence column, label column or None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", newline="") as fh:
-        lines = [ln for ln in fh if ln.strip() and not ln.startswith("#")]
-    if not lines:
-        raise DataError(f"{path}: empty file")
-    delim = "\t" if "\t" in lines[0] else ","
-    reader = csv.DictReader(lines, delimiter=delim)
-    header = [h for h in (reader.fieldnames or [])]
-
-    def pick(explicit: str | None, names: Sequence[str], what: str, required: bool) -> str | None:
-        if explicit is not None:
-            if explicit not in header:
-                raise DataError(f"{path}: no column {explicit!r} (columns: {', '.join(header)})")
-            return explicit
-        for n in names:
-            if n in header:
-                return n
-        if required:
-            raise DataError(f"{path}: no {what} column (looked for {', '.join(names)}; columns: {', '.join(header)})")
-        return None
-
-    sc = pick(seq_column, ("sequence", "seq", "seqs", "sequences"), "sequence", True)
-    lc = pick(label_column, ("label", "labels", "class", "y"), "label", need_label)
-    rows = list(reader)
-    bad = [f"row {i + 2}" for i, r in enumerate(rows) if not (r.get(sc) or "").strip()]
-    if bad:
-        raise DataError(f"{path}: " + listing(bad, f"rows with an empty {sc!r}"))
-    if lc is not None:
-        empty = [f"row {i + 2}" for i, r in enumerate(rows) if not (r.get(lc) or "").strip()]
+def read_sequence_table(
+    path: str | Path, seq_column: str | None = None, label_column: str | None = None, need_label: bool = False,
+    seq_option: str = "--seq-column",
+):
+    """A CSV/TSV of sequences (:func:`dnalm.data.tables.read_table`) -> (Table, sequence column index, label
+    column index or None). Empty sequences and empty labels are errors naming the lines."""
+    table = read_table(path, "sequence table", delimiters=("\t", ","))
+    sc = table.column(seq_column, ("sequence", "seq", "seqs", "sequences"), "sequence", option=seq_option)
+    lc = table.column(label_column, ("label", "labels", "class", "y"), "label", required=need_label,
+                      option="--label-column")
+    for j, what in ((sc, "sequence"), (lc, "label")):
+        if j is None:
+            continue
+        empty = [f"line {ln}" for ln, r in zip(table.lines, table.rows) if not r[j]]
         if empty:
-            raise DataError(f"{path}: " + listing(empty, f"rows with an empty label ({lc!r})"))
-    return rows, header, sc, lc
+            raise DataError(f"{table.name}: " + listing(empty, f"rows with an empty {what} ({table.header[j]!r})"))
+    return table, sc, lc
+
+
+def encode_column(table: Any, j: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Token ids and lower-case masks of column ``j`` of a Table; a bad character names line and column."""
+    toks, lows = [], []
+    for ln, r in zip(table.lines, table.rows):
+        t, lo = encode_bytes(r[j].encode(), f"{table.name}: line {ln}, column {table.header[j]!r}")
+        toks.append(t)
+        lows.append(lo)
+    return toks, lows
 
 
 def split_windows(ids: np.ndarray, w: int) -> list[np.ndarray]:
@@ -140,6 +125,47 @@ def split_windows(ids: np.ndarray, w: int) -> list[np.ndarray]:
     if len(ids) == 0:
         return [ids]
     return [ids[i : i + w] for i in range(0, len(ids), w)]
+
+
+LONG_HELP = "pass --crop center|left|right to keep one window of each, or --windows to pool over tiled windows"
+
+
+def fit_to_context(
+    seqs: Sequence[np.ndarray], limit: int, *, crop: str | None = None, windows: bool = False,
+    names: Sequence[str] | None = None, source: str = "input", what: str = "the model's",
+) -> tuple[list[list[np.ndarray]], int]:
+    """Each sequence as a list of windows of at most ``limit`` bases, and how many were longer than that.
+
+    A sequence that fits is one window. A longer one is an error (the default, listing them), or with
+    ``crop`` keeps one window: ``center`` (the middle ``limit`` bases), ``left`` (the first) or ``right``
+    (the last); or with ``windows`` is tiled into consecutive windows (the last may be shorter)."""
+    if crop is not None and windows:
+        raise DataError("give --crop or --windows, not both")
+    if crop not in (None, "center", "left", "right"):
+        raise DataError(f"--crop must be center, left or right (got {crop!r})")
+    if limit < 1:
+        raise DataError(f"{what} context leaves no room for bases ({limit})")
+    out: list[list[np.ndarray]] = []
+    too_long = []
+    for i, s in enumerate(seqs):
+        n = len(s)
+        if n <= limit:
+            out.append([s])
+        elif crop is not None:
+            a = {"left": 0, "right": n - limit, "center": (n - limit) // 2}[crop]
+            out.append([s[a : a + limit]])
+        elif windows:
+            out.append(split_windows(s, limit))
+        else:
+            too_long.append(f"{names[i] if names is not None else f'sequence {i + 1}'} ({n} bp)")
+    if too_long:
+        raise DataError(f"{source}: " + listing(too_long, f"sequences longer than {what} {limit} bases") + f"; {LONG_HELP}")
+    return out, sum(1 for s in seqs if len(s) > limit)
+
+
+def long_policy(crop: str | None, windows: bool) -> str:
+    """How long inputs are handled, in words (for reports and metadata)."""
+    return f"crop {crop}" if crop else "windows" if windows else "error"
 
 
 def batch_ids(model: Any, windows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,9 +191,16 @@ def embed_sequences(
     pool: str = "mean",
     batch_size: int = 8,
     window: int | None = None,
+    crop: str | None = None,
+    windows: bool = False,
     progress: bool = False,
+    source: str = "input",
 ) -> Embeddings:
-    """Embed sequences (strings or token-id arrays); see the module docstring for layers/pooling/windows."""
+    """Embed sequences (strings or token-id arrays); see the module docstring for layers and pooling.
+
+    A sequence longer than ``window`` bases (default: the model's context) is an error unless ``crop``
+    (center, left or right: keep one window of it) or ``windows`` (tile it, pool over the windows) says
+    what to do (:func:`fit_to_context`); ``source`` names the input in that error."""
     if pool not in ("mean", "last", "none"):
         raise DataError(f"--pool must be mean, last or none (got {pool!r})")
 
@@ -176,16 +209,18 @@ def embed_sequences(
         raise DataError(
             f"--layer {layer} out of range: this model has hidden states 0..{n_states - 1} (or -1..-{n_states})"
         )
-    toks = [encode_bytes(s.encode(), f"sequence {i}")[0] if isinstance(s, str) else np.asarray(s, dtype=np.uint8)
+    toks = [encode_bytes(s.encode(), f"sequence {i + 1}")[0] if isinstance(s, str) else np.asarray(s, dtype=np.uint8)
             for i, s in enumerate(seqs)]
     ids = list(ids) if ids is not None else [f"seq{i}" for i in range(len(toks))]
     limit = window_bases(model)
     w = limit if window is None else window
     if w < 1 or w > limit:
         raise DataError(f"window {w} must be between 1 and the model's {limit} bases")
+    fitted, n_long = fit_to_context(toks, w, crop=crop, windows=windows, names=ids, source=source)
     # every (sequence, window) piece, processed longest-first so batches waste little padding
-    pieces = [(si, wi, win) for si, t in enumerate(toks) for wi, win in enumerate(split_windows(t, w))]
-    n_windows = [len(split_windows(t, w)) for t in toks]
+    pieces = [(si, wi, win) for si, wins in enumerate(fitted) for wi, win in enumerate(wins)]
+    n_windows = [len(wins) for wins in fitted]
+    used = [int(sum(len(win) for win in wins)) for wins in fitted]  # bases embedded per sequence
     order = sorted(range(len(pieces)), key=lambda k: -len(pieces[k][2]))
     d = model.config.d_model
     piece_out: dict[int, np.ndarray] = {}
@@ -215,18 +250,20 @@ def embed_sequences(
         model.train(was_training)
     lengths = [int(len(t)) for t in toks]
     meta: dict[str, Any] = {"layer": layer, "pool": pool, "window_bases": w, "dim": d,
-                            "windowing": "consecutive non-overlapping windows, each with its own [BOS]; "
-                                         "context does not cross window boundaries"}
+                            "long_inputs": long_policy(crop, windows), "longer_than_window": n_long}
+    if windows:
+        meta["windowing"] = ("consecutive non-overlapping windows, each with its own [BOS]; context does not cross "
+                             "window boundaries")
     if pool == "none":
         chunks = [piece_out[k] for k in range(len(pieces))]  # pieces are in (sequence, window) order
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        offsets = np.concatenate([[0], np.cumsum(used)]).tolist()
         arr = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, d), np.float32)
         meta["offsets"] = offsets
     else:
         arr = np.zeros((len(toks), d), dtype=np.float32)
         for k, (si, wi, win) in enumerate(pieces):
             if pool == "mean":
-                arr[si] += piece_out[k] / max(lengths[si], 1)
+                arr[si] += piece_out[k] / max(used[si], 1)
             elif wi == n_windows[si] - 1:
                 arr[si] = piece_out[k]
     return Embeddings(arr.astype(np.float32), ids, lengths, n_windows, meta)

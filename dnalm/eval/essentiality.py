@@ -26,8 +26,8 @@ Coordinates in the output are 1-based inclusive genome positions, as in the GFF 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +36,7 @@ import numpy as np
 from dnalm.data.annotation import read_annotations
 from dnalm.data.errors import DataError, listing
 from dnalm.data.sequences import read_sequences
+from dnalm.data.tables import read_table
 from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot
 from dnalm.eval.metrics import progress as bar
 from dnalm.eval.scoring import window_logliks
@@ -61,9 +62,14 @@ class Gene:
         return self.end - self.start
 
 
-def genes_from_gff(path: str | Path, zero_based_starts: bool = False) -> list[Gene]:
-    """Protein-coding genes (from CDS features) of a GFF3/GTF file, in file order."""
-    feats = read_annotations(path, zero_based_starts=zero_based_starts)
+def genes_from_gff(
+    path: str | Path, zero_based_starts: bool = False, lengths: dict[str, int] | None = None,
+    circular: Sequence[str] = (),
+) -> list[Gene]:
+    """Protein-coding genes (from CDS features) of a GFF3/GTF file, in file order. With ``lengths`` (record
+    name -> length) a CDS that lies outside its record is an error, as in ``dnalm prepare``, unless the
+    record is in ``circular`` and the CDS crosses its origin."""
+    feats = read_annotations(path, zero_based_starts=zero_based_starts, lengths=lengths, circular=circular)
     by_key: dict[str, Gene] = {}
     for f in feats:
         if f.type != "CDS":
@@ -85,43 +91,44 @@ def genes_from_gff(path: str | Path, zero_based_starts: bool = False) -> list[Ge
 
 
 def read_labels(path: str | Path, columns: Sequence[str] | None = None) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """A TSV with ``locus_tag`` (or ``gene``) and 0/1 label columns -> {key: {column: 0/1}}, columns.
+    """A TSV/CSV with ``locus_tag`` (or ``gene``/``name``/``id``) and 0/1 label columns -> {key: {column: 0/1}},
+    columns (read by :func:`dnalm.data.tables.read_table`).
 
-    ``columns`` None means every column whose name starts with ``essential``. Empty or non-0/1 values are
-    an error naming the rows.
+    ``columns`` None means every column whose name starts with ``essential``. Empty or non-0/1 values, and a
+    key listed twice with different labels, are errors naming the lines.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: label file not found")
-    with open(path, newline="") as fh:
-        lines = [line for line in fh if line.strip() and not line.startswith("#")]
-    if not lines:
-        raise DataError(f"{path}: the label file is empty")
-    delim = "\t" if "\t" in lines[0] else ","
-    reader = csv.DictReader(lines, delimiter=delim)
-    header = reader.fieldnames or []
-    key_col = next((c for c in ("locus_tag", "gene", "name", "id") if c in header), None)
-    if key_col is None:
-        raise DataError(f"{path}: needs a locus_tag (or gene) column; columns: {', '.join(header)}")
-    cols = list(columns) if columns else [c for c in header if c.lower().startswith("essential")]
-    if not cols:
-        raise DataError(f"{path}: no label columns (none start with 'essential'); name them with --label-column")
-    missing = [c for c in cols if c not in header]
-    if missing:
-        raise DataError(f"{path}: no column(s) {missing}; columns: {', '.join(header)}")
+    table = read_table(path, "label file", delimiters=("\t", ","))
+    ik = table.column(None, ("locus_tag", "gene", "name", "id"), "locus_tag (or gene)")
+    if columns:
+        idx = [table.column(c, (), "label", option="--label-column") for c in columns]
+    else:
+        idx = [j for j, h in enumerate(table.header) if h.lower().startswith("essential")]
+        if not idx:
+            raise DataError(
+                f"{table.name}: no label columns (none start with 'essential'; columns: {table.columns_text()}); "
+                "name them with --label-column"
+            )
+    cols = [table.header[j] for j in idx]
     out: dict[str, dict[str, int]] = {}
-    bad = []
-    for i, row in enumerate(reader, 2):
+    first_line: dict[str, int] = {}
+    bad, twice = [], []
+    for lineno, row in zip(table.lines, table.rows):
         labels = {}
-        for c in cols:
-            v = (row.get(c) or "").strip()
+        for j in idx:
+            v = row[j]
             if v not in ("0", "1"):
-                bad.append(f"line {i} {c}={v!r}" if v else f"line {i} {c} is empty")
+                bad.append(f"line {lineno} {table.header[j]}={v!r}" if v else f"line {lineno} {table.header[j]} is empty")
                 continue
-            labels[c] = int(v)
-        out[row[key_col]] = labels
+            labels[table.header[j]] = int(v)
+        key = row[ik]
+        if key in out and out[key] != labels:
+            twice.append(f"line {lineno}: {key!r} (first on line {first_line[key]})")
+        out.setdefault(key, labels)
+        first_line.setdefault(key, lineno)
     if bad:
-        raise DataError(f"{path}: " + listing(bad, "labels that are not 0/1"))
+        raise DataError(f"{table.name}: " + listing(bad, "labels that are not 0/1"))
+    if twice:
+        raise DataError(f"{table.name}: " + listing(twice, "genes listed again with other labels"))
     return out, cols
 
 
@@ -150,8 +157,15 @@ def score_essentiality(
     max_genes: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    need_both_classes: bool = False,
+    circular: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score every protein-coding gene (only the labelled ones when ``labels`` is given).
+
+    ``circular``: record-name glob patterns of circular records; a CDS that crosses the origin of one is
+    skipped (and counted in the notes), while a CDS past the end of a linear record is an error.
+    ``need_both_classes``: raise DataError before scoring when a label column holds one class only among
+    the genes to score (an AUROC would be undefined); ``dnalm essentiality`` sets it.
 
     Returns ``{"rows": [...], "label_columns": [...], "notes": [...], "window": W, "skipped": [...]}``.
     Each row has locus_tag, gene, seqid, start/end (1-based inclusive), strand, length, insert_after
@@ -165,7 +179,10 @@ def score_essentiality(
         raise DataError(f"--insert-offset must be a positive multiple of 3 past the start codon (got {insert_offset})")
     w, wnote = resolve_window(model, window)
     genome = {r.name: r.ids for r in read_sequences(fasta)}
-    genes = genes_from_gff(gff, zero_based_gff)
+    circ = [n for n in genome if any(fnmatchcase(n, p) for p in circular)]
+    genes = genes_from_gff(gff, zero_based_gff, {k: len(v) for k, v in genome.items()}, circ)
+    across = [g for g in genes if g.seqid in genome and g.end > len(genome[g.seqid])]
+    genes = [g for g in genes if g not in across]  # windows are linear: a gene across the origin has none
     unknown = sorted({g.seqid for g in genes} - set(genome))
     if unknown:
         raise DataError(
@@ -182,7 +199,7 @@ def score_essentiality(
             if g.locus_tag in lab and g.locus_tag not in seen:
                 keep.append(g)
                 seen.add(g.locus_tag)
-        for key in lab:
+        for key in list(lab):  # a copy: labels keyed by gene name get a locus_tag entry below
             if key not in seen:
                 if key in by_name and by_name[key].locus_tag not in seen:  # labels keyed by gene name
                     g = by_name[key]
@@ -197,6 +214,16 @@ def score_essentiality(
     short = [g.locus_tag for g in genes if len(g) < insert_offset + 3]
     genes = [g for g in genes if len(g) >= insert_offset + 3]
     skipped += short
+    if labels is not None and need_both_classes:  # an AUROC needs both classes: say so before any scoring
+        if not genes:
+            raise DataError(f"{labels}: none of the {len(lab)} labelled genes is a CDS of {gff} (keys: locus_tag or gene name)")
+        for c in cols:
+            y = {lab[g.locus_tag][c] for g in genes}
+            if len(y) < 2:
+                raise DataError(
+                    f"{labels}: label column {c!r} is {y.pop()} for all {len(genes)} scored genes; an AUROC needs "
+                    "both classes (choose other columns with --label-column, or more genes)"
+                )
 
     oriented: dict[tuple[str, int], np.ndarray] = {}
 
@@ -255,6 +282,9 @@ def score_essentiality(
         notes.append(f"{n_bad_start} genes do not start with a usual start codon (annotation or coordinate problem?)")
     if skipped:
         notes.append(f"{len(skipped)} labelled genes skipped (not a CDS in the GFF, or shorter than the insert offset)")
+    if across:
+        notes.append(f"{len(across)} genes cross the origin of a circular record and are skipped (windows are linear): "
+                     + ", ".join(g.locus_tag for g in across[:5]))
     return {"rows": rows, "label_columns": cols, "notes": notes, "window": w, "skipped": skipped}
 
 

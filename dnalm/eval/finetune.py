@@ -43,14 +43,14 @@ from safetensors.torch import save_model
 from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, atomic_dir, load_weights, read_checkpoint_meta
 from dnalm.config import ConfigError, to_dict
 from dnalm.data.errors import DataError, listing
-from dnalm.eval.embed import batch_ids, read_table
+from dnalm.eval.embed import batch_ids, encode_column, fit_to_context, long_policy, read_sequence_table
 from dnalm.eval.metrics import classification_metrics
 from dnalm.eval.metrics import progress as bar
 from dnalm.eval.scoring import window_bases
 from dnalm.models import model_config_from_dict
 from dnalm.models.heads import SequenceClassifier
 from dnalm.models.lm import DNALM
-from dnalm.tokenizer import UNK, A, T, Tokenizer, encode_bytes
+from dnalm.tokenizer import UNK, A, T, Tokenizer
 from dnalm.train.distributed import clip_grad_norm
 from dnalm.train.optim import make_optimizer
 
@@ -74,16 +74,30 @@ class LabeledData:
 def read_labeled(
     path: str | Path, seq_column: str | None = None, label_column: str | None = None
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[str]]:
-    """CSV/TSV -> (raw label strings, token ids, lower masks, row names). Needs sequence and label columns."""
-    rows, _, sc, lc = read_table(path, seq_column, label_column, need_label=True)
-    labels, seqs, lows, names = [], [], [], []
-    for i, r in enumerate(rows):
-        ids, low = encode_bytes(r[sc].strip().encode(), f"{path} row {i + 2}")
-        seqs.append(ids)
-        lows.append(low)
-        labels.append(r[lc].strip())
-        names.append(f"{Path(path).name}:{i + 2}")
+    """CSV/TSV -> (raw label strings, token ids, lower masks, row names ``FILE:LINE``). Needs sequence and
+    label columns (:func:`dnalm.eval.embed.read_sequence_table`). Numeric labels must be whole numbers
+    (a stray ``0.5`` among 0/1 labels is an error, not a third class)."""
+    table, sc, lc = read_sequence_table(path, seq_column, label_column, need_label=True)
+    labels = table.values(lc)
+    numbers = [_as_float(v) for v in labels]
+    if all(x is not None for x in numbers):
+        odd = [f"line {ln}: {v!r}" for ln, v, x in zip(table.lines, labels, numbers) if not float(x).is_integer()]
+        if odd:
+            raise DataError(
+                f"{table.name}: " + listing(odd, f"labels in column {table.header[lc]!r} that are not whole numbers")
+                + " (the other labels are class numbers; fix these rows)"
+            )
+    seqs, lows = encode_column(table, sc)
+    names = [f"{Path(table.name).name}:{ln}" for ln in table.lines]
     return labels, seqs, lows, names
+
+
+def _as_float(v: str) -> float | None:
+    try:
+        x = float(v)
+    except ValueError:
+        return None
+    return x if np.isfinite(x) else None
 
 
 def class_names(*label_lists: Sequence[str]) -> list[str]:
@@ -193,14 +207,15 @@ def _model_inputs(model: Any, seqs: Sequence[np.ndarray], lows: Sequence[np.ndar
     return list(seqs)
 
 
-def _check_lengths(model: Any, data: LabeledData, n_prompt: int) -> None:
-    limit = window_bases(model) - n_prompt
-    too_long = [f"{n} ({len(s)} bp)" for n, s in zip(data.names, data.seqs) if len(s) > limit]
-    if too_long:
-        raise DataError(
-            f"{data.source}: " + listing(too_long, f"sequences longer than the model's {limit} bases"
-                                          + (f" (after {n_prompt} prompt tokens)" if n_prompt else ""))
-        )
+def _fit(
+    model: Any, data: LabeledData, n_prompt: int, crop: str | None, windows: bool
+) -> tuple[list[list[np.ndarray]], int]:
+    """The sequences of ``data`` as lists of windows that fit the model (after the prompt); a longer
+    sequence is an error unless ``crop`` or ``windows`` says what to do (:func:`dnalm.eval.embed.fit_to_context`)."""
+    seqs = _model_inputs(model, data.seqs, data.lower)
+    what = f"the model's (after {n_prompt} prompt tokens)" if n_prompt else "the model's"
+    return fit_to_context(seqs, window_bases(model) - n_prompt, crop=crop, windows=windows, names=data.names,
+                          source=data.source, what=what)
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -208,18 +223,45 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[n
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def _pooled(clf: Any, items: Sequence[np.ndarray | list[np.ndarray]]) -> torch.Tensor:
+    """Pooled features (B, D) of sequences, each a token-id array or a list of windows of one. Over windows,
+    mean pooling takes the base-weighted mean of the window features (the mean over all bases) and last
+    pooling the last window's feature, as ``dnalm embed --windows`` does."""
+    items = [it if isinstance(it, list) else [it] for it in items]
+    flat = [w for it in items for w in it]
+    x, m = batch_ids(clf.lm, flat)
+    f = clf.features(x.to(clf.lm.device), m.to(clf.lm.device))  # (W, D)
+    if len(flat) == len(items):
+        return f
+    out, k = [], 0
+    for it in items:
+        fw = f[k : k + len(it)]  # (n_windows, D)
+        k += len(it)
+        if clf.pool == "mean":
+            w = torch.tensor([len(win) for win in it], dtype=fw.dtype, device=fw.device)
+            out.append((fw * w[:, None]).sum(0) / w.sum())
+        else:
+            out.append(fw[-1])
+    return torch.stack(out)  # (B, D)
+
+
+def _length(item: np.ndarray | list[np.ndarray]) -> int:
+    return sum(len(w) for w in item) if isinstance(item, list) else len(item)
+
+
 @torch.no_grad()
-def predict_proba(clf: Any, seqs: Sequence[np.ndarray], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-    """Class probabilities (N, C) of a ``SequenceClassifier`` for token-id sequences."""
+def predict_proba(
+    clf: Any, seqs: Sequence[np.ndarray | list[np.ndarray]], batch_size: int = 32, progress: bool = False
+) -> np.ndarray:
+    """Class probabilities (N, C) of a ``SequenceClassifier`` for token-id sequences (or lists of windows)."""
     was = clf.training
     clf.eval()
     out = []
-    order = np.argsort([-len(s) for s in seqs], kind="stable")
+    order = np.argsort([-_length(s) for s in seqs], kind="stable")
     try:
         for idx in bar(_batches(len(seqs), batch_size, None), desc="predict", enabled=progress):
             sel = order[idx]
-            x, m = batch_ids(clf.lm, [seqs[i] for i in sel])
-            logits = clf(x.to(clf.lm.device), m.to(clf.lm.device))
+            logits = clf.head(_pooled(clf, [seqs[i] for i in sel]))
             out.append((sel, torch.softmax(logits.float(), -1).cpu().numpy()))
     finally:
         clf.train(was)
@@ -230,11 +272,10 @@ def predict_proba(clf: Any, seqs: Sequence[np.ndarray], batch_size: int = 32, pr
 
 
 @torch.no_grad()
-def _features(clf: Any, seqs: Sequence[np.ndarray], batch_size: int, progress: bool, desc: str) -> torch.Tensor:
+def _features(clf: Any, seqs: Sequence[list[np.ndarray]], batch_size: int, progress: bool, desc: str) -> torch.Tensor:
     feats = torch.zeros(len(seqs), clf.lm.config.d_model)
     for idx in bar(_batches(len(seqs), batch_size, None), desc=desc, enabled=progress):
-        x, m = batch_ids(clf.lm, [seqs[i] for i in idx])
-        feats[torch.from_numpy(idx)] = clf.features(x.to(clf.lm.device), m.to(clf.lm.device)).float().cpu()
+        feats[torch.from_numpy(idx)] = _pooled(clf, [seqs[i] for i in idx]).float().cpu()
     return feats
 
 
@@ -313,8 +354,7 @@ def _train_end_to_end(
             lm.eval()  # frozen model: no dropout
         losses = []
         for idx in bar(_batches(len(X["train"]), batch_size, rng), desc=f"epoch {epoch}/{epochs}", enabled=progress):
-            x, m = batch_ids(lm, [X["train"][i] for i in idx])
-            logits = clf(x.to(lm.device), m.to(lm.device))
+            logits = clf.head(_pooled(clf, [X["train"][i] for i in idx]))  # windows pooled per sequence
             y = torch.from_numpy(train.labels[idx]).to(lm.device)
             loss = F.cross_entropy(logits, y, weight=cw.to(lm.device))
             opt.zero_grad()
@@ -352,9 +392,14 @@ def finetune(
     probe_steps: int = 500,
     seed: int = 0,
     kmer_ks: Sequence[int] = (3, 4, 5, 6),
+    crop: str | None = None,
+    windows: bool = False,
     progress: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a classifier (see the module docstring); returns (SequenceClassifier, report dict).
+
+    A sequence longer than the model's context is an error unless ``crop`` (center, left or right: keep one
+    window) or ``windows`` (pool over tiled windows) says what to do (:func:`dnalm.eval.embed.fit_to_context`).
 
     ``lr`` defaults: probe 1e-2, soft prompt 1e-2, full fine-tuning 3e-4.
     """
@@ -370,11 +415,17 @@ def finetune(
     n_classes = len(classes)
     if n_classes < 2:
         raise DataError(f"{train.source}: needs at least two classes (found {classes})")
-    for d in (train, dev, test):
-        _check_lengths(model, d, soft_prompt)
+    fits = {name: _fit(model, d, soft_prompt, crop, windows) for name, d in (("train", train), ("dev", dev), ("test", test))}
+    X = {name: f[0] for name, f in fits.items()}
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise DataError(f"--lr must be a finite number > 0 (got {lr})")
+    if epochs < 1 or probe_steps < 1 or batch_size < 1:
+        raise DataError(f"--epochs, --probe-steps and --batch-size must be >= 1 (got {epochs}, {probe_steps}, {batch_size})")
     lm = copy.deepcopy(model).float()
-    clf = SequenceClassifier(lm, n_classes, pool=pool, layer=layer, soft_prompt=soft_prompt, seed=seed)
-    X = {name: _model_inputs(lm, d.seqs, d.lower) for name, d in (("train", train), ("dev", dev), ("test", test))}
+    try:
+        clf = SequenceClassifier(lm, n_classes, pool=pool, layer=layer, soft_prompt=soft_prompt, seed=seed)
+    except ValueError as e:  # --layer out of range, an unknown pooling
+        raise DataError(f"--layer/--pool: {e}") from None
     cw = class_weights(train.labels, n_classes)
     kind = "full" if mode == "full" else ("soft_prompt" if soft_prompt else "probe")
     history: list[dict[str, Any]] = []
@@ -398,6 +449,8 @@ def finetune(
         "pool": pool,
         "layer": layer,
         "soft_prompt": soft_prompt,
+        "long_inputs": long_policy(crop, windows),
+        "longer_than_context": sum(f[1] for f in fits.values()),
         "classes": classes,
         "sizes": {"train": len(train.labels), "dev": len(dev.labels), "test": len(test.labels)},
         "train_class_counts": np.bincount(train.labels, minlength=n_classes).tolist(),
@@ -484,10 +537,11 @@ def load_sets(
         data = {"train": subset(full, tr, f"{train} (seeded split, train)"),
                 "dev": subset(full, dv, f"{train} (seeded split, dev)"),
                 "test": subset(full, te, f"{train} (seeded split, test)")}
+        line = [int(n.rsplit(":", 1)[1]) for n in full.names]  # names are FILE:LINE
         split_info = {"source": str(train), "fractions": [0.8, 0.1, 0.1], "stratified": True, "seed": split_seed,
-                      "train_rows": [int(i) + 2 for i in tr], "dev_rows": [int(i) + 2 for i in dv],
-                      "test_rows": [int(i) + 2 for i in te],
-                      "note": "row numbers are 1-based file lines (line 1 is the header)"}
+                      "train_rows": [line[i] for i in tr], "dev_rows": [line[i] for i in dv],
+                      "test_rows": [line[i] for i in te],
+                      "note": "row numbers are 1-based file lines (the header and any comment lines count)"}
     if max_train is not None and max_train < len(data["train"].labels):
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(data["train"].labels), max_train, replace=False))

@@ -13,18 +13,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, TextIO
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from dnalm.checkpoint import atomic_write_bytes
+from dnalm.outputs import AtomicWriter, atomic_write_bytes
 
 
 class MetricError(ValueError):
@@ -129,39 +126,6 @@ def fmt(x: float, digits: int = 4) -> str:
 
 
 # ------------------------------------------------------------------------------------------ files
-
-
-class AtomicWriter:
-    """A text file that appears under its final name only when fully written.
-
-    Use as a context manager: lines go to ``.NAME.tmp-*`` beside the target; on a clean exit the file is
-    flushed, fsynced and renamed; on an exception (including KeyboardInterrupt) it is deleted.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._fh: TextIO | None = None
-        self._tmp: str | None = None
-
-    def __enter__(self) -> TextIO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
-        self._fh = os.fdopen(fd, "w")
-        return self._fh
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._fh is not None and self._tmp is not None
-        try:
-            if exc_type is None:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-            self._fh.close()
-            if exc_type is None:
-                os.replace(self._tmp, self.path)
-        finally:
-            if exc_type is not None or os.path.exists(self._tmp):
-                with contextlib.suppress(OSError):
-                    os.unlink(self._tmp)
 
 
 def write_tsv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence], comments: Sequence[str] = ()) -> Path:

@@ -30,17 +30,17 @@ and ``M``/``MT`` match each other).
 
 from __future__ import annotations
 
-import gzip
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from dnalm.data.errors import DataError, listing
 from dnalm.data.sequences import read_sequences
+from dnalm.data.tables import display_name, parse_table, read_lines
 from dnalm.eval.metrics import progress as bar
 from dnalm.eval.metrics import write_tsv
 from dnalm.eval.scoring import window_bases, window_logliks
@@ -94,12 +94,6 @@ REF_COLUMNS = ("ref", "reference", "ref_allele")
 ALT_COLUMNS = ("alt", "alternate", "alt_allele")
 
 
-def _open_text(path: Path):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", newline="")
-    return open(path, newline="")
 
 
 def read_variants(
@@ -119,22 +113,19 @@ def read_variants(
     alleles that are not A/C/G/T/N (symbolic ``<DEL>``, ``*``, ``.``), and non-SNV rows unless
     ``allow_indels`` (then simple indels with explicit alleles are accepted).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: variant file not found")
-    with _open_text(path) as fh:
-        lines = fh.read().splitlines()
+    lines = read_lines(path, "variant file")
+    name = display_name(path)
     if not any(line.strip() for line in lines):
-        raise DataError(f"{path}: the variant file is empty")
-    is_vcf = path.name.lower().endswith((".vcf", ".vcf.gz")) or lines[0].startswith("##fileformat=VCF") or any(
+        raise DataError(f"{name}: the variant file is empty (only blank lines)")
+    is_vcf = str(path).lower().endswith((".vcf", ".vcf.gz")) or lines[0].startswith("##fileformat=VCF") or any(
         line.startswith("#CHROM") for line in lines[:5000]
     )
-    variants, info, bad = (_parse_vcf if is_vcf else _parse_table)(path, lines, pos_column)
+    variants, info, bad = (_parse_vcf if is_vcf else _parse_table)(name, lines, pos_column)
     if bad:
-        raise DataError(f"{path}: " + listing(bad, "malformed rows"))
+        raise DataError(f"{name}: " + listing(bad, "malformed rows"))
     if not variants:
-        raise DataError(f"{path}: no variants found")
-    check_variants(variants, path, allow_indels)
+        raise DataError(f"{name}: no variants found (no data lines after the header)")
+    check_variants(variants, name, allow_indels)
     info["format"] = "vcf" if is_vcf else "table"
     return variants, info
 
@@ -163,7 +154,7 @@ def check_variants(variants: list[Variant], path: str | Path, allow_indels: bool
             )
 
 
-def _parse_vcf(path: Path, lines: list[str], pos_column: str | None):
+def _parse_vcf(path: str, lines: list[str], pos_column: str | None):
     variants: list[Variant] = []
     bad: list[str] = []
     seen_header = False
@@ -198,40 +189,17 @@ def _parse_vcf(path: Path, lines: list[str], pos_column: str | None):
     return variants, {"chrom": "CHROM", "pos": "POS", "ref": "REF", "alt": "ALT"}, bad
 
 
-def _parse_table(path: Path, lines: list[str], pos_column: str | None):
-    body = [(i, line) for i, line in enumerate(lines, 1) if line.strip() and not line.startswith("##")]
-    head_no, header_line = body[0]
-    delim = "\t" if "\t" in header_line else ("," if "," in header_line else None)
-    if delim is None:
-        raise DataError(f"{path}: line {head_no}: cannot find a tab- or comma-separated header")
-    header = [h.strip() for h in header_line.lstrip("#").split(delim)]
-    lower = [h.lower() for h in header]
-
-    def pick(candidates: Iterable[str], what: str, explicit: str | None = None) -> int:
-        if explicit is not None:
-            if explicit.lower() not in lower:
-                raise DataError(f"{path}: no column {explicit!r} (columns: {', '.join(header)})")
-            return lower.index(explicit.lower())
-        for c in candidates:
-            if c.lstrip("#") in lower:
-                return lower.index(c.lstrip("#"))
-        raise DataError(
-            f"{path}: no {what} column (looked for {', '.join(candidates)}; columns: {', '.join(header)})"
-        )
-
-    ic = pick(CHROM_COLUMNS, "chromosome")
-    ip = pick(POS_COLUMNS, "position", pos_column)
-    ir = pick(REF_COLUMNS, "reference allele")
-    ia = pick(ALT_COLUMNS, "alternative allele")
+def _parse_table(path: str, lines: list[str], pos_column: str | None):
+    table = parse_table(lines, path, "variant table", delimiters=("\t", ","))
+    ic = table.column(None, CHROM_COLUMNS, "chromosome")
+    ip = table.column(pos_column, POS_COLUMNS, "position", option="--pos-column")
+    ir = table.column(None, REF_COLUMNS, "reference allele")
+    ia = table.column(None, ALT_COLUMNS, "alternative allele")
+    header = table.header
+    id_col = table.column(None, ("id", "variant_id", "name"), "id", required=False)
     variants: list[Variant] = []
     bad: list[str] = []
-    for lineno, line in body[1:]:
-        if line.startswith("#"):
-            continue
-        cols = [c.strip() for c in line.rstrip("\r").split(delim)]
-        if len(cols) != len(header):
-            bad.append(f"line {lineno}: {len(cols)} columns, the header has {len(header)}")
-            continue
+    for lineno, cols in zip(table.lines, table.rows):
         try:
             pos = int(cols[ip])
         except ValueError:
@@ -240,7 +208,7 @@ def _parse_table(path: Path, lines: list[str], pos_column: str | None):
         if pos < 1:
             bad.append(f"line {lineno}: {header[ip]} {pos} < 1 (positions are 1-based)")
             continue
-        vid = next((cols[lower.index(k)] for k in ("id", "variant_id", "name") if k in lower), ".")
+        vid = cols[id_col] if id_col is not None else "."
         variants.append(Variant(lineno, cols[ic], pos, cols[ir], cols[ia], vid, dict(zip(header, cols))))
     return variants, {"chrom": header[ic], "pos": header[ip], "ref": header[ir], "alt": header[ia]}, bad
 
@@ -385,29 +353,34 @@ class VariantResults:
 
 
 def binary_labels(
-    values: Sequence[tuple[int, str | None]], column: str, positive: Sequence[str] | None
+    values: Sequence[tuple[int, str | None]], column: str, positive: Sequence[str] | None, source: str | None = None
 ) -> np.ndarray:
-    """(row, raw value) pairs -> 0/1 labels. Raises DataError on missing/empty values or ambiguity."""
+    """(row, raw value) pairs -> 0/1 labels. Raises DataError on missing/empty values, ambiguity, or labels
+    that are all one class (an AUROC needs both), before any scoring is spent on them."""
+    where = f"{source}: label column {column!r}" if source else f"label column {column!r}"
     missing = [f"line {row}" for row, v in values if v is None or str(v).strip() in ("", ".", "NA", "nan")]
     if missing:
-        raise DataError(f"label column {column!r}: " + listing(missing, "rows with an empty or missing label"))
+        raise DataError(f"{where}: " + listing(missing, "rows with an empty or missing label"))
     raw = [str(v).strip() for _, v in values]
     distinct = sorted(set(raw))
     if positive:
         pos = {p.strip() for p in positive}
         unknown = pos - set(distinct)
         if unknown:
+            raise DataError(f"{where}: positive value(s) {sorted(unknown)} never occur (values: {distinct[:20]})")
+        y = np.array([1 if v in pos else 0 for v in raw], dtype=np.int64)
+    else:
+        truthy, falsy = {"1", "true", "yes", "1.0"}, {"0", "false", "no", "0.0"}
+        if not set(v.lower() for v in distinct) <= truthy | falsy:
             raise DataError(
-                f"label column {column!r}: positive value(s) {sorted(unknown)} never occur (values: {distinct[:20]})"
+                f"{where} holds {len(distinct)} distinct values ({', '.join(distinct[:10])}); "
+                "name the positive class(es) with --positive (e.g. --positive LOF)"
             )
-        return np.array([1 if v in pos else 0 for v in raw], dtype=np.int64)
-    truthy, falsy = {"1", "true", "yes", "1.0"}, {"0", "false", "no", "0.0"}
-    if set(v.lower() for v in distinct) <= truthy | falsy:
-        return np.array([1 if v.lower() in truthy else 0 for v in raw], dtype=np.int64)
-    raise DataError(
-        f"label column {column!r} holds {len(distinct)} distinct values ({', '.join(distinct[:10])}); "
-        "name the positive class(es) with --positive (e.g. --positive LOF)"
-    )
+        y = np.array([1 if v.lower() in truthy else 0 for v in raw], dtype=np.int64)
+    if len(y) and y.min() == y.max():
+        which = "positive" if y[0] else "negative"
+        raise DataError(f"{where}: all {len(y)} labels are {which}; an AUROC needs both classes")
+    return y
 
 
 def score_variants(

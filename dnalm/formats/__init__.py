@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from dnalm.checkpoint import CheckpointError, is_native_checkpoint, latest_model_dir, load_pretrained
+from dnalm.checkpoint import CheckpointError, is_native_checkpoint, latest_model_dir, load_pretrained, read_config_json
 from dnalm.formats import hyenadna_hf
 from dnalm.formats.base import CheckpointFormat
 from dnalm.models import get_preset, list_presets
@@ -60,6 +60,10 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
         if str(path) in list_presets():
             return DNALM(get_preset(str(path))).to(device)
         raise FileNotFoundError(f"{path}: no such file, directory or preset (presets: {', '.join(list_presets())})")
+    if not p.is_dir():
+        raise CheckpointError(f"{path}: is a file; expected a checkpoint or run directory, or a preset name")
+    if (p / "config.json").is_file():
+        read_config_json(p / "config.json")  # a damaged config.json is named as such, not as "no checkpoint"
     if is_native_checkpoint(p):
         return load_pretrained(p, device)
     fmt = detect_format(p)

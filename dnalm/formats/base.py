@@ -24,6 +24,8 @@ class CheckpointFormat:
             generic path (load, then ``save_pretrained``) is used.
         export: ``export(model, path)`` -> the written path: a native model in this format; None when the
             format is read-only.
+        read_config: ``read_config(path)`` -> the model config, read without loading the weights (what
+            ``dnalm info`` shows); None: ``load`` is used.
     """
 
     name: str
@@ -32,3 +34,4 @@ class CheckpointFormat:
     load: Callable[..., nn.Module]
     convert: Callable[..., tuple[nn.Module, Any]] | None = None
     export: Callable[..., Path] | None = None
+    read_config: Callable[[Path], Any] | None = None

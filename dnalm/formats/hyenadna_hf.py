@@ -842,4 +842,5 @@ FORMAT = CheckpointFormat(
     load=load,
     convert=convert,
     export=save_hf,
+    read_config=lambda path: read_hf_config(path).config if is_hf_folder(path) else None,
 )

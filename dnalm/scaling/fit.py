@@ -22,7 +22,7 @@ Results files are CSV tables with one row per trained point (``dnalm sweep`` wri
 
 from __future__ import annotations
 
-import csv
+import io
 import itertools
 import json
 import math
@@ -35,7 +35,8 @@ from scipy.optimize import minimize, nnls
 from scipy.special import logsumexp
 from tqdm import tqdm
 
-from dnalm.checkpoint import atomic_write_text
+from dnalm.data.tables import read_table
+from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
 
 __all__ = [
     "LawFit",
@@ -351,34 +352,33 @@ def fit_isoflop(
 def read_results(path: str | Path, loss_column: str = "val_loss") -> list[dict[str, Any]]:
     """Rows of a results CSV that are finished (``status`` done, if that column exists) with a finite loss."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such results file")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"params", "tokens", loss_column} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {', '.join(sorted(missing))}; a results CSV needs params, tokens and "
-                f"{loss_column} (dnalm sweep writes them)"
-            )
-        rows = []
-        for i, row in enumerate(reader, start=2):
-            if row.get("status", "done") not in ("done", "", None):
-                continue
-            try:
-                rec = {
-                    "family": row.get("family") or "all",
-                    "params": float(row["params"]),
-                    "tokens": float(row["tokens"]),
-                    "loss": float(row[loss_column]),
-                    "flops": float(row["flops"]) if row.get("flops") else float("nan"),
-                    "budget": float(row["budget_flops"]) if row.get("budget_flops") else float("nan"),
-                    "size": row.get("size", ""),
-                }
-            except ValueError as e:
-                raise ValueError(f"{path}, line {i}: {e}") from None
-            if math.isfinite(rec["loss"]) and rec["params"] > 0 and rec["tokens"] > 0:
-                rows.append(rec)
+    table = read_table(path, "results CSV", delimiters=(",", "\t"))  # encodings, gzip, line numbers
+    missing = {"params", "tokens", loss_column} - set(table.header)
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(sorted(missing))}; a results CSV needs params, tokens and "
+            f"{loss_column} (dnalm sweep writes them)"
+        )
+    rows = []
+    for i, row in zip(table.lines, table.as_dicts()):
+        if row.get("status", "done") not in ("done", "", None):
+            continue
+        try:
+            rec = {
+                "family": row.get("family") or "all",
+                "params": float(row["params"]),
+                "tokens": float(row["tokens"]),
+                "loss": float(row[loss_column]),
+                "flops": float(row["flops"]) if row.get("flops") else float("nan"),
+                "budget": float(row["budget_flops"]) if row.get("budget_flops") else float("nan"),
+                "size": row.get("size", ""),
+            }
+        except ValueError as e:
+            raise ValueError(f"{path}, line {i}: {e}") from None
+        if math.isfinite(rec["loss"]) and rec["params"] > 0 and rec["tokens"] > 0:
+            rows.append(rec)
     if not rows:
         raise ValueError(f"{path}: no finished rows with a finite {loss_column}")
     return rows
@@ -476,16 +476,21 @@ def fit_results(
                 entry["best_at_budget"][f"{c:.3g}"] = {"loss": best["loss"], "params": best["params"], "size": best["size"]}
         summary["families"][fam] = entry
         fits[fam] = (law, iso, k)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if plot:
-        summary["plots"] = _plot(families, fits, out_dir)
-
-    atomic_write_text(out_dir / "fit.json", json.dumps(summary, indent=2, default=float) + "\n")
+    with output_group():  # fit.json and the plots appear together, or none of them
+        if plot:
+            summary["plots"] = _plot(families, fits, out_dir)
+        atomic_write_text(out_dir / "fit.json", json.dumps(summary, indent=2, default=float) + "\n")
     summary["out_dir"] = str(out_dir)
     return summary
 
 
 # ------------------------------------------------------------------------------------------ plots
+
+
+def _save_png(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _plot(families: dict[str, list[dict]], fits: dict, out_dir: Path) -> list[str]:
@@ -530,7 +535,7 @@ def _plot(families: dict[str, list[dict]], fits: dict, out_dir: Path) -> list[st
     ax.legend(fontsize=7)
     fig.tight_layout()
     p = out_dir / "loss_vs_compute.png"
-    fig.savefig(p, dpi=120)
+    _save_png(fig, p)
     plt.close(fig)
     paths.append(str(p))
     for fam, (law, iso, k) in sorted(fits.items()):
@@ -554,7 +559,7 @@ def _plot(families: dict[str, list[dict]], fits: dict, out_dir: Path) -> list[st
         ax.legend(fontsize=7)
         fig.tight_layout()
         p = out_dir / f"isoflop_{fam}.png"
-        fig.savefig(p, dpi=120)
+        _save_png(fig, p)
         plt.close(fig)
         paths.append(str(p))
     return paths

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from dnalm.checkpoint import (
@@ -72,8 +74,10 @@ def load_training_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict
         model_state = load_file(str(ckpt / "model.safetensors"))
         optim_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
         state = json.loads((ckpt / "state.json").read_text())
-    except (OSError, json.JSONDecodeError, RuntimeError) as e:
-        raise CheckpointError(f"{ckpt}: cannot resume from this checkpoint ({e})") from None
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:  # damaged
+        raise CheckpointError(f"{ckpt}: cannot resume from this checkpoint ({' '.join(str(e).split())})") from None
+    if not isinstance(state, dict) or not {"step", "tokens", "sampler", "schedule", "torch_rng"} <= set(state):
+        raise CheckpointError(f"{ckpt}: state.json lacks the training state; cannot resume from this checkpoint")
     return model_state, optim_state, state
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +31,7 @@ from tqdm import tqdm
 from dnalm.checkpoint import (
     FINAL_MODEL_DIR,
     CheckpointError,
+    atomic_write_bytes,
     atomic_write_text,
     checkpoint_dirs,
     latest_model_dir,
@@ -40,6 +43,7 @@ from dnalm.data.schedule import LengthSchedule, Stage
 from dnalm.data.store import TokenStore, default_genome, prepare
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.spec import SPECS, spec_of
+from dnalm.outputs import check_output
 from dnalm.train import distributed as dist
 from dnalm.train.checkpoint import (
     is_sharded_checkpoint,
@@ -151,7 +155,12 @@ def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool, write: bool 
     snap = run_dir / CONFIG_SNAPSHOT
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     if snap.exists() and checkpoint_dirs(run_dir) and resume:
-        old = yaml.safe_load(snap.read_text())
+        try:
+            old = yaml.safe_load(snap.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise ConfigError(f"{snap}: cannot read the run's config snapshot ({' '.join(str(e).split())})") from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{snap}: the run's config snapshot is not a mapping; pass --restart or another out_dir")
         new = yaml.safe_load(text)
         for section in ("model", "data"):
             if old.get(section) != new.get(section):
@@ -159,8 +168,30 @@ def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool, write: bool 
                     f"{run_dir} holds a run with a different {section} section; resume it with the same config, "
                     "or choose a new out_dir (or pass --restart to start over there)"
                 )
+        changed = [f"{k} {v!r} -> {new['train'].get(k)!r}" for k, v in (old.get("train") or {}).items()
+                   if new["train"].get(k) != v]
+        if changed and write:  # allowed (a lower lr after a spike, more steps), but never silently
+            tqdm.write(f"warning: resuming {run_dir} with changed train settings: {'; '.join(changed)}", file=sys.stderr)
     if write:
         atomic_write_text(snap, text)
+
+
+def _resume_state(ckpts: list[Path], model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> dict:
+    """Load the newest checkpoint that reads back whole into ``model`` and ``optimizer``; a damaged one (a
+    truncated model.safetensors, say) is skipped with a warning, as one without state.json already is."""
+    errors = []
+    for ckpt in reversed(ckpts):
+        try:
+            if sharded or is_sharded_checkpoint(ckpt):
+                return load_checkpoint_into(ckpt, model, optimizer)
+            model_state, optim_state, state = load_training_state(ckpt)
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(optim_state)
+            return state
+        except (CheckpointError, RuntimeError, ValueError, KeyError) as e:
+            errors.append(" ".join(str(e).split()))
+            tqdm.write(f"warning: skipping a damaged checkpoint: {errors[-1]}", file=sys.stderr)
+    raise CheckpointError(f"no checkpoint of {ckpts[0].parent} can be read ({'; '.join(errors)}); pass --restart")
 
 
 class _Metrics:
@@ -227,9 +258,24 @@ def train(
     check_config(config)
     tc = config.train
     init_from = init_from if init_from is not None else tc.init_from
+    check_output(config.out_dir, "dir", "run directory (out_dir)")
+    run_dir = Path(config.out_dir)
+    snap = run_dir / CONFIG_SNAPSHOT
+    old_snapshot = snap.read_bytes() if snap.is_file() else None
+    new_dir = not run_dir.exists()
+    before = checkpoint_dirs(run_dir)
     env = dist.setup(tc.parallel)
     try:
         return _train(config, env, resume, progress, init_from, stop_after)
+    except BaseException:
+        # a run that failed before writing a checkpoint leaves the run directory as it was: config.yaml
+        # restored, or the directory removed when this call created it
+        if env.is_main and checkpoint_dirs(run_dir) == before:
+            if new_dir:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif old_snapshot is not None:
+                atomic_write_bytes(snap, old_snapshot)
+        raise
     finally:
         dist.teardown(env)
 
@@ -296,12 +342,7 @@ def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     state = TrainState()
     ckpts = checkpoint_dirs(run_dir) if resume else []
     if ckpts:
-        if tc.parallel != "none" or is_sharded_checkpoint(ckpts[-1]):
-            saved = load_checkpoint_into(ckpts[-1], model, optimizer)
-        else:
-            model_state, optim_state, saved = load_training_state(ckpts[-1])
-            model.load_state_dict(model_state)
-            optimizer.load_state_dict(optim_state)
+        saved = _resume_state(ckpts, model, optimizer, tc.parallel != "none")
         sampler.load_state_dict(saved["sampler"])
         schedule.load_state_dict(saved["schedule"])
         torch.set_rng_state(torch.tensor(saved["torch_rng"], dtype=torch.uint8))
