@@ -1,0 +1,149 @@
+"""LoRA adapters (dnalm/models/lora.py) on every family: exact start, merge == unmerged, only adapters train,
+the base never changes, adapters save and load on their own."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dnalm
+from dnalm.checkpoint import CheckpointError, is_adapter_dir, read_adapter, save_adapter, save_pretrained
+from dnalm.config import ConfigError, to_dict
+from dnalm.formats import load_adapter_model
+from dnalm.models import get_preset
+from dnalm.models.lm import DNALM
+from dnalm.models.lora import (
+    LoRAConfig,
+    LoRAError,
+    LoRALinear,
+    add_lora,
+    count_trainable,
+    fingerprint,
+    lora_modules,
+    lora_state_dict,
+    merge_lora,
+    set_merged,
+)
+from realdata import ecoli_ids, perturbed
+
+FAMILIES = ["hyenadna-tiny-1k", "transformer-tiny-1k", "striped-hyena-tiny", "striped-hyena2-tiny", "dnahnet-tiny-3"]
+
+
+def _model(preset):
+    torch.manual_seed(0)
+    return perturbed(DNALM(get_preset(preset)), std=0.02).eval()
+
+
+def _nonzero_adapters(m, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in lora_modules(m).values():
+            mod.lora_B.copy_(0.05 * torch.randn(mod.lora_B.shape, generator=g))
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_lora_starts_at_the_base_and_merges_exactly(preset):
+    m = _model(preset)
+    x = torch.stack([ecoli_ids(96, 0), ecoli_ids(96, 5000)])  # (2, 96) real E. coli bases
+    with torch.no_grad():
+        base = m(x).logits
+        names = add_lora(m, LoRAConfig(rank=4, alpha=8.0))
+        assert names and all(isinstance(m.get_submodule(n), LoRALinear) for n in names)
+        assert torch.equal(m(x).logits, base)  # B = 0: the adapted model starts as its base
+        _nonzero_adapters(m)
+        adapted = m(x).logits
+        assert (adapted - base).abs().max() > 1e-3
+        # the reference: every adapted layer's weight replaced by W + alpha/r B A, in a plain copy of the base
+        ref = _model(preset)
+        for n in names:
+            mod = m.get_submodule(n)
+            ref.get_submodule(n).weight.add_(2.0 * mod.lora_B @ mod.lora_A)
+        assert torch.allclose(ref(x).logits, adapted, atol=1e-5, rtol=0)
+        set_merged(m, True)
+        assert torch.allclose(m(x).logits, adapted, atol=1e-5, rtol=0)
+        set_merged(m, False)
+        assert torch.allclose(m(x).logits, adapted, atol=1e-5, rtol=0)
+        merge_lora(m)
+        assert not lora_modules(m)
+        assert set(m.state_dict()) == set(ref.state_dict())
+        assert torch.allclose(m(x).logits, adapted, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_only_adapters_train_and_the_base_is_untouched(preset):
+    m = _model(preset)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    names = add_lora(m, LoRAConfig(rank=2, alpha=4.0))
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {f"{n}.{k}" for n in names for k in ("lora_A", "lora_B")}
+    assert count_trainable(m) == sum(2 * (m.get_submodule(n).in_features + m.get_submodule(n).out_features)
+                                     for n in names)  # fmt: skip
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    x = ecoli_ids(65).unsqueeze(0)
+    m.train()
+    for _ in range(2):
+        loss = F.cross_entropy(m(x[:, :-1]).logits[0], x[0, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = m.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # base keys unchanged, same names
+    assert any(m.get_submodule(n).lora_B.abs().sum() > 0 for n in names)
+
+
+def test_targets_patterns_and_errors():
+    m = _model("striped-hyena2-tiny")
+    names = add_lora(copy.deepcopy(m), LoRAConfig(targets=["Wqkv"]))
+    assert names == ["backbone.layers.3.mixer.Wqkv"]
+    names = add_lora(copy.deepcopy(m), LoRAConfig(targets=["mlp.l3", "layers.0.mixer.in_proj"]))
+    assert names == ["backbone.layers.0.mixer.in_proj"] + [f"backbone.layers.{i}.mlp.l3" for i in range(4)]
+    with pytest.raises(LoRAError, match="mlp.l4 match no linear layer"):
+        add_lora(copy.deepcopy(m), LoRAConfig(targets=["mlp.l4"]))
+    hy = _model("hyenadna-tiny-1k")
+    names = add_lora(hy, LoRAConfig())  # the default skips what a family lacks (no Wqkv in HyenaDNA)
+    assert not any("implicit_filter" in n for n in names)  # filter MLPs are not projections
+    with pytest.raises(LoRAError, match="already"):
+        add_lora(hy, LoRAConfig())
+    for bad in ({"rank": 0}, {"alpha": -1}, {"dropout": 1.0}, {"targets": []}):
+        with pytest.raises(ConfigError):
+            LoRAConfig(**bad)
+
+
+def test_bf16_base_stays_bf16_with_float32_adapters():
+    m = _model("striped-hyena2-tiny").to(torch.bfloat16)
+    add_lora(m, LoRAConfig(rank=4))
+    for mod in lora_modules(m).values():
+        assert mod.weight.dtype == torch.bfloat16 and mod.lora_A.dtype == torch.float32
+    x = ecoli_ids(33).unsqueeze(0)
+    loss = F.cross_entropy(m(x[:, :-1]).logits[0], x[0, 1:])
+    loss.backward()
+    assert all(mod.lora_A.grad is not None and mod.weight.grad is None for mod in lora_modules(m).values())
+
+
+def test_lm_adapter_saves_small_and_loads_through_dnalm_load(tmp_path):
+    m = _model("transformer-tiny-1k")
+    base_dir = save_pretrained(m, tmp_path / "base")
+    names = add_lora(m, LoRAConfig(rank=4, alpha=8.0))
+    _nonzero_adapters(m)
+    meta = {"kind": "lm", "base_model": str(base_dir), "base_config": to_dict(m.config),
+            "base_fingerprint": fingerprint(m), "lora": LoRAConfig(rank=4, alpha=8.0).to_dict(), "adapted": names}
+    save_adapter(tmp_path / "ad", lora_state_dict(m), meta)
+    assert is_adapter_dir(tmp_path / "ad")
+    got_meta, tensors = read_adapter(tmp_path / "ad")
+    assert set(tensors) == {f"{n}.{k}" for n in names for k in ("lora_A", "lora_B")}
+    size = (tmp_path / "ad" / "adapter.safetensors").stat().st_size
+    assert size < (base_dir / "model.safetensors").stat().st_size / 3
+    x = ecoli_ids(64).unsqueeze(0)
+    with torch.no_grad():
+        want = m(x).logits
+        loaded = dnalm.load(tmp_path / "ad")  # base + adapters, merged
+        assert not lora_modules(loaded)
+        assert torch.allclose(loaded(x).logits, want, atol=1e-5, rtol=0)
+    # a different base (other weights, same config) is refused
+    other = perturbed(_model("transformer-tiny-1k"), seed=5)
+    save_pretrained(other, tmp_path / "other")
+    with pytest.raises(CheckpointError, match="weights differ"):
+        load_adapter_model(tmp_path / "ad", base=tmp_path / "other")
+    with pytest.raises(CheckpointError, match="differs from the adapter's base"):
+        load_adapter_model(tmp_path / "ad", base="hyenadna-tiny-1k")
