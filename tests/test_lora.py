@@ -2,14 +2,19 @@
 the base never changes, adapters save and load on their own."""
 
 import copy
+import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import dnalm
+from dnalm.cli import main
 from dnalm.checkpoint import CheckpointError, is_adapter_dir, read_adapter, save_adapter, save_pretrained
 from dnalm.config import ConfigError, to_dict
+from dnalm.eval.finetune import load_classifier
 from dnalm.formats import load_adapter_model
 from dnalm.models import get_preset
 from dnalm.models.lm import DNALM
@@ -147,3 +152,97 @@ def test_lm_adapter_saves_small_and_loads_through_dnalm_load(tmp_path):
         load_adapter_model(tmp_path / "ad", base=tmp_path / "other")
     with pytest.raises(CheckpointError, match="differs from the adapter's base"):
         load_adapter_model(tmp_path / "ad", base="hyenadna-tiny-1k")
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+
+TINY = Path(__file__).parent / "data" / "ecoli_hyena_tiny"  # a real trained E. coli HyenaDNA (2 x 32)
+GUE = Path(__file__).parent / "data" / "gue_prom_core_tata_small"  # real GUE prom_core_tata rows
+
+
+def _gue_args(out):
+    return [str(TINY), "--train", str(GUE / "train.csv"), "--dev", str(GUE / "dev.csv"), "--test",
+            str(GUE / "test.csv"), "-o", str(out), "--quiet", "--epochs", "1", "--batch-size", "16", "--max-train", "96"]
+
+
+def test_cli_lora_finetune_saves_adapters_predicts_and_merges(tmp_path, capsys):
+    out = tmp_path / "lora"
+    assert main(["finetune", *_gue_args(out), "--mode", "lora", "--lora-rank", "4", "--lora-alpha", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "trainable parameters (adapters + head)" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == "lora" and report["lora"]["rank"] == 4 and report["lora"]["adapted_layers"] == 8
+    base = dnalm.load(TINY)
+    n_adapter = sum(4 * (base.get_submodule(n).in_features + base.get_submodule(n).out_features)
+                    for n in report["lora"]["adapted"])  # fmt: skip
+    assert report["trainable_parameters"] == n_adapter + 2 * 32 + 2  # adapters + the 2-class head
+    assert is_adapter_dir(out) and not (out / "model.safetensors").exists()
+    meta, tensors = read_adapter(out)
+    assert meta["base_model"] == str(TINY.resolve()) and meta["lora"]["alpha"] == 8.0
+    assert {k for k in tensors if not k.startswith("lm.")} == {"head.proj.weight", "head.proj.bias"}
+    assert (out / "adapter.safetensors").stat().st_size < (TINY / "model.safetensors").stat().st_size
+    # the base did not move: the adapter's fingerprint is the base file's
+    clf, classes = load_classifier(out)
+    assert meta["base_fingerprint"] == fingerprint(clf.lm)
+    assert any(float(m.lora_B.abs().sum()) > 0 for m in lora_modules(clf.lm).values())
+    pred = tmp_path / "pred.tsv"
+    assert main(["predict", str(out), "--csv", str(GUE / "test.csv"), "-o", str(pred), "--quiet"]) == 0
+    rows = [r.split("\t") for r in pred.read_text().splitlines() if not r.startswith("#")][1:]
+    acc = np.mean([r[1] == lab for r, lab in zip(rows, [ln.split(",")[1] for ln in
+                                                           (GUE / "test.csv").read_text().splitlines()[1:]])])
+    assert abs(acc - report["test"]["accuracy"]) < 1e-9  # predict reproduces the run's test accuracy
+    # merged export: a standalone classifier with the adapter model's logits
+    merged = tmp_path / "merged"
+    assert main(["export", str(out), "--merge-lora", "--out", str(merged)]) == 0
+    assert "differ from the adapter model's by" in capsys.readouterr().out
+    mclf, mclasses = load_classifier(merged)
+    assert mclasses == classes and not lora_modules(mclf.lm)
+    from dnalm.eval.embed import batch_ids
+
+    x, mask = batch_ids(clf.lm, [ecoli_ids(70, 100).numpy().astype("uint8"), ecoli_ids(50, 900).numpy().astype("uint8")])
+    with torch.no_grad():
+        assert torch.allclose(mclf(x, mask), clf(x, mask), atol=1e-5, rtol=0)
+
+
+def test_cli_lora_errors(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["finetune", *_gue_args(out), "--mode", "lora", "--lora-targets", "Wqkv"]) == 2
+    assert "Wqkv match no linear layer" in capsys.readouterr().err
+    assert main(["finetune", *_gue_args(out), "--mode", "lora", "--max-memory", "0.001"]) == 2
+    assert "LoRA training of" in capsys.readouterr().err and not out.exists()
+    assert main(["export", str(TINY), "--merge-lora", "--out", str(out)]) == 2
+    assert "not a LoRA adapter directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ causal LM LoRA
+
+
+def test_train_lora_continues_a_published_model_on_a_new_genome(tmp_path, capsys):
+    """dnalm train with init_from the E. coli model and train.lora: only adapters train on phage lambda, the
+    run keeps RUN/adapter (small) and RUN/model (merged), and the model section comes from init_from."""
+    cfg = tmp_path / "lora.yaml"
+    cfg.write_text(
+        f"out_dir: {tmp_path / 'run'}\n"
+        f"data: {{inputs: [{Path(__file__).parent / 'data' / 'phage_lambda.fa'}], seq_len: 128}}\n"
+        f"train: {{steps: 6, batch_size: 4, lr: 3.0e-3, eval_every: 6, eval_tokens: 2048, log_every: 1, "
+        f"ckpt_every: 3, threads: 1, init_from: {TINY}, lora: {{rank: 2, alpha: 4, targets: [in_proj, fc2]}}}}\n"
+    )
+    assert main(["train", "--config", str(cfg)]) == 0
+    run = tmp_path / "run"
+    meta, tensors = read_adapter(run / "adapter")
+    assert meta["kind"] == "lm" and meta["base_model"] == str(TINY.resolve())
+    assert meta["adapted"] == [f"backbone.layers.{i}.{n}" for i in range(2) for n in ("mixer.in_proj", "mlp.fc2")]
+    base = dnalm.load(TINY)
+    merged = dnalm.load(run)  # RUN/model: merged
+    adapter = dnalm.load(run / "adapter")  # base + adapter, merged on load
+    x = ecoli_ids(100).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(merged(x).logits, adapter(x).logits, atol=1e-5, rtol=0)
+        assert (merged(x).logits - base(x).logits).abs().max() > 1e-4  # the adapters learned something
+    bs, ms = base.state_dict(), merged.state_dict()
+    changed = {k for k in bs if not torch.equal(bs[k], ms[k])}
+    assert changed == {f"{n}.weight" for n in meta["adapted"]}  # nothing but the adapted matrices moved
+    # no init_from: an error before any work
+    cfg.write_text("preset: hyenadna-tiny-1k\n" + cfg.read_text().replace(f"init_from: {TINY}, ", ""))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "bad")]) == 2
+    assert "set train.init_from" in capsys.readouterr().err

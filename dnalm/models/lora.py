@@ -43,8 +43,8 @@ __all__ = [
 ADAPTER_KEYS = ("lora_A", "lora_B")
 
 
-class LoRAError(ValueError):
-    """A LoRA setting or adapter that does not fit the model."""
+class LoRAError(ConfigError):
+    """A LoRA setting or adapter that does not fit the model (a user error: one line, exit status 2)."""
 
 
 class LoRALinear(nn.Linear):
