@@ -13,6 +13,9 @@ Conventions (owned here, stated once):
 - IUPAC ambiguity codes (R Y S W K M B D H V, any case) become N. Any other character is an input error
   that names the position.
 - Scoring and training prepend [BOS] so that the first base of a window is predicted too.
+- N is never a target. Likelihoods, bits/base, perplexity, deltas and pooled features count only A/C/G/T
+  (and [UNK], which stands for lower case and IUPAC codes in imported HyenaDNA models); training gives N
+  targets weight 0, as padding (:func:`scored`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ HF_BYTE_TO_ID[[ord(b) for b in BASES]] = [A + i for i in range(len(BASES))]
 COMPLEMENT_ID = np.arange(256, dtype=np.uint8)
 COMPLEMENT_ID[[A, C, G, T]] = [T, G, C, A]
 ID_TO_BYTE = np.frombuffer(b"".join(s.encode() if len(s) == 1 else b"?" for s in VOCAB), dtype=np.uint8)
+
+
+def scored(ids):
+    """True where a token id is a scored base: A/C/G/T or [UNK], never N or a special token. Works on numpy
+    arrays and torch tensors alike."""
+    return (ids >= UNK) & (ids != N)
 
 
 class InvalidSequenceError(ValueError):
