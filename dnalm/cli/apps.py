@@ -21,7 +21,15 @@ from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import display_name, is_regular_file
 from dnalm.eval.boundaries import analyze_boundaries, format_summary, write_report
 from dnalm.eval.dms import place_cds, read_mutants, score_dms
-from dnalm.eval.embed import embed_sequences, embedding_paths, fit_to_context, long_policy, read_sequence_file
+from dnalm.eval.embed import (
+    embed_sequences,
+    embedding_paths,
+    fit_to_context,
+    is_parquet,
+    long_policy,
+    parquet_modules,
+    read_sequence_file,
+)
 from dnalm.eval.essentiality import DEFAULT_CASSETTE, essentiality_report, read_labels, score_essentiality
 from dnalm.eval.finetune import (
     _model_inputs,
@@ -195,14 +203,20 @@ def dms_cmd(args: argparse.Namespace) -> int:
 
 @command(
     "embed",
-    "Sequence embeddings from a model's hidden states -> .npy + .json metadata.",
+    "Sequence embeddings from a hidden state or any module's output -> .npy + .json metadata, or .parquet.",
     arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
     arg("--fasta", default=None, help="FASTA/GenBank file of sequences"),
     arg("--csv", dest="csv_path", default=None, help="CSV/TSV with a sequence column"),
     arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
     arg("--layer", type=int, default=-1, help="hidden state: 0 = embeddings, i = after block i, -1 = final norm"),
-    arg("--pool", choices=["mean", "last", "none"], default="mean", help="pooling over the bases"),
-    arg("-o", "--out", default=None, output="file", help="output .npy (default: <input>.emb.npy; metadata next to it)"),
+    arg("--module", default=None, metavar="NAME",
+        help="embed the output of this submodule instead of a hidden state, e.g. blocks.28.mlp.l3 (Evo 2's "
+        "naming; backbone.layers.28.mlp.l3 here)"),
+    arg("--pool", choices=["mean", "last", "per-position", "none"], default="mean",
+        help="pooling over the bases: mean, last base, or one vector per base (per-position; 'none' is the same)"),
+    arg("-o", "--out", default=None, output="file",
+        help="output .npy (metadata in a .json next to it) or .parquet (metadata inside; needs pyarrow) "
+        "(default: <input>.emb.npy)"),
     *LONG_INPUTS,
     arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
@@ -212,10 +226,11 @@ def dms_cmd(args: argparse.Namespace) -> int:
 
 def embed_cmd(args: argparse.Namespace) -> int:
     """Embed sequences. One longer than the model's context is an error unless --crop keeps one window of
-    it or --windows embeds it in consecutive windows pooled together (stated in the metadata)."""
+    it or --windows embeds it in consecutive windows pooled together (stated in the metadata). Sequences
+    are batched longest first (little padding) and written back in input order."""
     print(embed_command(
         args.model, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
-        layer=args.layer, pool=args.pool, batch_size=args.batch_size, crop=args.crop, windows=args.windows,
+        layer=args.layer, module=args.module, pool=args.pool, batch_size=args.batch_size, crop=args.crop, windows=args.windows,
         device=args.device, progress=not args.quiet,
     ))  # fmt: skip
     return 0
@@ -519,28 +534,35 @@ def dms_command(
 def embed_command(
     model_path: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
     out: str | None = None, layer: int = -1, pool: str = "mean", batch_size: int = 8, crop: str | None = None,
-    windows: bool = False, device: str = "cpu", progress: bool = True,
+    windows: bool = False, device: str = "cpu", progress: bool = True, module: str | None = None,
 ) -> str:
-    """``dnalm embed``: embed every sequence of a FASTA or CSV and write .npy + .json; return a summary."""
+    """``dnalm embed``: embed every sequence of a FASTA or CSV and write .npy + .json (or .parquet); return a
+    summary."""
 
     if (fasta is None) == (csv_path is None):
         raise DataError("give exactly one of --fasta or --csv")
     src = fasta or csv_path
     ids, toks, lows = read_sequence_file(src, column=column)
     stem = Path(src).name.split(".")[0] if is_regular_file(src) else "sequences"
-    npy, meta_path = embedding_paths(out or stem + ".emb.npy")
-    check_output(npy, "file", "embedding array")
-    check_output(meta_path, "file", "embedding metadata")
+    if out is not None and is_parquet(out):
+        parquet_modules()  # the optional dependency is there, or a clear error before any work
+        npy = meta_path = check_output(Path(out), "file", "embedding table")
+    else:
+        npy, meta_path = embedding_paths(out or stem + ".emb.npy")
+        check_output(npy, "file", "embedding array")
+        check_output(meta_path, "file", "embedding metadata")
     model = load(model_path, device=device)
     if model.tokenizer.lowercase == "unk":
         toks = [np.where(lo, UNK, t).astype(np.uint8) for t, lo in zip(toks, lows)]
     emb = embed_sequences(model, toks, ids=ids, layer=layer, pool=pool, batch_size=batch_size, crop=crop,
-                          windows=windows, progress=progress, source=str(src))
+                          windows=windows, progress=progress, source=str(src), module=module)
     emb.meta.update(model=str(model_path), source=str(src))
     npy, meta = emb.save(npy)
     n_long = emb.meta["longer_than_window"]
     how = "were cropped" if crop else "used several windows"
-    return (f"embedded {len(ids)} sequences -> {npy} {tuple(emb.array.shape)} float32, metadata {meta}"
+    where = f"module {emb.meta['module']}" if module else f"layer {layer}"
+    return (f"embedded {len(ids)} sequences ({where}, {pool} pooling) -> {npy} {tuple(emb.array.shape)} float32, "
+            f"metadata {'inside' if meta == npy else meta}"
             + (f"; {n_long} sequences were longer than {emb.meta['window_bases']} bases and {how}" if n_long else ""))
 
 
