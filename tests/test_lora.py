@@ -246,3 +246,41 @@ def test_train_lora_continues_a_published_model_on_a_new_genome(tmp_path, capsys
     cfg.write_text("preset: hyenadna-tiny-1k\n" + cfg.read_text().replace(f"init_from: {TINY}, ", ""))
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "bad")]) == 2
     assert "set train.init_from" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ memory estimate
+
+
+@pytest.mark.parametrize("preset", ["hyenadna-tiny-1k", "striped-hyena2-tiny", "dnahnet-tiny-3"])
+def test_lora_memory_estimate_against_saved_tensors(preset):
+    """The estimate's activations against the bytes autograd really saves in a LoRA step (frozen base,
+    float32), and its adapter count against the real model's; it may overestimate a little, never under."""
+    from dnalm.scaling.lora import lora_memory
+
+    cfg, B, L = get_preset(preset), 2, 256
+    m = DNALM(cfg)
+    add_lora(m, LoRAConfig(rank=8))
+    params = {p.untyped_storage().data_ptr() for p in m.parameters()}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m.norm_f(m.backbone(m.embed(torch.stack([ecoli_ids(L, 0), ecoli_ids(L, 999)]))).hidden)
+    est = lora_memory(cfg, LoRAConfig(rank=8), L, B, weight_bytes=4)
+    assert 1.0 <= est.parts["activations"] / sum(seen.values()) <= 1.35
+    assert est.adapter_params == count_trainable(m)
+    assert est.base_params == sum(p.numel() for p in m.parameters()) - count_trainable(m)
+
+
+def test_lora_memory_of_an_evo2_7b_shape_is_estimated_without_allocating():
+    from dnalm.scaling.lora import lora_memory
+
+    est = lora_memory(get_preset("evo2-7b-8k"), LoRAConfig(rank=8), 1024, 1, weight_bytes=2)
+    assert est.adapted_layers == 32 * 3 + 5 * 2 + 27 * 2  # every block's MLP, attention Wqkv/out, Hyena in/out
+    assert 6.4e9 < est.base_params < 6.6e9 and est.adapter_params == 17_891_328
+    assert 20 * 2**30 < est.total < 30 * 2**30

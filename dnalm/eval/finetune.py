@@ -8,7 +8,8 @@ Three ways to train (``mode``):
 - ``full``: full fine-tuning of backbone + head (AdamW, linear warm-up and decay).
 - ``lora``: low-rank adapters (dnalm/models/lora.py) on the backbone's projections, attention and MLP; the
   backbone stays frozen in its stored dtype and only the adapters and the head train (AdamW, the same
-  schedule as full fine-tuning). The result is saved as an adapter directory (``adapter.safetensors`` with the
+  schedule as full fine-tuning). The head starts from the linear probe's solution (LP-FT, Kumar et al.
+  2022: probe first, then fine-tune), and that starting point is the dev-selection's epoch 0. The result is saved as an adapter directory (``adapter.safetensors`` with the
   adapters and the head, ``adapter.json`` naming the base model), a few percent of the model's size;
   ``load_classifier`` puts it back on the base model, ``dnalm export --merge-lora`` folds it into the weights.
 - ``soft_prompt=N``: HyenaDNA-style in-context learning by soft-prompt tuning. ``N`` learned prompt
@@ -364,6 +365,10 @@ def _train_end_to_end(
     )
     best = (-math.inf, None, 0)
     trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
+    if kind == "lora":  # the starting point (the probe's head, adapters at zero) is a candidate too
+        m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
+        history.append({"epoch": 0, "step": 0, **{f"dev_{k}": v for k, v in m.items()}})
+        best = (_selection_score(m), {k: v.detach().clone() for k, v in clf.state_dict().items() if k in trainable}, 0)
     step = 0
     for epoch in range(1, epochs + 1):
         clf.train()
@@ -414,6 +419,7 @@ def finetune(
     progress: bool = True,
     lora: LoRAConfig | None = None,
     copy_model: bool = True,
+    baseline: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a classifier (see the module docstring); returns (SequenceClassifier, report dict).
 
@@ -422,7 +428,8 @@ def finetune(
 
     ``lr`` defaults: probe 1e-2, soft prompt 1e-2, LoRA 1e-3, full fine-tuning 3e-4. ``lora`` sets the adapters
     of ``mode="lora"`` (default rank 8, alpha 16, the default targets). ``copy_model=False`` adapts ``model``
-    itself instead of a copy (no second copy of a large model in memory).
+    itself instead of a copy (no second copy of a large model in memory). ``baseline=False`` skips the k-mer
+    baseline (``report["kmer_baseline"]`` is then None), for callers that fit it once for several runs.
     """
     if mode not in ("probe", "full", "lora"):
         raise DataError(f"--mode must be probe, full or lora (got {mode!r})")
@@ -451,14 +458,18 @@ def finetune(
         clf = SequenceClassifier(lm, n_classes, pool=pool, layer=layer, soft_prompt=soft_prompt, seed=seed)
     except ValueError as e:  # --layer out of range, an unknown pooling
         raise DataError(f"--layer/--pool: {e}") from None
+    cw = class_weights(train.labels, n_classes)
     adapted: list[str] = []
     if mode == "lora":
         lora = lora or LoRAConfig()
+        # LP-FT (Kumar et al. 2022): the head starts from the linear probe's solution, so the adapters start
+        # from a model that already classifies and refine the features instead of fighting a random head
+        history_probe: list[dict[str, Any]] = []
+        _train_probe(clf, X, train, dev, cw, 1e-2, weight_decay, probe_steps, batch_size, progress, history_probe)
         try:
             adapted = add_lora(clf.lm, lora)  # freezes the backbone; the head stays trainable
         except LoRAError as e:
             raise DataError(f"--lora-targets: {e}") from None
-    cw = class_weights(train.labels, n_classes)
     kind = mode if mode in ("full", "lora") else ("soft_prompt" if soft_prompt else "probe")
     history: list[dict[str, Any]] = []
 
@@ -475,7 +486,7 @@ def finetune(
     dev_m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
     t_model = time.perf_counter() - t0
     t1 = time.perf_counter()
-    base = kmer_baseline(train, dev, test, ks=kmer_ks, seed=seed)
+    base = kmer_baseline(train, dev, test, ks=kmer_ks, seed=seed) if baseline else None
     report = {
         "mode": kind,
         "pool": pool,
