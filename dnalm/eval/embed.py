@@ -48,7 +48,7 @@ from dnalm.eval.metrics import progress as bar
 from dnalm.eval.scoring import count_scored, window_bases
 from dnalm.models.heads import count_hidden_states, pool_hidden
 from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
-from dnalm.tokenizer import BOS, PAD, UNK, encode_bytes, scored
+from dnalm.tokenizer import BOS, PAD, UNK, encode_bytes
 
 
 @dataclass
@@ -332,7 +332,7 @@ def embed_sequences(
                     piece_out[k] = h[r][real[r]].cpu().numpy()
             else:
                 # per-window sums (mean) or last base, N left out; combined across windows below
-                counted = mask & scored(x)
+                counted = mask & model.tokenizer.scored(x)
                 summed = pool_hidden(h, counted, "mean") * counted.sum(1, keepdim=True)  # (B, D)
                 last = pool_hidden(h, counted, "last")  # (B, D)
                 for r, k in enumerate(part):

@@ -47,7 +47,7 @@ from dnalm.eval.scoring import score, token_logprobs
 from dnalm.models.heads import count_hidden_states
 from dnalm.models.hyena import HyenaBlock
 from dnalm.ops.fftconv import fft_size
-from dnalm.tokenizer import BOS, SEP, UNK, decode, scored
+from dnalm.tokenizer import BOS, SEP, UNK, decode
 
 LONG_FROM = 32_768  # tokens: from this length on, dnalm score (and embed) use forward_long
 DEFAULT_CHUNK = 16_384  # positions per chunk of the position-wise parts
@@ -402,7 +402,7 @@ def score_records(
         for i in long_idx:
             t = torch.from_numpy(toks[i])
             lp = forward_long(model, t, "logprobs", check=False)  # (L-1,)
-            counted = scored(t[1:]).to(lp.device)  # bases and [UNK], not N, as dnalm.score
+            counted = model.tokenizer.scored(t[1:]).to(lp.device)  # bases and [UNK], not N, as dnalm.score
             out[i] = RecordScore(records[i].name, len(records[i]), int(counted.sum()),
                                  float(lp[counted].double().sum()), True)
             bar.update(len(records[i]))

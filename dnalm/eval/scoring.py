@@ -82,7 +82,7 @@ def score(
     results: list[Any] = []
     for row, ll in zip(rows, score_tokens(model, rows, batch_size)):
         targets = np.asarray(row[1:])
-        per_base = np.where(scored(targets), ll, np.nan)[targets >= UNK]  # one value per base; NaN at N
+        per_base = np.where(tok.scored(targets), ll, np.nan)[targets >= tok.scored_min_id]  # per base; NaN at N
         if reduce == "sum":
             results.append(np.nansum(per_base))
         elif reduce == "mean":

@@ -23,7 +23,7 @@ from dnalm.checkpoint import (
     read_config_json,
 )
 from dnalm.config import to_dict
-from dnalm.formats import hyenadna_hf
+from dnalm.formats import evo, hyenadna_hf
 from dnalm.formats.base import CheckpointFormat
 from dnalm.models import get_preset, list_presets
 from dnalm.models.lm import DNALM
@@ -58,6 +58,8 @@ def detect_format(path: str | Path) -> CheckpointFormat | None:
 
 
 register_format(hyenadna_hf.FORMAT)
+register_format(evo.EVO2_FORMAT)
+register_format(evo.EVO1_FORMAT)
 
 
 def load(path: str | Path, device: str = "cpu") -> nn.Module:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dnalm.tokenizer import BOS, A, T, scored
+from dnalm.tokenizer import BOS, A, T
 
 Pool = Literal["mean", "last"]
 
@@ -158,7 +158,7 @@ class SequenceClassifier(nn.Module):
         """Pooled features (B, D) over the bases (not [BOS], padding or prompt positions)."""
         h = self.hidden(input_ids)  # (B, n + L, D)
 
-        real = attention_mask & scored(input_ids)  # (B, L) bases only, not N
+        real = attention_mask & self.lm.tokenizer.scored(input_ids)  # (B, L) bases only, not N
         if self.n_prompt:
             real = torch.cat([torch.zeros_like(real[:, : self.n_prompt]), real], dim=1)  # (B, n + L)
         return pool_hidden(h.float(), real, self.pool)
