@@ -9,7 +9,7 @@ Three ways to train (``mode``):
 - ``lora``: low-rank adapters (dnalm/models/lora.py) on the backbone's projections, attention and MLP; the
   backbone stays frozen in its stored dtype and only the adapters and the head train (AdamW, the same
   schedule as full fine-tuning). The head starts from the linear probe's solution (LP-FT, Kumar et al.
-  2022: probe first, then fine-tune), and that starting point is the dev-selection's epoch 0. The result is saved as an adapter directory (``adapter.safetensors`` with the
+  2022: probe first, then fine-tune); the best dev epoch of the LoRA training is kept, as for full fine-tuning. The result is saved as an adapter directory (``adapter.safetensors`` with the
   adapters and the head, ``adapter.json`` naming the base model), a few percent of the model's size;
   ``load_classifier`` puts it back on the base model, ``dnalm export --merge-lora`` folds it into the weights.
 - ``soft_prompt=N``: HyenaDNA-style in-context learning by soft-prompt tuning. ``N`` learned prompt
@@ -365,10 +365,6 @@ def _train_end_to_end(
     )
     best = (-math.inf, None, 0)
     trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
-    if kind == "lora":  # the starting point (the probe's head, adapters at zero) is a candidate too
-        m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
-        history.append({"epoch": 0, "step": 0, **{f"dev_{k}": v for k, v in m.items()}})
-        best = (_selection_score(m), {k: v.detach().clone() for k, v in clf.state_dict().items() if k in trainable}, 0)
     step = 0
     for epoch in range(1, epochs + 1):
         clf.train()

@@ -36,6 +36,7 @@ from dnalm.checkpoint import (
     atomic_write_text,
     checkpoint_dirs,
     latest_model_dir,
+    read_config_json,
     save_pretrained,
 )
 from dnalm.config import ConfigError, RunConfig, to_dict
@@ -43,6 +44,7 @@ from dnalm.data import samplers as S
 from dnalm.data.schedule import LengthSchedule, Stage
 from dnalm.data.store import TokenStore, default_genome, prepare
 from dnalm.models.lm import DNALM, lm_loss
+from dnalm.tokenizer import Tokenizer
 from dnalm.models.lora import LoRAError, add_lora, fingerprint, lora_state_dict, merge_lora
 from dnalm.models.spec import SPECS, spec_of
 from dnalm.outputs import check_output
@@ -344,7 +346,8 @@ def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     model = DNALM(config.model)
     stored = None
     if init_from is not None:
-        stored = _load_init_weights(model, init_from)
+        stored, tokenizer = _load_init_weights(model, init_from)
+        model.tokenizer = tokenizer or model.tokenizer  # an imported model keeps its own ids (Evo: bytes)
     if tc.lora is not None:
         if stored is not None and stored != torch.float32:
             model.to(stored)  # the frozen base stays in its stored dtype; the adapters are float32
@@ -383,7 +386,8 @@ def train_step(s: _Session, state: TrainState, stage: Any) -> dict[str, Any] | N
     reweight_repeats = s.config.data.repeat_weight != 1.0  # the only consumer of the case mask
     batch = s.sampler.next_batch(stage.batch_size, stage.seq_len, case_mask=reweight_repeats)
     lower = batch.lower if reweight_repeats else np.broadcast_to(False, batch.ids.shape)  # a view, no copy
-    inputs, targets, weights = lm_inputs(batch.ids, lower, batch.valid, s.config.data.repeat_weight)
+    inputs, targets, weights = lm_inputs(batch.ids, lower, batch.valid, s.config.data.repeat_weight,
+                                         tokenizer=dist.unwrap(model).tokenizer)  # fmt: skip
     inputs, targets, weights = inputs.to(env.device), targets.to(env.device), weights.to(env.device)
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
     optimizer.zero_grad(set_to_none=True)
@@ -595,17 +599,24 @@ def adapter_meta(config: RunConfig, model: DNALM, extra: dict) -> dict:
     }
 
 
-def _load_init_weights(model: DNALM, source: str | Path) -> torch.dtype:
+def _load_init_weights(model: DNALM, source: str | Path) -> tuple[torch.dtype, Any]:
     """Copy weights from a checkpoint or run (or any model ``dnalm.load`` reads, e.g. an imported one) into
     ``model`` (shapes must match; buffers that depend on the context length, such as filter position
-    tables, are rebuilt by the model, not copied). Returns the dtype the weights were stored in."""
+    tables, are rebuilt by the model, not copied). Returns the dtype the weights were stored in, and the
+    source's tokenizer when it is not dnalm's default one (an imported Evo model reads bytes)."""
     src = Path(source)
     found = latest_model_dir(src) or (src if (src / "model.safetensors").is_file() else None)
+    tokenizer = None
     if found is None:
-        state = _foreign_state(source)
+        state, tokenizer = _foreign_state(source)
         found = src
     else:
         state = load_file(str(found / "model.safetensors"))
+        try:
+            tok = read_config_json(found / "config.json").get("tokenizer")
+            tokenizer = Tokenizer(**tok) if isinstance(tok, dict) else None
+        except (CheckpointError, TypeError, ValueError):
+            tokenizer = None
     own = model.state_dict()
     params = {name for name, _ in model.named_parameters()}
     missing = [k for k in own if k not in state and k in params]
@@ -619,10 +630,10 @@ def _load_init_weights(model: DNALM, source: str | Path) -> torch.dtype:
     keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(keep, strict=False)
     floats = [v.dtype for k, v in state.items() if k in params and v.is_floating_point()]
-    return max(set(floats), key=floats.count) if floats else torch.float32
+    return (max(set(floats), key=floats.count) if floats else torch.float32), tokenizer
 
 
-def _foreign_state(source: str | Path) -> dict[str, torch.Tensor]:
+def _foreign_state(source: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
     """The weights of a model in a registered foreign format (dnalm.formats), or CheckpointError."""
     from dnalm.formats import detect_format, load
 
@@ -631,4 +642,4 @@ def _foreign_state(source: str | Path) -> dict[str, torch.Tensor]:
     m = load(source)
     if not isinstance(m, DNALM):
         raise CheckpointError(f"init_from {source}: a {type(m).__name__}, not a language model")
-    return m.state_dict()
+    return m.state_dict(), m.tokenizer
