@@ -3,8 +3,10 @@
 **Precision** (``train.precision``, ``--precision``): ``fp32``, ``bf16`` or ``fp16`` autocast, or ``auto``.
 ``auto`` means bf16 on a GPU that supports it (float32 on other GPUs: the trainer has no fp16 loss
 scaling). On a CPU it means bf16 only where bf16 autocast is measurably faster than float32: a
-micro-benchmark (well under a second) times forward + backward of the model's own linear-layer shapes
-both ways, interleaved, and picks bf16 when it is at least ``BF16_MARGIN`` faster. On CPUs with native
+micro-benchmark (well under a second) times both ways, interleaved, and picks bf16 when it takes at most
+``BF16_MARGIN`` of float32's time. Training times the model's own forward + backward on 1,024 tokens
+(:func:`model_step_bench`); inference commands time forward + backward of the model's linear-layer shapes
+(:func:`benchmark_bf16`). On CPUs with native
 bf16 (AVX512-BF16, AMX) it can be; without them (AVX2-only x86, most ARM) PyTorch emulates bf16 and
 autocast is several times slower than float32. The result is cached per machine, ISA setting, torch
 version and shape set in ``~/.cache/dnalm/precision.json`` (``$DNALM_CACHE_DIR`` or ``$XDG_CACHE_HOME``
@@ -115,34 +117,68 @@ def matmul_shapes(model: torch.nn.Module, tokens: int) -> list[tuple[int, int, i
     return [(rows, k, n) for k, n in layers]
 
 
+def time_bf16(run: Callable[[bool], None], budget_s: float = BENCH_BUDGET_S) -> tuple[float, float]:
+    """(float32 seconds, bf16 seconds) of ``run(bf16)``: one warm-up each, then the two interleaved (the
+    order alternating), best of the repeats; at least 3 repeats, or 1 once the budget is spent and one is
+    over twice as fast as the other, at most 30."""
+    t_start = time.perf_counter()
+
+    def once(bf16: bool) -> float:
+        t0 = time.perf_counter()
+        run(bf16)
+        return time.perf_counter() - t0
+
+    once(False), once(True)  # warm-up: kernel selection, first-touch allocations
+    best = {False: math.inf, True: math.inf}
+    for reps in range(1, 31):
+        for bf16 in (reps % 2 == 0, reps % 2 == 1):
+            best[bf16] = min(best[bf16], once(bf16))
+        ratio = best[True] / max(best[False], 1e-12)
+        over = time.perf_counter() - t_start > budget_s
+        if over and (reps >= 3 or ratio > 2.0 or ratio < 0.5):
+            break
+    return best[False], best[True]
+
+
 def benchmark_bf16(shapes: Sequence[tuple[int, int, int]], budget_s: float = BENCH_BUDGET_S) -> tuple[float, float]:
-    """(float32 seconds, bf16-autocast seconds): forward + backward of ``F.linear`` over ``shapes``, the two
-    interleaved, best of the repeats that fit in ``budget_s`` (at least 2 each, unless one is over twice
-    as fast as the other after the first)."""
+    """(float32 seconds, bf16-autocast seconds): forward + backward of ``F.linear`` over ``shapes``
+    (:func:`time_bf16`). Used where no model step can be run (inference commands, sharded training)."""
     gen = torch.Generator().manual_seed(0)
     tensors = [
         (torch.randn(m, k, generator=gen, requires_grad=True), torch.randn(n, k, generator=gen, requires_grad=True))
         for m, k, n in shapes
     ]
 
-    def once(bf16: bool) -> float:
-        t0 = time.perf_counter()
+    def run(bf16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for x, w in tensors:
-                y = torch.nn.functional.linear(x, w)
-                y.float().sum().backward()
-        return time.perf_counter() - t0
+                torch.nn.functional.linear(x, w).float().sum().backward()
 
-    t_end = time.perf_counter() + budget_s
-    once(False), once(True)  # warm-up: kernel selection, first-touch allocations
-    best = {False: math.inf, True: math.inf}
-    for reps in range(1, 21):
-        for bf16 in (reps % 2 == 0, reps % 2 == 1):  # alternate which goes first
-            best[bf16] = min(best[bf16], once(bf16))
-        ratio = best[True] / max(best[False], 1e-12)
-        if ratio > 2.0 or ratio < 0.5 or (reps >= 2 and time.perf_counter() > t_end):
-            break  # a clear verdict needs no more repeats
-    return best[False], best[True]
+    return time_bf16(run, budget_s)
+
+
+def model_step_bench(model: torch.nn.Module, vocab_size: int, seq_len: int, tokens: int = 1024):
+    """A benchmark for :func:`resolve_precision` that times the model's own forward + backward on
+    ``tokens`` random tokens (windows of at most ``seq_len``), float32 against bf16 autocast. Gradients
+    are cleared afterwards and the RNG state is restored, so training continues as if it never ran."""
+
+    def bench(shapes: Sequence[tuple[int, int, int]]) -> tuple[float, float]:
+        length = max(1, min(seq_len, tokens))
+        with torch.random.fork_rng(devices=[]):
+            x = torch.randint(0, vocab_size, (max(1, tokens // length), length))
+
+            def run(bf16: bool) -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = model(x)
+                getattr(out, "logits", out).float().mean().backward()
+
+            try:
+                return time_bf16(run)
+            finally:
+                model.zero_grad(set_to_none=True)
+
+    bench.kind = "model step"  # type: ignore[attr-defined]
+    return bench
 
 
 def _read_cache(path: Path) -> dict:
@@ -173,7 +209,8 @@ def resolve_precision(
     cache: Path | None = None,
 ) -> Precision:
     """Turn ``requested`` (auto, fp32, bf16, fp16) into a :class:`Precision` for ``device``; ``shapes`` are
-    the model's matmuls (:func:`matmul_shapes`), used by ``auto`` on a CPU."""
+    the model's matmuls (:func:`matmul_shapes`), used by ``auto`` on a CPU: ``bench`` (default
+    :func:`benchmark_bf16`; the trainer passes :func:`model_step_bench`) measures, unless the cache knows."""
     if requested not in PRECISIONS:
         raise ValueError(f"{where} must be one of {', '.join(PRECISIONS)} (got {requested!r})")
     device = torch.device(device)
@@ -186,7 +223,8 @@ def resolve_precision(
     if device.type != "cpu":
         return Precision("fp32", f"auto: float32 on {device.type}")
     shapes = [tuple(int(v) for v in s) for s in (shapes or [(MAX_BENCH_TOKENS, 128, 128)])]
-    key = f"{machine_key()}:{hashlib.sha1(repr(sorted(shapes)).encode()).hexdigest()[:12]}"
+    kind = getattr(bench, "kind", "matmuls")
+    key = f"{machine_key()}:{hashlib.sha1(repr((kind, sorted(shapes))).encode()).hexdigest()[:12]}"
     path = (cache or cache_dir()) / "precision.json"
     data = _read_cache(path)
     hit = data.get(key)
@@ -194,15 +232,15 @@ def resolve_precision(
         fp32_s, bf16_s, measured = float(hit["fp32_s"]), float(hit["bf16_s"]), f"measured earlier, cached in {path}"
     else:
         fp32_s, bf16_s = (bench or benchmark_bf16)(shapes)
-        data[key] = {"fp32_s": fp32_s, "bf16_s": bf16_s, "torch": torch.__version__, "shapes": [list(s) for s in shapes],
+        data[key] = {"fp32_s": fp32_s, "bf16_s": bf16_s, "torch": torch.__version__, "shapes": [list(s) for s in shapes], "kind": kind,
                      "threads": torch.get_num_threads(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         _write_cache(path, data)
-        measured = "measured now on the model's matmul shapes"
+        measured = f"measured now on the model's {'own training step' if kind == 'model step' else 'matmul shapes'}"
     ratio = bf16_s / max(fp32_s, 1e-12)
     if ratio <= BF16_MARGIN:
-        return Precision("bf16", f"auto: bf16 autocast matmuls take {ratio:.2f}x the float32 time on this CPU; {measured}")
-    return Precision("fp32", f"auto: bf16 autocast matmuls take {ratio:.2f}x the float32 time on this CPU "
-                             f"(no native bf16 speed-up); {measured}")
+        return Precision("bf16", f"auto: bf16 autocast takes {ratio:.2f}x the float32 time on this CPU; {measured}")
+    return Precision("fp32", f"auto: bf16 autocast takes {ratio:.2f}x the float32 time on this CPU "
+                             f"(not measurably faster); {measured}")
 
 
 # -------------------------------------------------------------------------------------------- threads

@@ -20,5 +20,5 @@ os.environ.setdefault("DNALM_CACHE_DIR", tempfile.mkdtemp(prefix="dnalm-test-cac
 def _float32_wins(monkeypatch):
     import dnalm.runtime
 
-    monkeypatch.setattr(dnalm.runtime, "benchmark_bf16", lambda shapes, budget_s=0.0: (1.0, 2.0))
+    monkeypatch.setattr(dnalm.runtime, "time_bf16", lambda run, budget_s=0.0: (1.0, 2.0))
 

@@ -121,9 +121,21 @@ def test_matmul_shapes_are_the_models_linear_layers():
     assert R.matmul_shapes(wide, 8)[0][0] == 8
 
 
-def test_the_real_benchmark_runs(monkeypatch):
+def test_the_real_benchmarks_run_and_leave_no_trace(monkeypatch):
+    monkeypatch.undo()  # conftest's stand-in for time_bf16
     fp32_s, bf16_s = R.benchmark_bf16([(64, 16, 16)], budget_s=0.01)
     assert fp32_s > 0 and bf16_s > 0
+    from dnalm.models.lm import DNALM
+
+    model = DNALM(HyenaConfig(n_layer=1, d_model=16, l_max=66, filter_order=8))
+    torch.manual_seed(5)
+    expect = torch.rand(3)
+    torch.manual_seed(5)
+    bench = R.model_step_bench(model, 16, 64, tokens=128)
+    fp32_s, bf16_s = bench([(128, 16, 16)])
+    assert fp32_s > 0 and bf16_s > 0 and bench.kind == "model step"
+    assert torch.equal(torch.rand(3), expect)  # the RNG state is restored
+    assert all(p.grad is None for p in model.parameters())  # and the gradients cleared
 
 
 # -------------------------------------------------------------------------------------------- threads
@@ -236,7 +248,7 @@ def test_training_uses_the_resolved_precision(tmp_path, monkeypatch):
     from dnalm.data.store import prepare
     from dnalm.train.trainer import train
 
-    monkeypatch.setattr(R, "benchmark_bf16", lambda shapes, budget_s=0.0: (1.0, 0.4))  # "native bf16"
+    monkeypatch.setattr(R, "time_bf16", lambda run, budget_s=0.0: (1.0, 0.4))  # "native bf16"
     prepare([DATA / "phage_lambda.fa"], tmp_path / "store", val_fraction=0.1, test_fraction=0.05, progress=False)
     run = RunConfig(
         model=HyenaConfig(n_layer=1, d_model=32, l_max=130, filter_order=16),
@@ -248,6 +260,7 @@ def test_training_uses_the_resolved_precision(tmp_path, monkeypatch):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     event = next(r for r in rows if r.get("event") == "runtime")
     assert event["precision"] == "bf16" and "0.40x" in event["precision_reason"]
+    assert "own training step" in event["precision_reason"]
     assert event["threads"] == 1 and "OMP_NUM_THREADS" in event["threads_reason"]  # set by conftest
 
 

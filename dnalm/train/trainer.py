@@ -44,7 +44,16 @@ from dnalm.data.store import TokenStore, default_genome, prepare
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.spec import SPECS, spec_of
 from dnalm.outputs import check_output
-from dnalm.runtime import Precision, ThreadGovernor, Threads, apply_threads, choose_threads, matmul_shapes, resolve_precision
+from dnalm.runtime import (
+    Precision,
+    ThreadGovernor,
+    Threads,
+    apply_threads,
+    choose_threads,
+    matmul_shapes,
+    model_step_bench,
+    resolve_precision,
+)
 from dnalm.train import distributed as dist
 from dnalm.train.checkpoint import (
     is_sharded_checkpoint,
@@ -382,7 +391,9 @@ def _choose_precision(config: RunConfig, env: dist.DistEnv, model: torch.nn.Modu
     if env.is_main:
         tokens = tc.batch_size * config.data.seq_len // (tc.grad_accum * env.world_size)
         try:
-            precision = resolve_precision(tc.precision, env.device, matmul_shapes(model, tokens))
+            # one process: time the model's own step; several: ranks must not run the model apart (FSDP)
+            bench = model_step_bench(model, config.model.vocab_size, config.data.seq_len) if env.world_size == 1 else None
+            precision = resolve_precision(tc.precision, env.device, matmul_shapes(model, tokens), bench=bench)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return dist.broadcast_object(env, precision)
