@@ -14,7 +14,7 @@ move it), so later runs decide in a millisecond. The choice is printed once, wit
 
 **Threads** (``train.threads``, ``--threads``; ``OMP_NUM_THREADS`` counts as an explicit choice too): the
 default is the cores this process may use (its CPU affinity and cgroup quota) minus the cores other
-processes keep busy when it starts (/proc/stat sampled for a fifth of a second). PyTorch's OpenMP threads
+processes keep busy when it starts (its CPUs' lines of /proc/stat, sampled for a fifth of a second). PyTorch's OpenMP threads
 spin while they wait; when another process holds a core they wait a lot, and a 2-thread step can run 3-10x
 slower than a 1-thread one. During training :class:`ThreadGovernor` watches the step time and halves the
 threads when steps become much slower than they were (the machine got busy after the start).
@@ -275,26 +275,44 @@ def _cgroup_quota(root: Path) -> float | None:
         return None
 
 
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy, total) jiffies over all CPUs from /proc/stat, or None off Linux."""
+def _cpu_ticks(cpus: set[int] | None = None, stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(busy, total) jiffies summed over ``cpus`` (all CPUs if None) from /proc/stat, or None off Linux."""
     try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
+        lines = stat.read_text().splitlines()
+    except OSError:
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # guest time is already counted in user
-    return total - idle, total
+    busy = total = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit():
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        try:
+            fields = [int(v) for v in rest.split()]
+        except ValueError:
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        t = sum(fields[:8])  # guest time is already counted in user
+        busy, total = busy + t - idle, total + t
+    return (busy, total) if total else None
 
 
-def busy_cores(sample_s: float = 0.2) -> float:
-    """How many cores other processes keep busy now: /proc/stat sampled for ``sample_s`` seconds (this
-    process sleeps meanwhile), else the 1-minute load average."""
-    a = _cpu_ticks()
+def busy_cores(sample_s: float = 0.2, cpus: set[int] | None = None) -> float:
+    """How many of this process's CPUs (its affinity) other processes keep busy now: /proc/stat sampled
+    for ``sample_s`` seconds while this process sleeps; off Linux, the 1-minute load average."""
+    if cpus is None:
+        try:
+            cpus = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = None
+    a = _cpu_ticks(cpus)
     if a is not None:
         time.sleep(sample_s)
-        b = _cpu_ticks()
+        b = _cpu_ticks(cpus)
         if b is not None and b[1] > a[1]:
-            return (os.cpu_count() or 1) * (b[0] - a[0]) / (b[1] - a[1])
+            n = len(cpus) if cpus else (os.cpu_count() or 1)
+            return n * (b[0] - a[0]) / (b[1] - a[1])
     try:
         return float(os.getloadavg()[0])
     except (AttributeError, OSError):
@@ -330,7 +348,14 @@ def choose_threads(
     if omp.isdigit() and int(omp) > 0:
         return Threads(int(omp), "set by OMP_NUM_THREADS", True)
     cores = usable_cores() if cores is None else cores
-    busy = busy_cores() if busy is None else busy
+    if busy is None:
+        try:
+            n_cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n_cpus = os.cpu_count() or 1
+        busy = busy_cores() * min(1.0, cores / max(1, n_cpus))  # a cgroup quota below the affinity: its share
+    else:
+        busy = float(busy)
     n = max(1, min(cores, int(math.floor(cores - busy + 0.5))))
     if n < cores:
         reason = f"{cores} usable cores, about {busy:.1f} busy with other work"

@@ -183,8 +183,13 @@ def test_usable_cores_from_affinity_and_cgroup(tmp_path, v2, v1, expect):
     assert R.usable_cores(lambda: {0, 1, 2, 3}, cgroup(tmp_path, v2, v1)) == expect
 
 
-def test_busy_cores_reads_the_machine():
+def test_busy_cores_reads_the_machine(tmp_path):
     assert R.busy_cores(0.01) >= 0.0
+    stat = tmp_path / "stat"  # two CPUs: cpu0 half busy, cpu1 idle (user nice system idle iowait ...)
+    stat.write_text("cpu  60 0 0 140 0 0 0 0 0 0\ncpu0 50 0 0 50 0 0 0 0 0 0\ncpu1 10 0 0 90 0 0 0 0 0 0\nintr 1\n")
+    assert R._cpu_ticks(None, stat) == (60, 200)
+    assert R._cpu_ticks({1}, stat) == (10, 100)  # only this process's CPUs count
+    assert R._cpu_ticks(None, tmp_path / "missing") is None
 
 
 def test_governor_halves_threads_when_steps_slow_down(monkeypatch):
