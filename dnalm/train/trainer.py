@@ -365,7 +365,7 @@ def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     if ckpts and progress and main:
         tqdm.write(f"resuming {run_dir} from step {state.step} ({state.tokens:,} tokens)")
     precision = _choose_precision(config, env, dist.unwrap(model))
-    if main:
+    if progress and main:  # also in metrics.jsonl (below)
         for line in (precision.message(), threads.message()):
             tqdm.write(line, file=sys.stderr)
     metrics.log({"step": state.step, "event": "runtime", "precision": precision.name, "precision_reason": precision.reason,
@@ -487,7 +487,7 @@ def _govern_threads(s: _Session, state: TrainState, stage: Any, seconds: float) 
     message = s.governor.step(seconds, key=(stage.seq_len, stage.batch_size))
     if message:
         s.metrics.log({"step": state.step + 1, "event": "threads", "threads": s.governor.n, "reason": message})
-        if s.env.is_main:
+        if s.progress:
             tqdm.write(message, file=sys.stderr)
 
 
