@@ -45,7 +45,7 @@ from dnalm.models.spec import (
     fft_conv_flops,
     layer_params_estimate,
 )
-from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft
+from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft, gated_fft_long_conv
 
 # The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
 # at 1M tokens and width 256 one entry would take 2 GB.
@@ -261,6 +261,38 @@ class HyenaOperator(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, D) -> (B, L, D)."""
+        if self.dropout.p > 0 and self.training:  # the dropout sits between the gate and the long conv
+            return self._forward_staged(u)
+        B, L, D = u.shape
+        z = self._short_conv_shifts(self._in_proj_channels(u))  # (B, (N+1)D, L), causal
+        x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
+        h_fft = self._filter_fft(L)  # (C, n//2+1) or None
+        h = self.long_filter(L) if h_fft is None else None  # (C, L)
+        bias = self.filter_fn.bias
+        for o, x_i in enumerate(reversed(gates)):  # order 2: just x1; the last round applies the x0 gate
+            ch = slice(o * D, (o + 1) * D)
+            v = gated_fft_long_conv(x_i, v, None if h is None else h[ch], bias[ch],
+                                    None if h_fft is None else h_fft[ch], post=x0 if o == len(gates) - 1 else None)
+        w, b = self.out_proj.weight, self.out_proj.bias  # out_proj of the channel-major (B, D, L) result
+        if B == 1:
+            return F.linear(v[0].t(), w, b)[None]  # a transposed (L, D) operand: no copy
+        return torch.baddbmm(b.expand(B, L, D), v.transpose(1, 2), w.t().expand(B, D, D))
+
+    def _in_proj_channels(self, u: torch.Tensor) -> torch.Tensor:
+        """in_proj(u) laid out channel-major, (B, (N+1)D, L), computed as W @ u^T (no transpose copy)."""
+        w, b = self.in_proj.weight, self.in_proj.bias  # ((N+1)D, D), ((N+1)D,)
+        B, L = u.shape[0], u.shape[1]
+        if B == 1:
+            return torch.addmm(b[:, None], w, u[0].t())[None]
+        return torch.baddbmm(b[None, :, None].expand(B, w.shape[0], L), w.expand(B, -1, -1), u.transpose(1, 2))
+
+    def _short_conv_shifts(self, z: torch.Tensor) -> torch.Tensor:
+        """``short_conv(z)`` as k shifted multiply-adds with a hand-written backward (a depthwise conv1d's
+        backward, and autograd through in-place shifted updates, are both slow on CPU)."""
+        return _ShortConv.apply(z, self.short_filter.weight[:, 0], self.short_filter.bias)
+
+    def _forward_staged(self, u: torch.Tensor) -> torch.Tensor:
+        """The operator composed from its stages (used with dropout): the same function as ``forward``."""
         L, D = u.shape[1], self.d_model
         z = self.short_conv(self.in_proj(u).transpose(1, 2))  # (B, (N+1)D, L), causal
         x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
@@ -316,6 +348,38 @@ class HyenaOperator(nn.Module):
         return self.output(x0[..., None], v.to(x0.dtype)[..., None])[:, 0], state
 
 
+class _ShortConv(torch.autograd.Function):
+    """Causal depthwise FIR y[c, t] = b[c] + sum_j w[c, k-1-j] z[c, t-j] (conv1d's layout: the last tap is
+    lag 0), by shifted multiply-adds on (B, C, L), with the backward written out the same way."""
+
+    @staticmethod
+    def forward(ctx, z, w, b):  # z (B, C, L), w (C, k), b (C,)
+        k, L = w.shape[-1], z.shape[-1]
+        out = torch.addcmul(b[:, None], z, w[:, k - 1, None])  # lag 0
+        for j in range(1, min(k, L)):
+            out[..., j:].addcmul_(z[..., :-j], w[:, k - 1 - j, None])  # lag j
+        ctx.save_for_backward(z, w)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        z, w = ctx.saved_tensors
+        k, L = w.shape[-1], z.shape[-1]
+        grad_z = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_z = g * w[:, k - 1, None]
+            for j in range(1, min(k, L)):
+                grad_z[..., :-j].addcmul_(g[..., j:], w[:, k - 1 - j, None])
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(w)
+            for j in range(min(k, L)):
+                grad_w[:, k - 1 - j] = torch.einsum("bct,bct->c", g[..., j:], z[..., : L - j])
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum((0, 2))
+        return grad_z, grad_w, grad_b
+
+
 class Mlp(nn.Module):
     """fc1 (D -> d_inner), tanh-approximated GELU, fc2 (d_inner -> D)."""
 
@@ -326,7 +390,54 @@ class Mlp(nn.Module):
         self.fc2.residual_out = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
+        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.dtype != self.fc1.weight.dtype:
+            return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
+        shape = x.shape
+        y = _RowChunkedMlp.apply(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc1.bias, self.fc2.weight,
+                                 self.fc2.bias)
+        return y.view(*shape[:-1], y.shape[-1])
+
+
+MLP_CHUNK_ROWS = 512  # rows per chunk of the CPU MLP: the (rows, d_inner) hidden stays in the L2 cache
+
+
+class _RowChunkedMlp(torch.autograd.Function):
+    """fc2(gelu_tanh(fc1(x))) on CPU, computed ``MLP_CHUNK_ROWS`` rows at a time so that the wide hidden
+    activation and its GELU (forward and backward) stay in cache; only the pre-activation is kept for
+    the backward (the GELU output is recomputed there, chunk by chunk). Same values as the plain MLP."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):  # x (N, D), w1 (F, D), w2 (D, F)
+        N, c = x.shape[0], MLP_CHUNK_ROWS
+        x = x.contiguous()
+        out = x.new_empty(N, w2.shape[0])
+        keep = any(ctx.needs_input_grad)
+        a_all = x.new_empty(N, w1.shape[0]) if keep else None
+        for s in range(0, N, c):
+            a = torch.addmm(b1, x[s : s + c], w1.t(), out=a_all[s : s + c]) if keep else torch.addmm(
+                b1, x[s : s + c], w1.t())
+            torch.addmm(b2, F.gelu(a, approximate="tanh"), w2.t(), out=out[s : s + c])
+        if keep:
+            ctx.save_for_backward(x, a_all, w1, w2)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, a_all, w1, w2 = ctx.saved_tensors
+        N, c = x.shape[0], MLP_CHUNK_ROWS
+        g = g.contiguous()
+        gx = x.new_empty(x.shape) if ctx.needs_input_grad[0] else None
+        gw1, gb1, gw2 = torch.zeros_like(w1), w1.new_zeros(w1.shape[0]), torch.zeros_like(w2)
+        for s in range(0, N, c):
+            a, gc = a_all[s : s + c], g[s : s + c]
+            gw2.addmm_(gc.t(), F.gelu(a, approximate="tanh"))
+            da = torch.ops.aten.gelu_backward(gc @ w2, a, approximate="tanh")  # (c, F)
+            gw1.addmm_(da.t(), x[s : s + c])
+            gb1 += da.sum(0)
+            if gx is not None:
+                torch.mm(da, w1, out=gx[s : s + c])
+        return gx, gw1, gb1, gw2, g.sum(0)
 
 
 class HyenaBlock(nn.Module):
