@@ -230,6 +230,16 @@ def test_cpu_fast_paths_match_plain_modules():
     g_ref = torch.autograd.grad((op.short_conv(z) * w).sum(), ins)
     g = torch.autograd.grad((op._short_conv_shifts(z) * w).sum(), ins)
     torch.testing.assert_close(op._short_conv_shifts(z), op.short_conv(z))
+    b_in = torch.randn(z.shape[1], dtype=torch.float64, requires_grad=True)  # in_proj's bias, folded in
+    for L in (37, 2, 1):  # shorter than the filter too
+        zl = z[..., :L]
+        ins2 = (zl, op.short_filter.weight, op.short_filter.bias, b_in)
+        got = op._short_conv_biased(zl, b_in)
+        want = op.short_conv(zl + b_in[:, None])
+        torch.testing.assert_close(got, want)
+        for a, e in zip(torch.autograd.grad((got * w[..., :L]).sum(), ins2),
+                        torch.autograd.grad((want * w[..., :L]).sum(), ins2)):
+            torch.testing.assert_close(a, e)
     for a, e in zip(g, g_ref):
         torch.testing.assert_close(a, e)
     mlp = hy.Mlp(16, 64).double()

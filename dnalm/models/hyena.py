@@ -264,7 +264,9 @@ class HyenaOperator(nn.Module):
         if self.dropout.p > 0 and self.training:  # the dropout sits between the gate and the long conv
             return self._forward_staged(u)
         B, L, D = u.shape
-        z = self._short_conv_shifts(self._in_proj_channels(u))  # (B, (N+1)D, L), causal
+        w_in = self.in_proj.weight  # ((N+1)D, D)
+        z = torch.matmul(w_in, u.transpose(1, 2))  # (B, (N+1)D, L) channel-major, no transpose copy
+        z = self._short_conv_biased(z, self.in_proj.bias)  # short_conv(in_proj(u)), causal
         x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
         h_fft = self._filter_fft(L)  # (C, n//2+1) or None
         h = self.long_filter(L) if h_fft is None else None  # (C, L)
@@ -278,18 +280,14 @@ class HyenaOperator(nn.Module):
             return F.linear(v[0].t(), w, b)[None]  # a transposed (L, D) operand: no copy
         return torch.baddbmm(b.expand(B, L, D), v.transpose(1, 2), w.t().expand(B, D, D))
 
-    def _in_proj_channels(self, u: torch.Tensor) -> torch.Tensor:
-        """in_proj(u) laid out channel-major, (B, (N+1)D, L), computed as W @ u^T (no transpose copy)."""
-        w, b = self.in_proj.weight, self.in_proj.bias  # ((N+1)D, D), ((N+1)D,)
-        B, L = u.shape[0], u.shape[1]
-        if B == 1:
-            return torch.addmm(b[:, None], w, u[0].t())[None]
-        return torch.baddbmm(b[None, :, None].expand(B, w.shape[0], L), w.expand(B, -1, -1), u.transpose(1, 2))
-
     def _short_conv_shifts(self, z: torch.Tensor) -> torch.Tensor:
         """``short_conv(z)`` as k shifted multiply-adds with a hand-written backward (a depthwise conv1d's
         backward, and autograd through in-place shifted updates, are both slow on CPU)."""
-        return _ShortConv.apply(z, self.short_filter.weight[:, 0], self.short_filter.bias)
+        return self._short_conv_biased(z, torch.zeros_like(self.short_filter.bias))
+
+    def _short_conv_biased(self, z: torch.Tensor, b_in: torch.Tensor) -> torch.Tensor:
+        """``short_conv(z + b_in[:, None])``, b_in (C,) in_proj's bias, without materialising z + b_in."""
+        return _ShortConv.apply(z, self.short_filter.weight[:, 0], self.short_filter.bias, b_in)
 
     def _forward_staged(self, u: torch.Tensor) -> torch.Tensor:
         """The operator composed from its stages (used with dropout): the same function as ``forward``."""
@@ -349,35 +347,48 @@ class HyenaOperator(nn.Module):
 
 
 class _ShortConv(torch.autograd.Function):
-    """Causal depthwise FIR y[c, t] = b[c] + sum_j w[c, k-1-j] z[c, t-j] (conv1d's layout: the last tap is
-    lag 0), by shifted multiply-adds on (B, C, L), with the backward written out the same way."""
+    """Causal depthwise FIR of ``z + b_in`` (z's positions only; zeros before them):
+    y[c, t] = b[c] + sum_{j <= t} w[c, k-1-j] (z[c, t-j] + b_in[c]) (conv1d's layout: the last tap is
+    lag 0), by shifted multiply-adds on (B, C, L), with the backward written out the same way.
+
+    Taking in_proj's bias ``b_in`` here saves a full pass over the (B, C, L) projection: it becomes a
+    per-channel constant (plus k-1 corrected leading positions)."""
 
     @staticmethod
-    def forward(ctx, z, w, b):  # z (B, C, L), w (C, k), b (C,)
+    def forward(ctx, z, w, b, b_in):  # z (B, C, L), w (C, k), b (C,), b_in (C,)
         k, L = w.shape[-1], z.shape[-1]
-        out = torch.addcmul(b[:, None], z, w[:, k - 1, None])  # lag 0
-        for j in range(1, min(k, L)):
+        m = min(k, L)
+        out = torch.addcmul((b + b_in * w.sum(-1))[:, None], z, w[:, k - 1, None])  # lag 0 (+ full bias sum)
+        for j in range(1, m):
             out[..., j:].addcmul_(z[..., :-j], w[:, k - 1 - j, None])  # lag j
-        ctx.save_for_backward(z, w)
+            out[..., j - 1].sub_(b_in * w[:, : k - j].sum(-1))  # position j-1 sees only lags 0..j-1 of b_in
+        if k > L:
+            out[..., L - 1].sub_(b_in * w[:, : k - L].sum(-1))
+        ctx.save_for_backward(z, w, b_in)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        z, w = ctx.saved_tensors
+        z, w, b_in = ctx.saved_tensors
         k, L = w.shape[-1], z.shape[-1]
-        grad_z = grad_w = grad_b = None
+        m = min(k, L)
+        grad_z = grad_w = grad_b = grad_b_in = None
         if ctx.needs_input_grad[0]:
             grad_z = g * w[:, k - 1, None]
-            for j in range(1, min(k, L)):
+            for j in range(1, m):
                 grad_z[..., :-j].addcmul_(g[..., j:], w[:, k - 1 - j, None])
+        gsum = g.sum(0)  # (C, L)
+        tail = [gsum[:, j:].sum(-1) for j in range(m)]  # (C,): sum of g over positions t >= j
         if ctx.needs_input_grad[1]:
             grad_w = torch.zeros_like(w)
-            for j in range(min(k, L)):
-                grad_w[:, k - 1 - j] = torch.einsum("bct,bct->c", g[..., j:], z[..., : L - j])
+            for j in range(m):
+                grad_w[:, k - 1 - j] = torch.einsum("bct,bct->c", g[..., j:], z[..., : L - j]) + b_in * tail[j]
         if ctx.needs_input_grad[2]:
-            grad_b = g.sum((0, 2))
-        return grad_z, grad_w, grad_b
+            grad_b = tail[0]
+        if ctx.needs_input_grad[3]:
+            grad_b_in = sum(w[:, k - 1 - j] * tail[j] for j in range(m))
+        return grad_z, grad_w, grad_b, grad_b_in
 
 
 class Mlp(nn.Module):

@@ -153,9 +153,11 @@ def _padded(a: torch.Tensor, b: torch.Tensor | None, n: int) -> torch.Tensor:
 class _GatedFFTConv(torch.autograd.Function):
     """y = post * (h * w + bias * w) with w = x * v: a Hyena gate round and its output gate in one function.
 
+    Inputs may be strided views (the split of one channel-major projection); nothing is made contiguous.
+
     Same maths as :class:`_FFTConv` on w = x * v, but the gate product is written into the zero-padded FFT
     buffer, the output gate ``post`` is applied without keeping another (B, C, L) intermediate for autograd,
-    and the backward recomputes w instead of saving it. All float32, contiguous (B, C, L) inputs.
+    and the backward recomputes w instead of saving it. All float32.
     """
 
     @staticmethod
@@ -226,7 +228,7 @@ def gated_fft_long_conv(
     elif h.dim() != 2 or h.shape[0] != x.shape[1]:
         raise ValueError(f"gated_fft_long_conv expects h (C, L_h) with C = {x.shape[1]}; got {tuple(h.shape)}")
     with torch.autocast(device_type=x.device.type, enabled=False):
-        f32 = [None if t is None else t.float().contiguous() for t in (x, v, post)]
+        f32 = [None if t is None else t.float() for t in (x, v, post)]  # strided views are fine
         h32 = None if h is None else h[:, :L_h].float()
         b32 = None if bias is None else bias.float()
         y = _GatedFFTConv.apply(f32[0], f32[1], h32, None if h_fft is None else h_fft.detach(), b32, f32[2], n)
