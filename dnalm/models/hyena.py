@@ -300,6 +300,46 @@ class HyenaOperator(nn.Module):
             v = self.long_conv(self.dropout(v * x_i), o, h, h_fft=h_fft)  # (B, D, L)
         return self.output(x0, v)
 
+    # ---- prefix sharing (dnalm.eval.scoring): rows that agree on their first p positions. The long
+    # convolution splits exactly into the prefix's contribution and the suffix's own: for t >= p,
+    # (h * w)[t] = sum_{s<p} h[t-s] w[s] + sum_{s>=p} h[t-s] w[s]. The first term is the same for every row
+    # and is kept in the state; the second is a convolution of the suffix alone.
+
+    def forward_prefix(self, u: torch.Tensor, total_len: int) -> tuple[torch.Tensor, dict]:
+        """Prefix u (1, p, D) of rows ``total_len`` long -> (y (1, p, D), the state for ``forward_from``)."""
+        p, D, L = u.shape[1], self.d_model, total_len
+        z_pre = self.in_proj(u).transpose(1, 2)  # (1, (N+1)D, p)
+        x0, *gates, v = self.short_conv(z_pre).split(D, dim=1)  # each (1, D, p)
+        h_fft = self._filter_fft(L)
+        h = self.long_filter(L)  # (C, L)
+        if h_fft is None:
+            h_fft = filter_rfft(h, fft_size(L))
+        bias, contrib = self.filter_fn.bias, []
+        for o, x_i in enumerate(reversed(gates)):
+            ch = slice(o * D, (o + 1) * D)
+            w = v * x_i  # (1, D, p)
+            full = fft_long_conv(F.pad(w, (0, L - p)), None, None, h_fft=h_fft[ch])  # (1, D, L): prefix only
+            contrib.append(full[..., p:])  # (1, D, L-p): what the prefix adds to every later position
+            v = torch.addcmul(full[..., :p], w, bias[ch, None].to(w.dtype))  # the prefix's own output
+        k = self.short_filter.kernel_size[0]
+        padded = F.pad(z_pre, (max(0, k - 1 - p), 0))
+        fir = padded[..., padded.shape[-1] - (k - 1) :]  # (1, (N+1)D, k-1): the inputs before position p
+        s_len = L - p
+        state = {"fir": fir, "contrib": contrib, "h_fft": filter_rfft(h[:, :s_len], fft_size(s_len))}
+        return self.output(x0, v), state
+
+    def forward_from(self, u: torch.Tensor, state: dict) -> torch.Tensor:
+        """Positions p .. total_len-1 of B rows, u (B, total_len - p, D) -> y (B, ., D) (state unchanged)."""
+        B, D = u.shape[0], self.d_model
+        z_pre = self.in_proj(u).transpose(1, 2)  # (B, (N+1)D, s)
+        fir = state["fir"].expand(B, -1, -1)
+        x0, *gates, v = self.short_conv(z_pre, fir).split(D, dim=1)  # each (B, D, s)
+        bias = self.filter_fn.bias
+        for o, x_i in enumerate(reversed(gates)):
+            ch = slice(o * D, (o + 1) * D)
+            v = fft_long_conv(v * x_i, None, bias[ch], h_fft=state["h_fft"][ch]) + state["contrib"][o]
+        return self.output(x0, v)
+
     # ---- generation (dnalm.generation). The implicit filter is used as what it is, an explicit FIR as long
     # as the sequence: the state keeps every past long-conv input (B, D, capacity) per gate plus the filter
     # table, both grown by doubling up to l_max. Exact (no modal fit), but a step costs O(t * D).
@@ -476,6 +516,19 @@ class HyenaBlock(nn.Module):
         r = r + y
         return r + self.mlp(self.norm2(r.to(self.norm2.weight.dtype))), state
 
+    def forward_prefix(self, x: torch.Tensor, total_len: int) -> tuple[torch.Tensor, dict]:
+        """Prefix x (1, p, D) -> (float32 residual (1, p, D), the mixer's prefix state); no dropout."""
+        r = x.float()
+        y, state = self.mixer.forward_prefix(self.norm1(r.to(self.norm1.weight.dtype)), total_len)
+        r = r + y
+        return r + self.mlp(self.norm2(r.to(self.norm2.weight.dtype))), state
+
+    def forward_from(self, x: torch.Tensor, state: dict) -> torch.Tensor:
+        """The positions after a shared prefix, x (B, s, D) -> float32 residual (B, s, D)."""
+        r = x.float()
+        r = r + self.mixer.forward_from(self.norm1(r.to(self.norm1.weight.dtype)), state)
+        return r + self.mlp(self.norm2(r.to(self.norm2.weight.dtype)))
+
     def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """One token x_t (B, D) -> (float32 residual (B, D), state)."""
         r = x_t.float()
@@ -516,6 +569,22 @@ class HyenaBackbone(nn.Module):
     def step(self, x_t: torch.Tensor, states: list[dict]) -> tuple[torch.Tensor, list[dict]]:
         """One token x_t (B, D) -> (hidden (B, D), states updated in place)."""
         return step_layers(self.layers, x_t, states)
+
+    def forward_prefix(self, x: torch.Tensor, total_len: int) -> tuple[torch.Tensor, list[dict]]:
+        """Prefix embeddings x (1, p, D) of rows ``total_len`` long -> (hidden, one state per block)."""
+        if total_len > self.config.l_max:
+            raise ValueError(f"input of {total_len} tokens exceeds this Hyena model's l_max={self.config.l_max}")
+        states = []
+        for layer in self.layers:
+            x, state = layer.forward_prefix(x, total_len)
+            states.append(state)
+        return x, states
+
+    def forward_from(self, x: torch.Tensor, states: list[dict]) -> torch.Tensor:
+        """Embeddings after the shared prefix, x (B, s, D) -> hidden (B, s, D)."""
+        for layer, state in zip(self.layers, states):
+            x = layer.forward_from(x, state)
+        return x
 
 
 # ------------------------------------------------------------------------------------------ the spec
@@ -592,4 +661,5 @@ SPEC = ModelSpec(
         "hyenadna-large-1m": _hyenadna(8, 256, 1_000_000),
     },
     formats=("hyenadna-hf",),
+    prefix_sharing=True,
 )
