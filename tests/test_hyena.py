@@ -227,15 +227,19 @@ def test_cpu_fast_paths_match_plain_modules():
     z = torch.randn(2, op.short_filter.in_channels, 37, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, op.short_filter.in_channels, 37, dtype=torch.float64)
     ins = (z, op.short_filter.weight, op.short_filter.bias)
-    g_ref = torch.autograd.grad((op.short_conv(z) * w).sum(), ins)
-    g = torch.autograd.grad((op._short_conv_shifts(z) * w).sum(), ins)
-    torch.testing.assert_close(op._short_conv_shifts(z), op.short_conv(z))
+    conv1d = op.short_filter(z)[..., :37]  # nn.Conv1d padded k-1 on both sides, first L kept: causal
+    g_ref = torch.autograd.grad((conv1d * w).sum(), ins)
+    g = torch.autograd.grad((op.short_conv(z) * w).sum(), ins)
+    torch.testing.assert_close(op.short_conv(z), conv1d)
+    hist = torch.randn(2, z.shape[1], 2, dtype=torch.float64)  # k-1 inputs before z (a continued sequence)
+    want = F.conv1d(torch.cat([hist, z], -1), op.short_filter.weight, op.short_filter.bias, groups=z.shape[1])
+    torch.testing.assert_close(op.short_conv(z, hist), want)
     b_in = torch.randn(z.shape[1], dtype=torch.float64, requires_grad=True)  # in_proj's bias, folded in
     for L in (37, 2, 1):  # shorter than the filter too
         zl = z[..., :L]
         ins2 = (zl, op.short_filter.weight, op.short_filter.bias, b_in)
         got = op._short_conv_biased(zl, b_in)
-        want = op.short_conv(zl + b_in[:, None])
+        want = op.short_filter(zl + b_in[:, None])[..., :L]
         torch.testing.assert_close(got, want)
         for a, e in zip(torch.autograd.grad((got * w[..., :L]).sum(), ins2),
                         torch.autograd.grad((want * w[..., :L]).sum(), ins2)):

@@ -204,6 +204,7 @@ class HyenaOperator(nn.Module):
         self.out_proj.residual_out = True
         self.dropout = nn.Dropout(config.dropout)
         self._fft_cache: tuple | None = None  # (key, filter FFT) in eval mode; see _filter_fft
+        self._suffix_fft_cache: dict[int, tuple] = {}  # suffix length -> (key, FFT); see forward_prefix
 
     def long_filter(self, L: int) -> torch.Tensor:
         """The implicit long filters for length L: ((order-1) * d_model, L), lag 0 first, float32."""
@@ -223,8 +224,25 @@ class HyenaOperator(nn.Module):
             self._fft_cache = (key, filter_rfft(self.long_filter(L), n))  # (C, n//2+1)
         return self._fft_cache[1]
 
+    def _suffix_filter_fft(self, s_len: int) -> torch.Tensor:
+        """The transform of the first ``s_len`` filter taps at size fft_size(s_len), for ``forward_from``;
+        kept for a few lengths in eval mode without autograd (variants at one window offset share it)."""
+        n = fft_size(s_len)
+        if self.training or torch.is_grad_enabled():
+            return filter_rfft(self.long_filter(s_len), n)
+        tensors = list(self.filter_fn.parameters()) + list(self.filter_fn.buffers())
+        key = tuple((p.data_ptr(), p._version) for p in tensors)
+        hit = self._suffix_fft_cache.get(s_len)
+        if hit is None or hit[0] != key:
+            if len(self._suffix_fft_cache) >= 4 or self.filter_fn.bias.numel() * (n // 2 + 1) * 8 > FILTER_CACHE_MAX_BYTES:
+                self._suffix_fft_cache.clear()
+            hit = (key, filter_rfft(self.long_filter(s_len), n))  # the filter table's first s_len rows
+            self._suffix_fft_cache[s_len] = hit
+        return hit[1]
+
     def train(self, mode: bool = True) -> "HyenaOperator":
         self._fft_cache = None  # training changes the weights; free the memory
+        self._suffix_fft_cache = {}
         return super().train(mode)
 
     # ---- the stages
@@ -236,10 +254,10 @@ class HyenaOperator(nn.Module):
         a sequence start). conv1d's last tap multiplies the current position, as the reference's
         nn.Conv1d does. Returns (B, (N+1)D, L); split it into x0, gates..., v with ``split(D, dim=1)``.
         """
-        if history is None:  # padded k-1 on both sides, first L outputs kept: causal (as the reference does)
-            return self.short_filter(z)[..., : z.shape[-1]]
-        w, b = self.short_filter.weight, self.short_filter.bias
-        return F.conv1d(torch.cat([history, z], dim=-1), w, b, groups=z.shape[1])  # no padding: the history is it
+        if history is None:  # zeros before z: causal (as the reference's padded conv1d)
+            return self._short_conv_shifts(z)
+        # the history as the first k-1 positions, whose outputs are dropped (same values as conv1d without padding)
+        return self._short_conv_shifts(torch.cat([history.to(z.dtype), z], dim=-1))[..., history.shape[-1] :]
 
     def long_conv(
         self, v: torch.Tensor, bank: int, h: torch.Tensor | None, channels: slice = slice(None), h_fft=None
@@ -311,9 +329,8 @@ class HyenaOperator(nn.Module):
         z_pre = self.in_proj(u).transpose(1, 2)  # (1, (N+1)D, p)
         x0, *gates, v = self.short_conv(z_pre).split(D, dim=1)  # each (1, D, p)
         h_fft = self._filter_fft(L)
-        h = self.long_filter(L)  # (C, L)
         if h_fft is None:
-            h_fft = filter_rfft(h, fft_size(L))
+            h_fft = filter_rfft(self.long_filter(L), fft_size(L))
         bias, contrib = self.filter_fn.bias, []
         for o, x_i in enumerate(reversed(gates)):
             ch = slice(o * D, (o + 1) * D)
@@ -324,8 +341,7 @@ class HyenaOperator(nn.Module):
         k = self.short_filter.kernel_size[0]
         padded = F.pad(z_pre, (max(0, k - 1 - p), 0))
         fir = padded[..., padded.shape[-1] - (k - 1) :]  # (1, (N+1)D, k-1): the inputs before position p
-        s_len = L - p
-        state = {"fir": fir, "contrib": contrib, "h_fft": filter_rfft(h[:, :s_len], fft_size(s_len))}
+        state = {"fir": fir, "contrib": contrib, "h_fft": self._suffix_filter_fft(L - p)}
         return self.output(x0, v), state
 
     def forward_from(self, u: torch.Tensor, state: dict) -> torch.Tensor:
