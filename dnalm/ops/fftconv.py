@@ -141,7 +141,7 @@ def _padded(a: torch.Tensor, b: torch.Tensor | None, n: int) -> torch.Tensor:
     """A (..., n) float32 buffer holding ``a * b`` (or ``a``) in its first L samples and zeros after: the
     product is written straight into the FFT's zero-padded input (no separate pad copy)."""
     L = a.shape[-1]
-    buf = a.new_empty(*a.shape[:-1], n, dtype=torch.float32)
+    buf = a.new_empty(*a.shape[:-1], n)
     buf[..., L:].zero_()
     if b is None:
         buf[..., :L].copy_(a)
