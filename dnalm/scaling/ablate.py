@@ -367,7 +367,10 @@ def _num(x: Any) -> float | None:
 def metrics_of(rows: list[dict[str, Any]]) -> list[str]:
     """The metric columns present (with a value) in the results."""
     cands = ["val_bits_per_base", "val_bits_per_base_upper", "val_bits_per_base_lower", "ess_auroc", "ess_gene_length_auroc"]
-    return [c for c in cands if any(_num(r.get(c)) is not None for r in rows)]
+    have = [c for c in cands if any(_num(r.get(c)) is not None for r in rows)]
+    if "val_bits_per_base_lower" not in have:  # one case only (no soft-masking): the split repeats the total
+        have = [c for c in have if c != "val_bits_per_base_upper"]
+    return have
 
 
 def _curves(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -468,6 +471,8 @@ def format_summary(s: dict[str, Any]) -> str:
     """summary.md: a Markdown table per arm and the paired differences."""
     mets = [m for m in ("val_bits_per_base", "val_bits_per_base_upper", "val_bits_per_base_lower", "ess_auroc",
                         "ess_gene_length_auroc") if any(m in a for a in s["per_arm"].values())]
+    if "val_bits_per_base_lower" not in mets:
+        mets = [m for m in mets if m != "val_bits_per_base_upper"]
     head = ["arm", "seeds", *mets, "tokens", "train CPU s"]
     if s["target"] is not None:
         head += [f"tokens to {s['target']:.4f}", f"CPU s to {s['target']:.4f}"]
