@@ -242,3 +242,10 @@ def test_summary_pairs_seeds_and_times_the_target():
     r = A.reach(A._curves(rows)[("ref", 1)], "val_bits_per_base", 1.0)
     assert r == {"tokens": None, "train_s": None, "train_cpu_s": None}
     assert "new" in A.format_summary(s)
+
+
+def test_tokens_flag_rescales_every_arm(tmp_path, capsys):
+    path = _small("warmup", tmp_path)
+    assert main(["ablate", str(path), "--dry-run", "--tokens", str(5 * 2 * 16384)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("163,840") == 2  # both arms: 5 steps of 2 x 16,384

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from dnalm.checkpoint import atomic_write_text
-from dnalm.cli.base import UserError, arg, command, positive_int
+from dnalm.cli.base import UserError, arg, command, positive_float, positive_int
 from dnalm.scaling.fit import fit_results, format_summary
 from dnalm.scaling.plan import format_plan, plan_command
 from dnalm.scaling.ablate import run_ablation
@@ -101,6 +101,8 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     arg("--dry-run", action="store_true", help="list the runs (steps, planned tokens, switch value) and stop"),
     arg("--seeds", type=positive_int, default=None, metavar="N",
         help="train only the first N seeds of the file for now (rerun without it to add the rest)"),
+    arg("--tokens", type=positive_float, default=None,
+        help="training tokens per run instead of the file's 'tokens' (train.steps follows; use another --out)"),
 )
 def ablate_cmd(args: argparse.Namespace) -> int:
     """Train every (arm, seed) of an ablation: the base run config with one dotted key (the switch) set
@@ -111,7 +113,7 @@ def ablate_cmd(args: argparse.Namespace) -> int:
     (mean and min-max over seeds against tokens, wall and CPU time) and OUT/summary.md (paired
     differences to the first arm with seed-bootstrap 95% intervals, tokens and time to a target loss)."""
     out = run_ablation(
-        args.config, args.out, dry_run=args.dry_run, max_seeds=args.seeds, essentiality=_essentiality_columns
+        args.config, args.out, dry_run=args.dry_run, max_seeds=args.seeds, tokens=args.tokens, essentiality=_essentiality_columns
     )
     if not args.dry_run:
         print((out / "summary.md").read_text(), end="")

@@ -281,14 +281,19 @@ def run_ablation(
     dry_run: bool = False,
     progress: bool = True,
     max_seeds: int | None = None,
+    tokens: float | None = None,
     essentiality: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Path:
     """Train every (arm, seed) run not finished yet, then write the plots and the summary; returns OUT.
 
     ``essentiality(model_dir, settings)`` scores a finished run's model when the file has an
     ``essentiality`` section and returns the ``ess_*`` columns (the CLI passes dnalm.eval's protocol;
-    this layer does not import the applications). ``max_seeds`` trains only the file's first seeds."""
+    this layer does not import the applications). ``max_seeds`` trains only the file's first seeds; ``tokens`` replaces the file's token budget."""
     ab = load_ablation(path)
+    if tokens is not None:  # the same ablation at another token budget (use another out_dir)
+        if tokens <= 0:
+            raise ConfigError(f"--tokens must be > 0 (got {tokens})")
+        ab["tokens"] = tokens
     out = Path(out_dir or ab.get("out_dir") or "runs/ablation")
     base_store = (ab["base"].get("data") or {}).get("store")
     store = base_store if base_store is not None else str(out / "store")
