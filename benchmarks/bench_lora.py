@@ -61,6 +61,7 @@ def main() -> int:
     base = kmer_baseline(data["train"], data["dev"], data["test"], seed=args.seed)
     rows.append({"mode": f"k-mer LR (k={base['k']}, C={base['C']})", "test": base["test"], "trainable": None,
                  "seconds": time.perf_counter() - t0, "cpu_seconds": time.thread_time() - c0})
+    _show(rows[-1])
     lora = LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=args.lora_targets)
     for mode in args.modes:
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -73,6 +74,7 @@ def main() -> int:
         rows.append({"mode": name, "test": rep["test"], "dev": rep["dev"], "trainable": rep["trainable_parameters"],
                      "best": rep["best_checkpoint"], "seconds": time.perf_counter() - t0,
                      "cpu_seconds": time.thread_time() - c0})
+        _show(rows[-1])
     print(f"{'':<44}{'accuracy':>9}{'MCC':>9}{'AUROC':>9}{'trainable':>12}{'wall s':>9}{'CPU s':>8}")
     for r in rows:
         t = r["test"]
@@ -83,6 +85,12 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({"data": str(d), "model": args.model, "sizes": sizes,
                                                "model_parameters": n_model, "rows": rows}, indent=1) + "\n")
     return 0
+
+
+def _show(r: dict) -> None:
+    t = r["test"]
+    print(f"  {r['mode']}: test accuracy {t['accuracy']:.4f}, MCC {t['mcc']:.4f}, AUROC {t['auroc']:.4f}; "
+          f"trainable {r['trainable']}; {r['seconds']:.0f} s wall, {r['cpu_seconds']:.0f} s CPU", flush=True)
 
 
 if __name__ == "__main__":
