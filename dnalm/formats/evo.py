@@ -83,6 +83,11 @@ def _get(meta: dict, name: str, kind: type | tuple[type, ...], where: str, defau
         return default
     value = meta[name]
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, str) and float in kinds:  # YAML 1.1 reads "1e-06" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         want = " or ".join(k.__name__ for k in kinds)
         raise _fail(where, f"field {name!r} must be {want} (got {value!r})")
@@ -671,6 +676,13 @@ def evo2_state(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, 
     return out
 
 
+def _decimal(x: float) -> str:
+    """A float as YAML reads it back exactly as a float (plain decimals; "1e-06" would be a string)."""
+    import numpy as np
+
+    return np.format_float_positional(float(x), trim="0")
+
+
 def evo2_yaml(config: StripedHyenaConfig, name: str, fp8: bool = False) -> str:
     """The vortex YAML for ``config`` (keys and spelling of evo2/configs/evo2-*.yml)."""
     idx = {f: [i for i, k in enumerate(config.layers) if k == kind] for f, kind in EVO2_LAYER_FIELDS.items()}
@@ -683,7 +695,7 @@ def evo2_yaml(config: StripedHyenaConfig, name: str, fp8: bool = False) -> str:
         f"hcm_filter_groups: {config.mr_groups}", f"hcs_filter_groups: {config.filter_groups}",
         f"hcs_filter_length: {config.se_len}", f"num_layers: {config.n_layer}",
         f"short_filter_length: {config.short_filter_len}", f"num_attention_heads: {config.n_head}",
-        "short_filter_bias: false", f"eps: {config.norm_eps!r}", f"state_size: {config.state_size}",
+        "short_filter_bias: false", f"eps: {_decimal(config.norm_eps)}", f"state_size: {config.state_size}",
         f"rotary_emb_base: {config.rope_base!r}",
         *([f"rotary_emb_scaling_factor: {config.rope_interp!r}", "use_interpolated_rotary_pos_emb: True"] if interp else []),
         "make_vocab_size_divisible_by: 8", "inner_size_multiple_of: 16", f"inner_mlp_size: {config.mlp_hidden}",
