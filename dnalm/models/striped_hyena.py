@@ -1,23 +1,30 @@
-"""StripedHyena (Evo) and StripedHyena 2 (Evo 2): gated-convolution Hyena blocks striped with attention.
+"""StripedHyena (Evo 1) and StripedHyena 2 (Evo 2): gated-convolution Hyena blocks striped with attention.
 
+This file computes exactly what the released Evo 1 (stripedhyena 1.1_fix) and Evo 2 (vortex) models
+compute, in their parameter layout up to lossless reorderings; ``dnalm/formats/evo.py`` reads and writes
+their files and tests/test_evo_parity.py checks it against the reference engines' float32 outputs.
 Every depth holds one pre-norm residual block (docs/architectures.md §2-3)::
 
     x = x + mixer(RMSNorm(x))             mixer: a Hyena operator or RoPE attention
     x = x + GatedMLP(RMSNorm(x))          l3(act(l1 z) * l2 z)
+    RMSNorm(x) = scale * x / (rms(x) + eps)      eps outside the root, as Evo
 
 The Hyena operator is one featurizer followed by a per-kind long convolution::
 
     z = short_fir(in_proj(x))             D -> 3D, then a depthwise causal FIR of length 3 over the 3D channels
-    x2, x1, v = split(z)                  contiguous thirds, each D wide
+    x2, x1, v = split_streams(z)          version 2: interleaved (rows 3c, 3c+1, 3c+2, Evo 2);
+                                          version 1: per head [x2 | x1 | v] (Evo 1 column_split_hyena)
     u = x1 * v
     y = out_proj(x2 * conv(u))
 
     kind     conv(u)                                     filter h[d, t] (t = 0, 1, ...)
     "hyena"  h * u + D * u   (version 1, Evo)            Re sum_n R[d,n] p[d,n]^t, S complex modes as (re, im) pairs
-    "se"     h * u           (version 2)                 explicit, length se_len (7), one filter per channel group
-    "mr"     h * u + D * u   (version 2)                 w[g, t] * exp(-r_g t / (mr_len - 1)), length mr_len (128),
-                                                         grouped; r_g log-spaced over [1e-2, 1e2], a fixed buffer
-    "li"     h * u + D * u   (version 2)                 sum_n R[d,n] exp(lambda[d,n] t), lambda = -exp(a) < 0
+    "se"     h * u           (version 2, hcs)            explicit, length se_len (7), one filter per channel group
+    "mr"     h * u + D * u   (version 2, hcm)            explicit, length mr_len (128), grouped; the stored filter
+                                                         is the final one (init: a per-group decay)
+    "li"     h * u + D * u   (version 2, hcl)            sum_n R[d,n] exp(log_poles[d,n] t), log_poles < 0
+
+Groups expand to channels by repetition (channel d uses group d // (D/G)).
 
 Filter convention (docs/architectures.md §7.1): ``h[..., j]`` is the tap for lag j, so h[..., 0] multiplies the current
 input, as in the FFT path. ``F.conv1d`` is a cross-correlation (its LAST weight multiplies the current input),
@@ -36,13 +43,14 @@ the prompt: it is the convolution of u with p_n^t read at the last position, i.e
 costs O(L*S) per channel, where materialising the whole per-mode FFT convolution would cost O(S*L log L)
 to keep one of its L outputs. Attention layers keep a KV cache (dnalm.models.attention).
 
-Biases follow the released models: version 1 (Evo 1 config: qkv_proj_bias, mha_out_proj_bias,
-short_filter_bias all true) has biases on every projection and on the short FIR; version 2 (Evo 2:
-qkv_proj_bias false, hyena_out_proj_bias true, short_filter_bias false) has a bias on the Hyena
-out_proj only (its attention out_proj bias is dropped: ``CausalSelfAttention`` has one bias switch).
-The MLP is GELU-gated in version 1, and in version 2 GELU in layer 0 and the identity (a bilinear GLU)
-elsewhere. The channel layout is our own (contiguous thirds, no column split / interleave), so
-published Evo weights would need a permutation to load; no importer is provided.
+Biases follow the released models: version 1 (Evo 1: qkv_proj_bias, mha_out_proj_bias, short_filter_bias
+all true) has biases on every projection and on the short FIR; version 2 (Evo 2: qkv_proj_bias false,
+mha_out_proj_bias and hyena_out_proj_bias true, short_filter_bias false) on the Hyena and attention
+out_proj only. The MLP is exact-GELU-gated in version 1, and in version 2 GELU in layer 0 and the identity
+(a bilinear GLU) elsewhere. RoPE: frequencies recomputed in float32 (version 1) or their bf16 rounding
+(version 2, the buffer Evo 2 files store); ``rope_precision`` "float64" is dnalm's older rule. Evo 2's
+Hyena input projections can run through emulated FP8 (:func:`fp8_e4m3`, ``fp8_input_projections``).
+Checkpoints written before these conventions are converted on load (:func:`upgrade`).
 """
 
 from __future__ import annotations
@@ -672,8 +680,8 @@ PRE_EVO_NOTE = (
     "a StripedHyena checkpoint from before dnalm adopted the Evo conventions (no 'conventions' field): "
     "converted on load (projection rows re-ordered to the Evo channel layout, MR filters stored with their "
     "decay applied, LI filters as log-poles, a zero out_proj bias on version-2 attention, RoPE kept in "
-    "float64). RMSNorm now adds eps outside the root, which moves outputs by about 1e-6 relative. Run "
-    "`dnalm convert` on it to store the new layout."
+    "float64). RMSNorm now adds eps outside the root, which moves outputs by about 1e-6 relative. Re-save it "
+    "(dnalm.checkpoint.save_pretrained(dnalm.load(path), new_path)) to store the new layout."
 )
 
 
