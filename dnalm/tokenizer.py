@@ -13,6 +13,9 @@ Conventions (owned here, stated once):
 - IUPAC ambiguity codes (R Y S W K M B D H V, any case) become N. Any other character is an input error
   that names the position.
 - Scoring and training prepend [BOS] so that the first base of a window is predicted too.
+- N is never a target. Likelihoods, bits/base, perplexity, deltas and pooled features count only A/C/G/T
+  (and [UNK], which stands for lower case and IUPAC codes in imported HyenaDNA models); training gives N
+  targets weight 0, as padding (:func:`scored`).
 - Byte scheme (``Tokenizer(scheme="byte")``, Evo 1 / Evo 2 checkpoints): one token per UTF-8 byte, id =
   byte value (A 65, C 67, ..., a 97, ...), case kept (soft-masked bases get their own ids), nothing
   upper-cased or validated, no [BOS] unless asked (then id 0, Evo's EOD), padding id 1 on the right.
@@ -65,6 +68,12 @@ HF_BYTE_TO_ID[[ord(b) for b in BASES]] = [A + i for i in range(len(BASES))]
 COMPLEMENT_ID = np.arange(256, dtype=np.uint8)
 COMPLEMENT_ID[[A, C, G, T]] = [T, G, C, A]
 ID_TO_BYTE = np.frombuffer(b"".join(s.encode() if len(s) == 1 else b"?" for s in VOCAB), dtype=np.uint8)
+
+
+def scored(ids):
+    """True where a token id is a scored base: A/C/G/T or [UNK], never N or a special token. Works on numpy
+    arrays and torch tensors alike."""
+    return (ids >= UNK) & (ids != N)
 
 
 class InvalidSequenceError(ValueError):
@@ -139,6 +148,14 @@ class Tokenizer:
     def scored_min_id(self) -> int:
         """Ids at or above this are sequence (scored) tokens: bases and [UNK], or any byte >= 2."""
         return 2 if self.scheme == "byte" else UNK
+
+    def scored(self, ids):
+        """True at this tokenizer's ids that likelihoods and pooling count: A/C/G/T (either case in the byte
+        scheme) and [UNK]; never N, an IUPAC code, a special token or padding. numpy or torch alike."""
+        if self.scheme == "byte":
+            folded = ids | 32  # lower case
+            return (folded == 97) | (folded == 99) | (folded == 103) | (folded == 116)
+        return scored(ids)
 
     def model_ids(self, ids: np.ndarray, lower: np.ndarray | None = None) -> np.ndarray:
         """dnalm base ids (A..N, as FASTA readers give them) and their case mask -> this tokenizer's ids.
