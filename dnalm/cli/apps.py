@@ -212,9 +212,10 @@ def dms_cmd(args: argparse.Namespace) -> int:
     arg("--csv", dest="csv_path", default=None, help="CSV/TSV with a sequence column"),
     arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
     arg("--layer", type=int, default=-1, help="hidden state: 0 = embeddings, i = after block i, -1 = final norm"),
-    arg("--module", default=None, metavar="NAME",
+    arg("--module", "--tap", dest="module", default=None, metavar="NAME",
         help="embed the output of this submodule instead of a hidden state, e.g. blocks.28.mlp.l3 (Evo 2's "
-        "naming; backbone.layers.28.mlp.l3 here)"),
+        "naming; backbone.layers.28.mlp.l3 here) or backbone.layers.28.mlp (the MLP's output before the "
+        "residual add)"),
     arg("--pool", choices=["mean", "last", "per-position", "none"], default="mean",
         help="pooling over the bases: mean, last base, or one vector per base (per-position; 'none' is the same)"),
     arg("-o", "--out", default=None, output="file",

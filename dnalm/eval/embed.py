@@ -48,7 +48,7 @@ from dnalm.eval.metrics import progress as bar
 from dnalm.eval.scoring import count_scored, window_bases
 from dnalm.models.heads import count_hidden_states, pool_hidden
 from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
-from dnalm.tokenizer import BOS, PAD, UNK, encode_bytes
+from dnalm.tokenizer import UNK, encode_bytes
 
 
 @dataclass
@@ -241,12 +241,14 @@ def long_policy(crop: str | None, windows: bool) -> str:
 
 def batch_ids(model: Any, windows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, L) input ids with [BOS] (if the tokenizer adds it) and a (B, L) mask of real tokens."""
-    bos = bool(model.tokenizer.prepend_bos)
+    tok = model.tokenizer
+    bos = bool(tok.prepend_bos)
     width = max(len(w) for w in windows) + int(bos)
-    ids = torch.full((len(windows), width), PAD, dtype=torch.long)
+    ids = torch.full((len(windows), width), tok.pad_id, dtype=torch.long)
     mask = torch.zeros((len(windows), width), dtype=torch.bool)
     for i, w in enumerate(windows):
-        row = np.concatenate([[BOS], w]) if bos else np.asarray(w)
+        w = tok.model_ids(np.asarray(w))  # dnalm base ids -> the tokenizer's (Evo: bytes)
+        row = np.concatenate([[tok.bos_id], w]) if bos else np.asarray(w)
         ids[i, : len(row)] = torch.from_numpy(row.astype(np.int64))
         mask[i, : len(row)] = True
     return ids, mask
@@ -267,16 +269,19 @@ def embed_sequences(
     progress: bool = False,
     source: str = "input",
     module: str | None = None,
+    tap: str | None = None,
 ) -> Embeddings:
     """Embed sequences (strings or token-id arrays); see the module docstring for layers, ``module`` and
     pooling (``mean``, ``last``, ``per-position`` = ``none``).
 
     A sequence longer than ``window`` bases (default: the model's context) is an error unless ``crop``
     (center, left or right: keep one window of it) or ``windows`` (tile it, pool over the windows) says
-    what to do (:func:`fit_to_context`); ``source`` names the input in that error."""
+    what to do (:func:`fit_to_context`); ``source`` names the input in that error. ``tap`` is another name
+    for ``module``."""
     if pool not in ("mean", "last", "none", "per-position"):
         raise DataError(f"--pool must be mean, last or per-position (got {pool!r})")
     per_position = pool in ("none", "per-position")
+    module = module if module is not None else tap  # ``tap`` is the same option under its first name
     caught: list[torch.Tensor] = []
     hook = None
     if module is not None:
@@ -347,7 +352,7 @@ def embed_sequences(
     meta: dict[str, Any] = {"layer": layer if module is None else None, "pool": pool, "window_bases": w, "dim": d,
                             "long_inputs": long_policy(crop, windows), "longer_than_window": n_long}
     if module is not None:
-        meta["module"] = module
+        meta["module"] = meta["tap"] = module
     meta["batching"] = {"sorted_by_length": True, "batch_size": batch_size,
                         "padded_share": round(1 - real_tokens / padded, 4) if padded else 0.0}
     if windows:
