@@ -52,15 +52,18 @@ def test_evo2_lora_classifier_end_to_end_and_merged_export(tmp_path, capsys):
     assert len(meta["adapted"]) == 3 * len(kinds) + 2 * n_attn + 2 * (len(kinds) - n_attn)
     assert meta["base_model"] == str(EVO2.resolve()) and meta["base_config"]["family"] == "striped_hyena"
     clf, classes = load_classifier(out)
-    assert lora_modules(clf.lm) and any(float(m.lora_B.abs().sum()) > 0 for m in lora_modules(clf.lm).values())
+    assert lora_modules(clf.lm) and any(float(m.lora_B.detach().abs().sum()) > 0 for m in lora_modules(clf.lm).values())
     merged = tmp_path / "merged"
     assert main(["export", str(out), "--merge-lora", "--out", str(merged)]) == 0
     mclf, mclasses = load_classifier(merged)
     assert mclasses == classes and not lora_modules(mclf.lm)
     x, mask = batch_ids(clf.lm, _windows())
     with torch.no_grad():
-        assert (mclf(x, mask) - clf(x, mask)).abs().max() <= 1e-5
-        assert (mclf.lm(x).logits - clf.lm(x).logits).abs().max() <= 1e-5
+        assert (mclf(x, mask) - clf(x, mask)).abs().max() <= 1e-5  # the classifier's logits
+        # the language model's 512 logits (|logit| up to ~3) through 7 blocks: W x + B(A x) and (W + BA) x
+        # round differently in float32 (measured 1.7e-5, 6e-6 relative)
+        lm_a, lm_m = clf.lm(x).logits, mclf.lm(x).logits
+        assert (lm_m - lm_a).abs().max() <= 1e-5 * max(1.0, float(lm_a.abs().max()))
 
 
 def test_evo2_causal_lm_lora_through_dnalm_train(tmp_path):
