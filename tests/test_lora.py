@@ -55,7 +55,8 @@ def test_lora_starts_at_the_base_and_merges_exactly(preset):
         base = m(x).logits
         names = add_lora(m, LoRAConfig(rank=4, alpha=8.0))
         assert names and all(isinstance(m.get_submodule(n), LoRALinear) for n in names)
-        assert torch.equal(m(x).logits, base)  # B = 0: the adapted model starts as its base
+        # B = 0: the adapted model starts as its base (to rounding: an adapted HyenaDNA leaves the fused path)
+        assert torch.allclose(m(x).logits, base, atol=1e-5, rtol=0)
         _nonzero_adapters(m)
         adapted = m(x).logits
         assert (adapted - base).abs().max() > 1e-3

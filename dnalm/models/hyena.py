@@ -279,8 +279,8 @@ class HyenaOperator(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, D) -> (B, L, D)."""
-        if self.dropout.p > 0 and self.training:  # the dropout sits between the gate and the long conv
-            return self._forward_staged(u)
+        if (self.dropout.p > 0 and self.training) or not _plain(self.in_proj, self.out_proj):
+            return self._forward_staged(u)  # dropout between the gate and the long conv; adapted projections
         B, L, D = u.shape
         w_in = self.in_proj.weight  # ((N+1)D, D)
         z = torch.matmul(w_in, u.transpose(1, 2))  # (B, (N+1)D, L) channel-major, no transpose copy
@@ -459,12 +459,19 @@ class Mlp(nn.Module):
         self.fc2.residual_out = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.dtype != self.fc1.weight.dtype:
+        if (x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.dtype != self.fc1.weight.dtype
+                or not _plain(self.fc1, self.fc2)):
             return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
         shape = x.shape
         y = _RowChunkedMlp.apply(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc1.bias, self.fc2.weight,
                                  self.fc2.bias)
         return y.view(*shape[:-1], y.shape[-1])
+
+
+def _plain(*layers: nn.Module) -> bool:
+    """True when every layer is a plain ``nn.Linear``: the fused fast paths read their weights directly, which
+    a subclass that adds to the output (a LoRA adapter, dnalm/models/lora.py) must not be bypassed by."""
+    return all(type(m) is nn.Linear for m in layers)
 
 
 MLP_CHUNK_ROWS = 512  # rows per chunk of the CPU MLP: the (rows, d_inner) hidden stays in the L2 cache
