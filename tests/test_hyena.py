@@ -255,3 +255,20 @@ def test_cpu_fast_paths_match_plain_modules():
     for a, e in zip(torch.autograd.grad((y * wy).sum(), [x, *mlp.parameters()]),
                     torch.autograd.grad((y_ref * wy).sum(), [x, *mlp.parameters()])):
         torch.testing.assert_close(a, e)
+
+
+def test_compile_is_off_by_default_and_opt_in(monkeypatch):
+    """DNALM_COMPILE=1 wraps each block's forward in torch.compile (lazily; not run here: minutes of CPU);
+    without it the blocks are plain eager modules."""
+    from dnalm.ops import compile as comp
+
+    monkeypatch.delenv(comp.ENV, raising=False)
+    assert not comp.compile_enabled()
+    bb = HyenaBackbone(small_config())
+    assert "forward" not in vars(bb.layers[0])  # the class's own eager forward
+    monkeypatch.setenv(comp.ENV, "1")
+    assert comp.compile_enabled()
+    bb = HyenaBackbone(small_config())
+    assert "forward" in vars(bb.layers[0]) and bb.layers[0].forward is not HyenaBlock.forward
+    monkeypatch.setenv(comp.ENV, "0")
+    assert not comp.compile_enabled()

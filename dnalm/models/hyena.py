@@ -45,6 +45,7 @@ from dnalm.models.spec import (
     fft_conv_flops,
     layer_params_estimate,
 )
+from dnalm.ops.compile import compile_enabled, maybe_compile
 from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft, gated_fft_long_conv
 
 # The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
@@ -560,6 +561,9 @@ class HyenaBackbone(nn.Module):
         super().__init__()
         self.config = config
         self.layers = nn.ModuleList(HyenaBlock(config) for _ in range(config.n_layer))
+        for layer in self.layers:  # DNALM_COMPILE=1: torch.compile each block (off by default; dnalm.ops.compile)
+            if compile_enabled():
+                layer.forward = maybe_compile(layer.forward)
         gpt2_init(self, config.n_layer)  # Linear N(0, 0.02), out_proj/fc2 scaled, biases 0 (as the reference)
         for layer in self.layers:  # the long-conv skip starts at N(0, 1), as the reference
             nn.init.normal_(layer.mixer.filter_fn.bias)
