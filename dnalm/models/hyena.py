@@ -458,54 +458,7 @@ class Mlp(nn.Module):
         self.fc2.residual_out = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.dtype != self.fc1.weight.dtype:
-            return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
-        shape = x.shape
-        y = _RowChunkedMlp.apply(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc1.bias, self.fc2.weight,
-                                 self.fc2.bias)
-        return y.view(*shape[:-1], y.shape[-1])
-
-
-MLP_CHUNK_ROWS = 512  # rows per chunk of the CPU MLP: the (rows, d_inner) hidden stays in the L2 cache
-
-
-class _RowChunkedMlp(torch.autograd.Function):
-    """fc2(gelu_tanh(fc1(x))) on CPU, computed ``MLP_CHUNK_ROWS`` rows at a time so that the wide hidden
-    activation and its GELU (forward and backward) stay in cache; only the pre-activation is kept for
-    the backward (the GELU output is recomputed there, chunk by chunk). Same values as the plain MLP."""
-
-    @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2):  # x (N, D), w1 (F, D), w2 (D, F)
-        N, c = x.shape[0], MLP_CHUNK_ROWS
-        x = x.contiguous()
-        out = x.new_empty(N, w2.shape[0])
-        keep = any(ctx.needs_input_grad)
-        a_all = x.new_empty(N, w1.shape[0]) if keep else None
-        for s in range(0, N, c):
-            a = torch.addmm(b1, x[s : s + c], w1.t(), out=a_all[s : s + c]) if keep else torch.addmm(
-                b1, x[s : s + c], w1.t())
-            torch.addmm(b2, F.gelu(a, approximate="tanh"), w2.t(), out=out[s : s + c])
-        if keep:
-            ctx.save_for_backward(x, a_all, w1, w2)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, a_all, w1, w2 = ctx.saved_tensors
-        N, c = x.shape[0], MLP_CHUNK_ROWS
-        g = g.contiguous()
-        gx = x.new_empty(x.shape) if ctx.needs_input_grad[0] else None
-        gw1, gb1, gw2 = torch.zeros_like(w1), w1.new_zeros(w1.shape[0]), torch.zeros_like(w2)
-        for s in range(0, N, c):
-            a, gc = a_all[s : s + c], g[s : s + c]
-            gw2.addmm_(gc.t(), F.gelu(a, approximate="tanh"))
-            da = torch.ops.aten.gelu_backward(gc @ w2, a, approximate="tanh")  # (c, F)
-            gw1.addmm_(da.t(), x[s : s + c])
-            gb1 += da.sum(0)
-            if gx is not None:
-                torch.mm(da, w1, out=gx[s : s + c])
-        return gx, gw1, gb1, gw2, g.sum(0)
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
 
 
 class HyenaBlock(nn.Module):
