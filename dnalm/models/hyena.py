@@ -46,7 +46,13 @@ from dnalm.models.spec import (
     layer_params_estimate,
 )
 from dnalm.ops.compile import compile_enabled, maybe_compile
-from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft, gated_fft_long_conv
+from dnalm.ops.fftconv import (
+    fft_long_conv,
+    fft_size,
+    filter_rfft,
+    gated_fft_long_conv,
+    packed_gated_fft_long_conv,
+)
 
 # The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
 # at 1M tokens and width 256 one entry would take 2 GB.
@@ -284,16 +290,21 @@ class HyenaOperator(nn.Module):
             return self._forward_staged(u)
         B, L, D = u.shape
         w_in = self.in_proj.weight  # ((N+1)D, D)
-        z = torch.matmul(w_in, u.transpose(1, 2))  # (B, (N+1)D, L) channel-major, no transpose copy
+        # W @ u^T: a contiguous channel-major (B, (N+1)D, L) straight from the GEMM (no transpose copy; note
+        # that torch.matmul(W, u^T) would compute u @ W^T and return its transposed, L-major view)
+        z = torch.mm(w_in, u[0].t())[None] if B == 1 else torch.bmm(w_in.expand(B, -1, -1), u.transpose(1, 2))
         z = self._short_conv_biased(z, self.in_proj.bias)  # short_conv(in_proj(u)), causal
-        x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
         h_fft = self._filter_fft(L)  # (C, n//2+1) or None
         h = self.long_filter(L) if h_fft is None else None  # (C, L)
         bias = self.filter_fn.bias
-        for o, x_i in enumerate(reversed(gates)):  # order 2: just x1; the last round applies the x0 gate
-            ch = slice(o * D, (o + 1) * D)
-            v = gated_fft_long_conv(x_i, v, None if h is None else h[ch], bias[ch],
-                                    None if h_fft is None else h_fft[ch], post=x0 if o == len(gates) - 1 else None)
+        if self.order == 2:  # z = [x0 | x1 | v]: the whole gate-conv-gate stage, one gradient for z
+            v = packed_gated_fft_long_conv(z, h, bias, h_fft)
+        else:
+            x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
+            for o, x_i in enumerate(reversed(gates)):  # gate x_{N-1} first; the last round applies x0 too
+                ch = slice(o * D, (o + 1) * D)
+                v = gated_fft_long_conv(x_i, v, None if h is None else h[ch], bias[ch],
+                                        None if h_fft is None else h_fft[ch], post=x0 if o == len(gates) - 1 else None)
         w, b = self.out_proj.weight, self.out_proj.bias  # out_proj of the channel-major (B, D, L) result
         if B == 1:
             return F.linear(v[0].t(), w, b)[None]  # a transposed (L, D) operand: no copy
