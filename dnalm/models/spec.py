@@ -233,6 +233,9 @@ class ModelSpec:
             stage, or None when the family has no positions to rescale (RoPE).
         presets: name -> zero-argument function returning a fresh config.
         formats: names of the foreign checkpoint formats (``dnalm.formats``) that map onto this family.
+        upgrade: ``upgrade(model_dict)`` -> (model_dict, state_transform or None, note or None): how a
+            checkpoint written by an older dnalm is read today. ``state_transform(state, config)`` maps the
+            saved tensors onto the current parameters; ``note`` says what changed (shown as a warning).
         prefix_sharing: the backbone is a :class:`PrefixBackbone` (causal, with ``forward_prefix`` and
             ``forward_from``); the scoring core then computes a prefix shared by several rows once.
     """
@@ -249,6 +252,7 @@ class ModelSpec:
     extend_context: Callable[..., Any] | None = None
     presets: dict[str, Callable[[], Any]] = field(default_factory=dict)
     formats: tuple[str, ...] = ()
+    upgrade: Callable[[dict], tuple[dict, Callable[..., dict] | None, str | None]] | None = None
     prefix_sharing: bool = False
 
 
