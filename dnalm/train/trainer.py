@@ -625,6 +625,16 @@ def _load_init_weights(model: DNALM, source: str | Path) -> None:
     found = latest_model_dir(src) or (src if (src / "model.safetensors").is_file() else None)
     if found is None:
         raise CheckpointError(f"init_from {source}: no checkpoint found there")
+    try:
+        scheme = json.loads((found / "config.json").read_text()).get("tokenizer", {}).get("scheme", "dnalm")
+    except (OSError, ValueError, AttributeError):
+        scheme = "dnalm"
+    if scheme != "dnalm":
+        raise CheckpointError(
+            f"init_from {found}: the model reads {scheme} token ids (an imported Evo checkpoint) while dnalm train "
+            "feeds dnalm's nucleotide ids, so training would not continue it; train it on a task with "
+            "`dnalm finetune --mode full`, or score, embed and generate with it directly"
+        )
     state = load_file(str(found / "model.safetensors"))
     own = model.state_dict()
     params = {name for name, _ in model.named_parameters()}
