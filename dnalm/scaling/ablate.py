@@ -520,7 +520,8 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str = "") -> N
         return
     curves = _curves(rows)
     arms = list(dict.fromkeys(r["arm"] for r in rows))
-    xs = [("tokens", "tokens"), ("train_s", "training wall time (s)"), ("train_cpu_s", "training CPU time (s)")]
+    xs = [("tokens", "tokens (millions)"), ("train_s", "training wall time (s)"), ("train_cpu_s", "training CPU time (s)")]
+    scale = {"tokens": 1e-6, "train_s": 1.0, "train_cpu_s": 1.0}
     fig, axes = plt.subplots(len(mets), len(xs), figsize=(4.2 * len(xs), 3.0 * len(mets)), squeeze=False)
     for i, m in enumerate(mets):
         for j, (xk, xl) in enumerate(xs):
@@ -534,7 +535,7 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str = "") -> N
                     if not pts:
                         continue
                     ys = [_num(r[m]) for r in pts]
-                    x.append(float(np.mean([_num(r[xk]) or 0.0 for r in pts])))
+                    x.append(scale[xk] * float(np.mean([_num(r[xk]) or 0.0 for r in pts])))
                     mid.append(float(np.mean(ys)))
                     lo.append(min(ys))
                     hi.append(max(ys))
