@@ -215,3 +215,60 @@ def test_bf16_weights_filter_and_fft_stay_float32():
         out = model.backbone(x.bfloat16()).hidden
     assert out.dtype == torch.float32  # the residual stream
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_cpu_fast_paths_match_plain_modules():
+    """The shift-and-add short conv and the row-chunked MLP (hand-written backwards) against conv1d and
+    the plain fc2(gelu(fc1)) in float64, values and gradients, across chunk boundaries."""
+    from dnalm.models import hyena as hy
+
+    torch.manual_seed(0)
+    op = HyenaOperator(small_config()).double()
+    z = torch.randn(2, op.short_filter.in_channels, 37, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, op.short_filter.in_channels, 37, dtype=torch.float64)
+    ins = (z, op.short_filter.weight, op.short_filter.bias)
+    conv1d = op.short_filter(z)[..., :37]  # nn.Conv1d padded k-1 on both sides, first L kept: causal
+    g_ref = torch.autograd.grad((conv1d * w).sum(), ins)
+    g = torch.autograd.grad((op.short_conv(z) * w).sum(), ins)
+    torch.testing.assert_close(op.short_conv(z), conv1d)
+    hist = torch.randn(2, z.shape[1], 2, dtype=torch.float64)  # k-1 inputs before z (a continued sequence)
+    want = F.conv1d(torch.cat([hist, z], -1), op.short_filter.weight, op.short_filter.bias, groups=z.shape[1])
+    torch.testing.assert_close(op.short_conv(z, hist), want)
+    b_in = torch.randn(z.shape[1], dtype=torch.float64, requires_grad=True)  # in_proj's bias, folded in
+    for L in (37, 2, 1):  # shorter than the filter too
+        zl = z[..., :L]
+        ins2 = (zl, op.short_filter.weight, op.short_filter.bias, b_in)
+        got = op._short_conv_biased(zl, b_in)
+        want = op.short_filter(zl + b_in[:, None])[..., :L]
+        torch.testing.assert_close(got, want)
+        for a, e in zip(torch.autograd.grad((got * w[..., :L]).sum(), ins2),
+                        torch.autograd.grad((want * w[..., :L]).sum(), ins2)):
+            torch.testing.assert_close(a, e)
+    for a, e in zip(g, g_ref):
+        torch.testing.assert_close(a, e)
+    mlp = hy.Mlp(16, 64).double()
+    x = torch.randn(3, hy.MLP_CHUNK_ROWS // 2 + 7, 16, dtype=torch.float64, requires_grad=True)  # > 1 chunk
+    wy = torch.randn(3, x.shape[1], 16, dtype=torch.float64)
+    y = mlp(x)
+    y_ref = mlp.fc2(F.gelu(mlp.fc1(x), approximate="tanh"))
+    torch.testing.assert_close(y, y_ref)
+    for a, e in zip(torch.autograd.grad((y * wy).sum(), [x, *mlp.parameters()]),
+                    torch.autograd.grad((y_ref * wy).sum(), [x, *mlp.parameters()])):
+        torch.testing.assert_close(a, e)
+
+
+def test_bf16_autocast_backward_matches_float32():
+    """The hand-written backwards (short conv, gated FFT conv) under CPU bf16 autocast, as `precision: bf16`
+    trains: gradients exist, are finite and close to float32's."""
+    torch.manual_seed(0)
+    model = DNALM(HyenaConfig(n_layer=2, d_model=32, l_max=130, filter_order=16))
+    x = torch.cat([torch.tensor([BOS]), ecoli_ids(127)])[None]  # (1, 128)
+    grads = []
+    for autocast in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(x[:, :-1]).logits.float()[0], x[0, 1:])
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.isfinite(grads[1]).all() and grads[0].shape == grads[1].shape
+    assert F.cosine_similarity(grads[0], grads[1], dim=0) > 0.95

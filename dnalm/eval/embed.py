@@ -2,8 +2,8 @@
 
 - ``layer`` indexes ``DNALM``'s hidden states: 0 = token embeddings, i = after block i, -1 = after the
   final norm (the default).
-- ``pool``: ``mean`` over the sequence's bases (never the [BOS] or padding), ``last`` = the last base
-  (in a causal model the only position that has seen the whole sequence), ``none`` = one vector per base.
+- ``pool``: ``mean`` over the sequence's bases (never the [BOS], padding or N), ``last`` = the last base
+  that is not N (in a causal model the only position that has seen the whole sequence), ``none`` = one vector per base.
 - Long sequences (longer than the model's context; the same rules serve ``finetune`` and ``predict``,
   see :func:`fit_to_context`): an error by default, naming them. ``crop`` keeps one window of each
   (``center``, ``left`` = the first bases, ``right`` = the last). ``windows`` cuts each into consecutive,
@@ -34,10 +34,10 @@ from dnalm.data.errors import DataError, listing
 from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import check_input_file, is_regular_file, read_table
 from dnalm.eval.metrics import progress as bar
-from dnalm.eval.scoring import window_bases
+from dnalm.eval.scoring import count_scored, window_bases
 from dnalm.models.heads import count_hidden_states, pool_hidden
 from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
-from dnalm.tokenizer import BOS, PAD, UNK, encode_bytes
+from dnalm.tokenizer import UNK, encode_bytes
 
 
 @dataclass
@@ -170,12 +170,14 @@ def long_policy(crop: str | None, windows: bool) -> str:
 
 def batch_ids(model: Any, windows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, L) input ids with [BOS] (if the tokenizer adds it) and a (B, L) mask of real tokens."""
-    bos = bool(model.tokenizer.prepend_bos)
+    tok = model.tokenizer
+    bos = bool(tok.prepend_bos)
     width = max(len(w) for w in windows) + int(bos)
-    ids = torch.full((len(windows), width), PAD, dtype=torch.long)
+    ids = torch.full((len(windows), width), tok.pad_id, dtype=torch.long)
     mask = torch.zeros((len(windows), width), dtype=torch.bool)
     for i, w in enumerate(windows):
-        row = np.concatenate([[BOS], w]) if bos else np.asarray(w)
+        w = tok.model_ids(np.asarray(w))  # dnalm base ids -> the tokenizer's (Evo: bytes)
+        row = np.concatenate([[tok.bos_id], w]) if bos else np.asarray(w)
         ids[i, : len(row)] = torch.from_numpy(row.astype(np.int64))
         mask[i, : len(row)] = True
     return ids, mask
@@ -195,14 +197,26 @@ def embed_sequences(
     windows: bool = False,
     progress: bool = False,
     source: str = "input",
+    tap: str | None = None,
 ) -> Embeddings:
     """Embed sequences (strings or token-id arrays); see the module docstring for layers and pooling.
 
     A sequence longer than ``window`` bases (default: the model's context) is an error unless ``crop``
     (center, left or right: keep one window of it) or ``windows`` (tile it, pool over the windows) says
-    what to do (:func:`fit_to_context`); ``source`` names the input in that error."""
+    what to do (:func:`fit_to_context`); ``source`` names the input in that error. ``tap`` names a submodule
+    (``model.named_modules()``, e.g. ``backbone.layers.28.mlp``) whose (B, L, D) output is embedded
+    instead of a hidden state."""
     if pool not in ("mean", "last", "none"):
         raise DataError(f"--pool must be mean, last or none (got {pool!r})")
+    captured: list[torch.Tensor] = []
+    hook = None
+    if tap is not None:
+        try:
+            target = model.get_submodule(tap)
+        except AttributeError:
+            blocks = [n for n, _ in model.named_modules() if n.count(".") <= 3 and n.endswith(".mlp")][:3]
+            raise DataError(f"--tap {tap!r}: the model has no such submodule (e.g. {', '.join(blocks) or 'backbone'})") from None
+        hook = target.register_forward_hook(lambda mod, inp, out: captured.append(out[0] if isinstance(out, tuple) else out))
 
     n_states = count_hidden_states(model)
     if not -n_states <= layer < n_states:
@@ -221,6 +235,7 @@ def embed_sequences(
     pieces = [(si, wi, win) for si, wins in enumerate(fitted) for wi, win in enumerate(wins)]
     n_windows = [len(wins) for wins in fitted]
     used = [int(sum(len(win) for win in wins)) for wins in fitted]  # bases embedded per sequence
+    pooled_n = [sum(count_scored(win) for win in wins) for wins in fitted]  # bases mean pooling counts (not N)
     order = sorted(range(len(pieces)), key=lambda k: -len(pieces[k][2]))
     d = model.config.d_model
     piece_out: dict[int, np.ndarray] = {}
@@ -232,24 +247,28 @@ def embed_sequences(
             part = order[b0 : b0 + batch_size]
             x, mask = batch_ids(model, [pieces[k][2] for k in part])
             x, mask = x.to(model.device), mask.to(model.device)
-            out = model(x, output_hidden_states=True)
-            h = out.hidden_states[layer].float()  # (B, L, D)
+            captured.clear()
+            out = model(x, output_hidden_states=tap is None)
+            h = (captured[-1] if tap is not None else out.hidden_states[layer]).float()  # (B, L, D)
             real = mask & (x >= UNK)  # bases only
             if pool == "none":
                 for r, k in enumerate(part):
                     piece_out[k] = h[r][real[r]].cpu().numpy()
             else:
-                # per-window sums (mean) or last base; combined across windows below
-                summed = pool_hidden(h, real, "mean") * real.sum(1, keepdim=True)  # (B, D)
-                last = pool_hidden(h, real, "last")  # (B, D)
+                # per-window sums (mean) or last base, N left out; combined across windows below
+                counted = mask & model.tokenizer.scored(x)
+                summed = pool_hidden(h, counted, "mean") * counted.sum(1, keepdim=True)  # (B, D)
+                last = pool_hidden(h, counted, "last")  # (B, D)
                 for r, k in enumerate(part):
                     piece_out[k] = (summed[r] if pool == "mean" else last[r]).cpu().numpy()
             pbar.update(len(part))
     finally:
         pbar.close()
         model.train(was_training)
+        if hook is not None:
+            hook.remove()
     lengths = [int(len(t)) for t in toks]
-    meta: dict[str, Any] = {"layer": layer, "pool": pool, "window_bases": w, "dim": d,
+    meta: dict[str, Any] = {"layer": layer if tap is None else None, "tap": tap, "pool": pool, "window_bases": w, "dim": d,
                             "long_inputs": long_policy(crop, windows), "longer_than_window": n_long}
     if windows:
         meta["windowing"] = ("consecutive non-overlapping windows, each with its own [BOS]; context does not cross "
@@ -263,7 +282,7 @@ def embed_sequences(
         arr = np.zeros((len(toks), d), dtype=np.float32)
         for k, (si, wi, win) in enumerate(pieces):
             if pool == "mean":
-                arr[si] += piece_out[k] / max(used[si], 1)
+                arr[si] += piece_out[k] / max(pooled_n[si], 1)
             elif wi == n_windows[si] - 1:
                 arr[si] = piece_out[k]
     return Embeddings(arr.astype(np.float32), ids, lengths, n_windows, meta)
