@@ -28,7 +28,7 @@ Outputs, all in ``OUT``:
   cases, val_bits_per_base_upper / _lower (non-repeat / soft-masked repeat bases). The last row of a run has
   ``final = 1`` and the post-training metrics (essentiality AUROC and the gene-length baseline).
   Rewritten atomically after each run; a run whose final row is there (with the same config hash) is not
-  rerun, an interrupted run resumes from its checkpoint.
+  rerun, an interrupted run resumes from its checkpoint (its times then count from the resume only).
 - ``curves.png``: each metric against tokens, training wall time and training CPU time; mean over seeds
   with the min-max spread shaded.
 - ``summary.md`` / ``summary.json``: per arm the final metrics (mean and seed sd), the tokens and time to
