@@ -286,8 +286,8 @@ class HyenaOperator(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, D) -> (B, L, D)."""
-        if self.dropout.p > 0 and self.training:  # the dropout sits between the gate and the long conv
-            return self._forward_staged(u)
+        if (self.dropout.p > 0 and self.training) or not _plain(self.in_proj, self.out_proj):
+            return self._forward_staged(u)  # dropout between the gate and the long conv; adapted projections
         B, L, D = u.shape
         w_in = self.in_proj.weight  # ((N+1)D, D)
         # W @ u^T: a contiguous channel-major (B, (N+1)D, L) straight from the GEMM (no transpose copy; note
@@ -472,6 +472,12 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
+
+
+def _plain(*layers: nn.Module) -> bool:
+    """True when every layer is a plain ``nn.Linear``: the fused fast path reads their weights directly, which
+    a subclass that adds to the output (a LoRA adapter, dnalm/models/lora.py) must not be bypassed by."""
+    return all(type(m) is nn.Linear for m in layers)
 
 
 class HyenaBlock(nn.Module):
