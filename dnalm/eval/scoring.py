@@ -7,7 +7,8 @@ the variant / essentiality / DMS deltas (:func:`window_logliks`) and the one-pas
 Scoring convention (stated once, here): the natural-log likelihood of each token given the tokens before
 it; position t of a model's output scores token t+1 of its input. Native models prepend [BOS], so every
 base is scored; a model whose tokenizer does not (an imported HyenaDNA checkpoint) cannot score its first
-base and says so through ``Tokenizer.prepend_bos``. Special tokens other than [UNK] are never scored.
+base and says so through ``Tokenizer.prepend_bos``. Special tokens other than [UNK] are never scored, and
+neither is N (``dnalm.tokenizer.scored``): sums and means count A/C/G/T only, per-base arrays hold NaN at N.
 
 Batches are right-padded with [PAD] after sorting by length, which leaves a causal model's outputs at the
 real positions unchanged (nothing after a position can affect it).
@@ -20,7 +21,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from dnalm.tokenizer import BOS, PAD, UNK, Tokenizer
+from dnalm.tokenizer import BOS, PAD, UNK, Tokenizer, scored
 
 
 def window_bases(model: Any) -> int:
@@ -71,8 +72,8 @@ def score(
     """Log-likelihood (natural log) of each sequence's bases under ``model``.
 
     ``reduce="sum"`` gives the total, ``"mean"`` the per-base mean, ``"none"`` a per-base array for each
-    sequence (the first base is scored only if the tokenizer prepends [BOS]). A single string gives a single
-    value (or array).
+    sequence (the first base is scored only if the tokenizer prepends [BOS]). N bases are not scored: sums and
+    means skip them, per-base arrays hold NaN there. A single string gives a single value (or array).
     """
     single = isinstance(seqs, str)
     seqs = [seqs] if single else list(seqs)
@@ -80,11 +81,12 @@ def score(
     rows = [tok.encode(s, f"sequence {i}")[0] for i, s in enumerate(seqs)]
     results: list[Any] = []
     for row, ll in zip(rows, score_tokens(model, rows, batch_size)):
-        per_base = ll[np.asarray(row[1:]) >= UNK]  # bases (and [UNK]), not [SEP]
+        targets = np.asarray(row[1:])
+        per_base = np.where(tok.scored(targets), ll, np.nan)[targets >= tok.scored_min_id]  # per base; NaN at N
         if reduce == "sum":
-            results.append(per_base.sum())
+            results.append(np.nansum(per_base))
         elif reduce == "mean":
-            results.append(per_base.mean() if per_base.size else float("nan"))
+            results.append(np.nanmean(per_base) if np.isfinite(per_base).any() else float("nan"))
         else:
             results.append(per_base)
     if reduce == "none":
@@ -102,9 +104,9 @@ def window_logliks(
 ) -> np.ndarray | list[np.ndarray]:
     """Log-likelihood (natural log) of windows of base token ids (A..N, uint8), batched.
 
-    ``reduce="sum"`` returns one float per window, ``"none"`` a float64 per-base array each. Models whose
-    tokenizer prepends [BOS] score every base; otherwise the first base gets log-likelihood 0 (it has no
-    context). ``lower`` (optional case masks) matters only for tokenizers that map lower case to [UNK]
+    ``reduce="sum"`` returns one float per window (N bases skipped), ``"none"`` a float64 per-base array each
+    (NaN at N). Models whose tokenizer prepends [BOS] score every base; otherwise the first base gets
+    log-likelihood 0 (it has no context). ``lower`` (optional case masks) matters only for tokenizers that map lower case to [UNK]
     (imported HyenaDNA checkpoints).
     """
     bos = bool(model.tokenizer.prepend_bos)
@@ -118,6 +120,12 @@ def window_logliks(
     per_base = score_tokens(model, rows, batch_size)
     if not bos:
         per_base = [np.concatenate([[0.0], ll]) for ll in per_base]  # the first base is unscored
+    per_base = [np.where(scored(np.asarray(w)), ll, np.nan) for w, ll in zip(windows, per_base)]  # NaN at N
     if reduce == "none":
         return per_base
-    return np.array([ll.sum() for ll in per_base], dtype=np.float64)
+    return np.array([np.nansum(ll) for ll in per_base], dtype=np.float64)
+
+
+def count_scored(window: np.ndarray) -> int:
+    """Bases of a window of base ids that likelihoods count (all but N): the denominator of a per-base mean."""
+    return int(np.count_nonzero(scored(np.asarray(window))))

@@ -212,6 +212,9 @@ class ModelSpec:
             stage, or None when the family has no positions to rescale (RoPE).
         presets: name -> zero-argument function returning a fresh config.
         formats: names of the foreign checkpoint formats (``dnalm.formats``) that map onto this family.
+        upgrade: ``upgrade(model_dict)`` -> (model_dict, state_transform or None, note or None): how a
+            checkpoint written by an older dnalm is read today. ``state_transform(state, config)`` maps the
+            saved tensors onto the current parameters; ``note`` says what changed (shown as a warning).
     """
 
     family: str
@@ -226,6 +229,7 @@ class ModelSpec:
     extend_context: Callable[..., Any] | None = None
     presets: dict[str, Callable[[], Any]] = field(default_factory=dict)
     formats: tuple[str, ...] = ()
+    upgrade: Callable[[dict], tuple[dict, Callable[..., dict] | None, str | None]] | None = None
 
 
 # ------------------------------------------------------------------------------------------ registry
