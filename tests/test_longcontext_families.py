@@ -96,3 +96,13 @@ def test_one_pass_memory_estimates_grow_with_length():
     meta = LC.meta_model(get_preset("evo2-7b"))
     est = LC.estimate_memory(meta, 1_000_000, "logprobs")
     assert est.parts["weights"] > 20 * 2**30 and est.total > 40 * 2**30
+
+
+@pytest.mark.parametrize("fixture", ["evo1_tiny", "evo2_tiny", "evo2_rope"])
+def test_imported_evo_fixtures_one_pass_equals_forward(fixture):
+    """The released layouts (Evo 1 column split, Evo 2 interleave, bf16 RoPE rule), as dnalm.load reads them."""
+    import dnalm
+
+    model = dnalm.load(DATA / "evo" / fixture).float().eval()
+    ids = torch.as_tensor(model.tokenizer.model_ids(phix_ids(700).numpy()[1:]), dtype=torch.long)
+    _check_all(model, ids, chunk=160, group=5)

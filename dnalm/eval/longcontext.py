@@ -58,7 +58,7 @@ from dnalm.models.hnet import HNetBackbone, HNetStage, Stack, ema_smooth
 from dnalm.models.hyena import HyenaBlock
 from dnalm.models.lm import DNALM
 from dnalm.models.mamba2 import Mamba2Block, ssd_scan
-from dnalm.models.striped_hyena import HyenaMixer, StripedHyenaBlock, modal_filter
+from dnalm.models.striped_hyena import HyenaMixer, StripedHyenaBlock, modal_filter, split_streams
 from dnalm.models.transformer import TransformerBlock
 from dnalm.ops.fftconv import fft_long_conv, fft_size
 from dnalm.tokenizer import BOS, SEP, UNK, decode
@@ -72,7 +72,6 @@ __all__ = [
 LONG_FROM = 32_768  # tokens: from this length on, dnalm score and dnalm embed use forward_long
 DEFAULT_CHUNK = 16_384  # positions per chunk of the position-wise parts
 FFT_GROUP_BYTES = 256 * 2**20  # budget for one channel group's FFT buffers
-SHORT_FIR = 16  # explicit filters up to this many taps run as a direct convolution (StripedHyena 2's SE)
 
 Output = Literal["logits", "hidden", "logprobs"]
 MemoryEstimate = MemoryNeed  # the name this module used before dnalm.memory existed
@@ -137,7 +136,7 @@ def _linear_out(module: nn.Module) -> int:
 def _block_bytes(block: nn.Module, L: int, c: int, item: int) -> int:
     """What one block's schedule holds besides the residual stream: its (L, *) buffers plus one chunk's
     temporaries or one FFT channel group (whichever is larger)."""
-    D = block.norm1.normalized_shape[0] if hasattr(block, "norm1") else block.norm.normalized_shape[0]
+    D = (block.norm1 if hasattr(block, "norm1") else block.norm).weight.shape[0]
     wide = _linear_out(block)
     chunk_tmp = c * (3 * wide + 4 * D) * 4
     n = fft_size(L)
@@ -510,30 +509,28 @@ def _striped_block_(block: StripedHyenaBlock, r: torch.Tensor, ctx: _Ctx) -> Non
 
 
 def _striped_hyena_mixer_(mixer: HyenaMixer, norm: nn.Module, r: torch.Tensor, ctx: _Ctx) -> None:
-    """``r += mixer(norm(r))`` for a StripedHyena Hyena operator, in place.
-
-    Featurizer (in_proj and the short FIR) by chunk with a halo; x2 and u = x1 * v kept (L, D); the long
-    convolution by channel group (modal filters built for the group's channels only) or, for the short
-    explicit SE filter, by chunk with a halo; then x2 * conv(u), out_proj and the residual by chunk."""
+    """``r += mixer(norm(r))`` for a StripedHyena (Evo 1 / Evo 2) Hyena operator, in place, on the operator's
+    own stages: :meth:`~HyenaMixer.featurize` by chunk (fed the k-1 rows before the chunk as its halo),
+    :func:`split_streams`, x2 and u = x1 * v kept (L, D); the long convolution by channel group for the
+    full-length modal filters ("hyena" / hcl: the filter built for the group's channels only, FFT in float32),
+    or :meth:`~HyenaMixer.long_conv` itself by chunk with a halo for the explicit ones (hcs, hcm); then
+    :meth:`~HyenaMixer.output` and the residual by chunk."""
     L, D, chunk = r.shape[0], mixer.d_model, ctx.chunk
     dt = norm.weight.dtype
-    k = mixer.short_filter.shape[-1]
-    w_fir = mixer.short_filter.flip(-1)[:, None, :]  # (3D, 1, k): conv1d's last tap is lag 0
-    x2 = u = hist = None
+    k1 = mixer.short_filter.shape[-1] - 1
+    x2 = u = None
     for s, e in _chunks(L, chunk):
-        z_pre = mixer.in_proj(norm(r[s:e].to(dt))).t()[None]  # (1, 3D, c)
+        s0 = max(0, s - k1)  # the featurizer's halo: its causal FIR sees the k-1 rows before the chunk
+        z, _ = mixer.featurize(norm(r[s0:e].to(dt))[None])  # (1, 3D, e - s0)
+        zx2, x1, v = split_streams(z[..., s - s0 :], mixer.version, mixer.n_head)  # (1, D, c) each
         if x2 is None:
-            x2, u = z_pre.new_empty(L, D), z_pre.new_empty(L, D)
-            hist = z_pre.new_zeros(1, 3 * D, k - 1)
-        b = None if mixer.short_bias is None else mixer.short_bias.to(z_pre.dtype)
-        z, hist = _causal_conv_chunk(z_pre, hist, w_fir.to(z_pre.dtype), b)
-        zx2, x1, v = z[0].t().chunk(3, dim=1)  # (c, D) each
-        x2[s:e] = zx2
-        torch.mul(x1, v, out=u[s:e])
-    del z_pre, z, hist
+            x2, u = zx2.new_empty(L, D), zx2.new_empty(L, D)  # (L, D) each, position-major
+        x2[s:e] = zx2[0].t()
+        u[s:e] = (x1 * v)[0].t()
+    del z, zx2, x1, v
 
     n = mixer.long_filter(2).shape[-1]  # 2 for a full-length (modal) filter, else the explicit FIR's length
-    if n == 2:  # full-length modal filter: FFT by channel group, the filter built for the group's channels
+    if n == 2:  # full-length modal filter: FFT by channel group, as long_conv does for all channels at once
         log_p, res = mixer.modal_params()  # (D, S) each
         group = ctx.group or channel_group_size(L, D, 4 * L)
         for g0 in range(0, D, group):
@@ -543,22 +540,15 @@ def _striped_hyena_mixer_(mixer: HyenaMixer, norm: nn.Module, r: torch.Tensor, c
             skip = None if mixer.skip is None else mixer.skip[g0:g1]
             u[:, g0:g1] = fft_long_conv(ug, h, skip)[0].t()
             del h, ug
-    else:  # an explicit FIR (SE, MR): by chunk with a halo of its last n-1 inputs, as the ordinary path
-        h = mixer.long_filter(L)  # (D, n) float32, lag 0 first
-        w = h.flip(-1)[:, None, :].to(u.dtype)  # (D, 1, n) for conv1d
-        prev = u.new_zeros(1, D, n - 1)
+    else:  # an explicit FIR (hcs, hcm): the operator's own long_conv over each chunk and its n-1-row halo
+        prev = u.new_zeros(1, D, 0)
         for s, e in _chunks(L, chunk):
-            ui = torch.cat([prev, u[s:e].t()[None]], dim=-1)  # (1, D, n-1+c)
-            prev = ui[..., ui.shape[-1] - (n - 1) :].clone()
-            if n <= SHORT_FIR:  # a few taps: direct, as the ordinary forward does
-                y = F.conv1d(ui, w, groups=D)  # (1, D, c)
-                if mixer.skip is not None:
-                    y = y + mixer.skip.to(y.dtype)[:, None] * ui[..., n - 1 :]
-            else:  # longer: an FFT over the chunk and its halo (float32 inside), as the ordinary forward does
-                y = fft_long_conv(ui, h, mixer.skip)[..., n - 1 :]  # (1, D, c)
-            u[s:e] = y[0].t()
+            ui = torch.cat([prev, u[s:e].t()[None]], dim=-1)  # (1, D, halo + c)
+            halo = prev.shape[-1]
+            prev = ui[..., max(0, ui.shape[-1] - (n - 1)) :].clone()
+            u[s:e] = mixer.long_conv(ui)[0, :, halo:].t()  # (c, D)
     for s, e in _chunks(L, chunk):
-        r[s:e] += mixer.out_proj(x2[s:e] * u[s:e]).float()
+        r[s:e] += mixer.output(x2[s:e].t()[None], u[s:e].t()[None])[0].float()  # (c, D)
 
 
 # ---- Mamba-2 (dnaHNet)
