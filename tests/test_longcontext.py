@@ -164,3 +164,22 @@ def test_score_cli(tmp_path, capsys):
     assert main(["score", str(tmp_path / "m"), "--fasta", str(fa), "--long-from", "1", "--max-memory", "0.0001",
                  "--out", str(tmp_path / "y.tsv"), "--quiet"]) == 2
     assert "is available" in capsys.readouterr().err and not (tmp_path / "y.tsv").exists()
+
+
+def test_embed_picks_the_one_pass_path_for_long_sequences(monkeypatch):
+    """dnalm.embed_sequences sends a sequence of LONG_FROM tokens or more through forward_long, and the pooled
+    embedding equals the ordinary forward's (human chr2, 33,000 bases, soft-masked repeats read as bases)."""
+    import dnalm.eval.embed as E
+
+    model = hyena(l_max=33_010)
+    rec = human_slice(20_000, 33_000)
+    calls = []
+    real = E.forward_long
+    monkeypatch.setattr(E, "forward_long", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    emb = E.embed_sequences(model, [rec.ids], layer=-1, pool="mean")
+    assert calls and calls[0][0] >= LC.LONG_FROM
+    ids = torch.from_numpy(np.concatenate([[BOS], rec.ids]).astype(np.int64))
+    with torch.no_grad():
+        h = model(ids[None], output_hidden_states=True).hidden_states[-1][0]
+    keep = model.tokenizer.scored(ids)
+    np.testing.assert_allclose(emb.array[0], h[keep].mean(0).numpy(), rtol=1e-4, atol=1e-5)

@@ -511,9 +511,8 @@ def embed_command(
     npy, meta_path = embedding_paths(out or stem + ".emb.npy")
     check_output(npy, "file", "embedding array")
     check_output(meta_path, "file", "embedding metadata")
-    longest = max((len(t) for t in toks), default=1) + 2  # [BOS] and [SEP]
-    check_model_memory(model_path, "dnalm embed", longest if not (crop or windows) else None, min(batch_size, len(toks)),
-                       hidden_states=True)
+    lengths = [len(t) + 2 for t in toks] if not (crop or windows) else [0]  # + [BOS] and [SEP]; None: windows
+    _check_long_memory(model_path, "dnalm embed", lengths, LONG_FROM, batch_size, None, "hidden")
     model = load(model_path, device=device)
     if model.tokenizer.lowercase == "unk":
         toks = [np.where(lo, UNK, t).astype(np.uint8) for t, lo in zip(toks, lows)]
@@ -612,7 +611,7 @@ def score_command(
     if not records:
         raise DataError(f"{fasta}: no sequence records")
     max_memory = None if max_memory_gib is None else int(max_memory_gib * 2**30)
-    _check_score_memory(model_path, [len(r) + 2 for r in records], long_from, batch_size, max_memory)
+    _check_long_memory(model_path, "dnalm score", [len(r) + 2 for r in records], long_from, batch_size, max_memory)
     torch.manual_seed(0)  # a preset builds fresh weights: make them reproducible
     model = load(model_path, device=device)
     if not isinstance(model, DNALM):
@@ -636,13 +635,15 @@ def score_command(
             + (f" ({n_long} in one pass)" if n_long else "") + f" -> {out}")
 
 
-def _check_score_memory(model_path: str, lengths: list[int], long_from: int, batch_size: int,
-                        max_memory: int | None) -> None:
-    """dnalm score's memory check before the model is built: the weights, a batch of the short records, and
-    each long record's one-pass pass (estimated on a meta-device model: nothing is allocated)."""
+def _check_long_memory(model_path: str, what: str, lengths: list[int], long_from: int, batch_size: int,
+                       max_memory: int | None, output: str = "logprobs") -> None:
+    """The memory check of dnalm score and dnalm embed before the model is built: the weights, a batch of the
+    inputs shorter than ``long_from`` tokens, and the longest one-pass input (estimated on a meta-device
+    model: nothing is allocated). A length 0 stands for context-sized windows."""
+    hidden = output == "hidden"
     short = [n for n in lengths if n < long_from]
-    check_model_memory(model_path, "dnalm score", max(short, default=1), max(1, min(batch_size, len(short))),
-                       max_memory=max_memory)
+    check_model_memory(model_path, what, max(short, default=0) or None, max(1, min(batch_size, len(short))),
+                       hidden_states=hidden, max_memory=max_memory)
     long = max((n for n in lengths if n >= long_from), default=0)
     if not long:
         return
@@ -652,6 +653,6 @@ def _check_score_memory(model_path: str, lengths: list[int], long_from: int, bat
         return
     long = min(long, int(config.max_len))
     meta = meta_model(config)
-    need = estimate_memory(meta, long, "logprobs") if one_pass_supported(meta) else None
-    check_model_memory(model_path, f"dnalm score ({long:,} tokens in one pass)", long, 1, max_memory=max_memory,
-                       need=need)
+    need = estimate_memory(meta, long, output) if one_pass_supported(meta) else None
+    check_model_memory(model_path, f"{what} ({long:,} tokens in one pass)", long, 1, hidden_states=hidden,
+                       max_memory=max_memory, need=need)

@@ -33,6 +33,7 @@ import torch
 from dnalm.data.errors import DataError, listing
 from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import check_input_file, is_regular_file, read_table
+from dnalm.eval.longcontext import LONG_FROM, forward_long, one_pass_supported
 from dnalm.eval.metrics import progress as bar
 from dnalm.eval.scoring import count_scored, window_bases
 from dnalm.models.heads import count_hidden_states, pool_hidden
@@ -228,13 +229,25 @@ def embed_sequences(
     was_training = model.training
     model.eval()
     pbar = bar(total=len(pieces), desc="windows", enabled=progress)
+    # pieces of LONG_FROM tokens or more go one at a time through the memory-lean one-pass path
+    one_pass = one_pass_supported(model)
+    batches, i = [], 0
+    while i < len(order):
+        if one_pass and len(pieces[order[i]][2]) + 2 >= LONG_FROM:
+            batches.append(order[i : i + 1])
+            i += 1
+        else:
+            batches.append(order[i : i + batch_size])
+            i += batch_size
     try:
-        for b0 in range(0, len(order), batch_size):
-            part = order[b0 : b0 + batch_size]
+        for part in batches:
             x, mask = batch_ids(model, [pieces[k][2] for k in part])
             x, mask = x.to(model.device), mask.to(model.device)
-            out = model(x, output_hidden_states=True)
-            h = out.hidden_states[layer].float()  # (B, L, D)
+            if one_pass and x.shape[1] >= LONG_FROM:
+                h = forward_long(model, x[0], "hidden", layer)[None]  # (1, L, D) float32
+            else:
+                out = model(x, output_hidden_states=True)
+                h = out.hidden_states[layer].float()  # (B, L, D)
             real = mask & (x >= UNK)  # bases only
             if pool == "none":
                 for r, k in enumerate(part):
