@@ -70,7 +70,8 @@ __all__ = [
 ]  # fmt: skip
 
 LONG_FROM = 32_768  # tokens: from this length on, dnalm score and dnalm embed use forward_long
-DEFAULT_CHUNK = 16_384  # positions per chunk of the position-wise parts
+DEFAULT_CHUNK = 16_384  # positions per chunk of the position-wise parts (at most; see auto_chunk)
+CHUNK_BYTES = 512 * 2**20  # budget for one chunk's temporaries (projections, the MLP's hidden layer)
 FFT_GROUP_BYTES = 256 * 2**20  # budget for one channel group's FFT buffers
 
 Output = Literal["logits", "hidden", "logprobs"]
@@ -138,7 +139,7 @@ def _block_bytes(block: nn.Module, L: int, c: int, item: int) -> int:
     temporaries or one FFT channel group (whichever is larger)."""
     D = (block.norm1 if hasattr(block, "norm1") else block.norm).weight.shape[0]
     wide = _linear_out(block)
-    chunk_tmp = c * (3 * wide + 4 * D) * 4
+    chunk_tmp = c * (3 * wide * item + 4 * D * 4)
     n = fft_size(L)
     if isinstance(block, HyenaBlock):
         mixer = block.mixer
@@ -166,7 +167,17 @@ def _block_bytes(block: nn.Module, L: int, c: int, item: int) -> int:
     return chunk_tmp
 
 
-def estimate_memory(model: Any, length: int, output: Output = "logits", chunk: int = DEFAULT_CHUNK) -> MemoryNeed:
+def auto_chunk(model: Any) -> int:
+    """Positions per chunk: DEFAULT_CHUNK, fewer for wide models so that one chunk's temporaries (three of the
+    widest projection's outputs in the weights' dtype, four float32 rows of the residual width) stay within
+    CHUNK_BYTES; a multiple of 256 (Mamba-2's scan chunks divide it)."""
+    item = next(model.parameters()).element_size()
+    D = model.config.d_model
+    per_position = 3 * _linear_out(model.backbone) * item + 16 * D
+    return int(max(256, min(DEFAULT_CHUNK, CHUNK_BYTES // max(per_position, 1) // 256 * 256)))
+
+
+def estimate_memory(model: Any, length: int, output: Output = "logits", chunk: int | None = None) -> MemoryNeed:
     """Peak memory of ``forward_long(model, ids of this length, output)``; ``model`` may live on the meta device.
 
     The terms follow the schedule (module docstring): runtime, weights, token ids, the float32 residual
@@ -179,7 +190,7 @@ def estimate_memory(model: Any, length: int, output: Output = "logits", chunk: i
     cfg = model.config
     L, V = int(length), cfg.vocab_size
     item = next(model.parameters()).element_size()
-    c = min(chunk, L)
+    c = min(chunk or auto_chunk(model), L)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     params += sum(b.numel() * b.element_size() for b in model.buffers())
     bb = model.backbone
@@ -212,7 +223,7 @@ def estimate_memory(model: Any, length: int, output: Output = "logits", chunk: i
 
 
 def check_memory(
-    model: Any, length: int, output: Output = "logits", max_memory: int | None = None, chunk: int = DEFAULT_CHUNK
+    model: Any, length: int, output: Output = "logits", max_memory: int | None = None, chunk: int | None = None
 ) -> MemoryNeed | None:
     """Raise LongContextMemoryError if the one-pass estimate exceeds ``max_memory`` bytes (default: what
     :func:`dnalm.memory.memory_limit` reports). None for models without a one-pass schedule."""
@@ -262,7 +273,7 @@ def forward_long(
     ids: torch.Tensor | np.ndarray,
     output: Output = "logits",
     layer: int = -1,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     channel_group: int | None = None,
     check: bool = True,
     max_memory: int | None = None,
@@ -285,6 +296,7 @@ def forward_long(
         raise DataError("forward_long needs at least one token")
     if output not in ("logits", "hidden", "logprobs"):
         raise ValueError(f"output must be logits, hidden or logprobs (got {output!r})")
+    chunk = chunk or auto_chunk(model)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 (got {chunk})")
     n_states = count_hidden_states(model)
