@@ -106,3 +106,28 @@ def test_imported_evo_fixtures_one_pass_equals_forward(fixture):
     model = dnalm.load(DATA / "evo" / fixture).float().eval()
     ids = torch.as_tensor(model.tokenizer.model_ids(phix_ids(700).numpy()[1:]), dtype=torch.long)
     _check_all(model, ids, chunk=160, group=5)
+
+
+def test_bf16_weights_stay_bf16_and_compute_in_float32_on_request():
+    """Weights kept in bf16 (as released): compute="float32" converts one block at a time for its pass and
+    equals the float32 model of the same (bf16-rounded) weights; afterwards every weight is bf16 again.
+    compute="weights" runs the matmuls in bf16 (the path taken on CPUs with native bf16): close to it."""
+    model = striped(2).to(torch.bfloat16)
+    for n, p in model.named_parameters():
+        if n.endswith(("log_poles", "residues")):  # filter coefficients stay float32, as the releases store them
+            p.data = p.data.float()
+    before = {n: (p.dtype, p.clone()) for n, p in model.named_parameters()}
+    ids = phix_ids(1200)
+    ref = LC.forward_long(_float_copy(model), ids, "logprobs", chunk=300)
+    up = LC.forward_long(model, ids, "logprobs", chunk=300, compute="float32")
+    torch.testing.assert_close(up, ref, rtol=1e-5, atol=1e-5)
+    for n, p in model.named_parameters():
+        assert p.dtype == before[n][0] and torch.equal(p, before[n][1]), n
+    low = LC.forward_long(model, ids, "logprobs", chunk=300, compute="weights")
+    assert (low - ref).abs().mean() < 0.05
+
+
+def _float_copy(model):
+    import copy
+
+    return copy.deepcopy(model).float()

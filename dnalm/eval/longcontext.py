@@ -40,7 +40,10 @@ t+1 of the input, so with [BOS] prepended every base is scored; special tokens o
 from __future__ import annotations
 
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -263,6 +266,7 @@ class _Stop(Exception):
 class _Ctx:
     chunk: int
     group: int | None
+    upcast: bool = False  # run each half-precision block in float32 (converted for its pass only)
     want: int | None = None  # hidden-state index to stop at (HNet taps), None = run to the end
     tap: int = 0  # index of the next hidden state produced
 
@@ -277,6 +281,7 @@ def forward_long(
     channel_group: int | None = None,
     check: bool = True,
     max_memory: int | None = None,
+    compute: Literal["auto", "float32", "weights"] = "auto",
 ) -> torch.Tensor:
     """Run one long token sequence ``ids`` (L,) through ``model`` in a single pass (no windows).
 
@@ -286,6 +291,12 @@ def forward_long(
     Supported models (:func:`one_pass_supported`) use the memory-lean schedule of the module docstring
     (same numbers as ``model(ids)`` to float rounding); others run their ordinary forward. With ``check``,
     the memory estimate is compared with the available memory first (see :func:`check_memory`).
+
+    ``compute``: the dtype of a block's matmuls when the weights are in half precision (bf16 as released):
+    ``"weights"`` computes in their dtype, ``"float32"`` converts one block at a time to float32 for its pass
+    (exactly back afterwards; one block's float32 copy is the only extra memory), ``"auto"`` picks bf16 where
+    this CPU has native bf16 arithmetic (:func:`fast_bf16`) and float32 elsewhere. Long convolutions, norms and
+    the residual stream are float32 in every case.
     """
     ids = torch.as_tensor(np.asarray(ids) if isinstance(ids, np.ndarray) else ids).long().reshape(-1)
     L = ids.shape[0]
@@ -311,12 +322,15 @@ def forward_long(
         if check:
             check_memory(model, L, output, max_memory, chunk)
         want = layer % n_states if output == "hidden" else None
-        ctx = _Ctx(chunk, channel_group, want if want is not None and want < n_states - 1 else None)
+        half = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+        upcast = half and (compute == "float32" or (compute == "auto" and not fast_bf16()))
+        ctx = _Ctx(chunk, channel_group, upcast, want if want is not None and want < n_states - 1 else None)
         try:
             r = _backbone_forward(model, ids, ctx)
         except _Stop as stop:
             return stop.value
-        return _head(model, r, ids, output, chunk)
+        with _float32(model.norm_f, upcast):
+            return _head(model, r, ids, output, chunk, upcast)
     finally:
         model.train(was_training)
 
@@ -329,6 +343,45 @@ def _plain_forward(model: Any, ids: torch.Tensor, output: Output, layer: int) ->
     if output == "logits":
         return logits
     return token_logprobs(logits[:-1], ids[1:])  # (L-1,)
+
+
+def fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX, with PyTorch dispatching its AVX512
+    kernels and oneDNN not capped below them); elsewhere bf16 is emulated and float32 is faster."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and not isa.startswith(("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+@contextmanager
+def _float32(module: nn.Module, on: bool = True):
+    """``module``'s parameters in float32 inside the block, back in their own dtype after it (exactly: every
+    bf16 / fp16 value is a float32 value). Only this module's float32 copy is extra memory."""
+    if not on:
+        yield module
+        return
+    dtypes = {n: p.dtype for n, p in module.named_parameters()}
+    for p in module.parameters():
+        p.data = p.data.float()
+    try:
+        yield module
+    finally:
+        for n, p in module.named_parameters():
+            if p.dtype != dtypes[n]:
+                p.data = p.data.to(dtypes[n])
+
+
+def _run_block(block: nn.Module, r: torch.Tensor, ctx: _Ctx) -> None:
+    """One block's in-place pass; with ``ctx.upcast`` its half-precision weights are float32 for the pass."""
+    with _float32(block, ctx.upcast):
+        _block_pass(block)(block, r, ctx)
 
 
 def _emit(ctx: _Ctx, value: torch.Tensor) -> None:
@@ -348,14 +401,15 @@ def _backbone_forward(model: Any, ids: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
     if isinstance(bb, HNetBackbone):
         return _hnet_stage(bb.stage0, r, ctx, outermost=True)
     for block in bb.layers:
-        _block_pass(block)(block, r, ctx)  # in place
+        _run_block(block, r, ctx)  # in place
         _emit(ctx, r)
     return r
 
 
-def _head(model: Any, r: torch.Tensor, ids: torch.Tensor, output: Output, chunk: int) -> torch.Tensor:
+def _head(model: Any, r: torch.Tensor, ids: torch.Tensor, output: Output, chunk: int, upcast: bool = False):
     L = r.shape[0]
     norm, head = model.norm_f, model.head_weight
+    head = head.float() if upcast else head  # (V, D): small
     if output == "hidden":
         for s in range(0, L, chunk):
             r[s : s + chunk] = norm(r[s : s + chunk].to(norm.weight.dtype)).float()  # (c, D)
@@ -593,7 +647,7 @@ def _mamba_block_(block: Mamba2Block, r: torch.Tensor, ctx: _Ctx) -> None:
 def _stack_(stack: Stack, r: torch.Tensor, ctx: _Ctx) -> None:
     """A dnaHNet layer stack in place: its blocks, then its final norm (if any), by chunk."""
     for layer in stack.layers:
-        _block_pass(layer)(layer, r, ctx)
+        _run_block(layer, r, ctx)
     if isinstance(stack.norm, nn.RMSNorm):
         dt = stack.norm.weight.dtype
         for s, e in _chunks(r.shape[0], ctx.chunk):
