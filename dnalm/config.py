@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    bf16: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype; auto: chosen per machine (dnalm/runtime.py)
     seed: int = 0  # model init
     data_seed: int = 0  # data order
     eval_every: int = 200
@@ -92,7 +93,7 @@ class TrainConfig:
     keep_last: int = 2
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     max_time_minutes: float | None = None  # stop (and checkpoint) after this wall time
-    threads: int | None = None  # torch CPU threads (None = PyTorch default)
+    threads: int | None = None  # torch CPU threads (None = the free usable cores, adjusted if steps slow down; dnalm/runtime.py)
     # several processes (torchrun; see dnalm/train/distributed.py): "ddp" replicates the model,
     # "fsdp" shards parameters, gradients and optimizer state (FSDP2); both write sharded checkpoints
     parallel: Literal["none", "ddp", "fsdp"] = "none"
@@ -162,6 +163,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node[parts[-1]] = yaml.safe_load(raw)
         except yaml.YAMLError:
             node[parts[-1]] = raw
+    return data
+
+
+def upgrade_legacy_keys(data: dict, announce: bool = True) -> dict:
+    """Renamed keys of older run configs, mapped in place: ``train.bf16: true|false`` is now
+    ``train.precision: bf16|fp32`` (announced on stderr unless ``announce`` is False)."""
+    train = data.get("train")
+    if isinstance(train, dict) and "bf16" in train:
+        old = train.pop("bf16")
+        if "precision" in train:
+            raise ConfigError("train.bf16 and train.precision are both set; keep train.precision (bf16 is its old name)")
+        if not isinstance(old, bool):
+            raise ConfigError(f"train.bf16 must be true or false (got {old!r}); it is now train.precision: auto|fp32|bf16|fp16")
+        train["precision"] = "bf16" if old else "fp32"
+        if announce:
+            print(f"note: train.bf16 is now train.precision; read bf16: {str(old).lower()} as precision: "
+                  f"{train['precision']} (precision: auto picks bf16 only where it is faster)", file=sys.stderr)
     return data
 
 

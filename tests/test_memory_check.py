@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -84,20 +83,17 @@ def test_the_check_passes_on_this_machine(tmp_path):
     assert main(["score", str(TINY), "--fasta", str(tmp_path / "phix200.fa")]) == 0
 
 
-def test_a_40b_model_is_refused_in_a_subprocess_quickly():
+def test_a_40b_model_is_refused_in_a_subprocess():
     """`dnalm score evo2-40b` exits 2 with one line naming the need (weights of 41B parameters) and the limit,
     without building the model (the process never grows past a few hundred MB)."""
     fa = str(PHIX_FA)
-    t0 = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "dnalm", "score", "evo2-40b", "--fasta", fa], capture_output=True,
                          text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
                                                    "DNALM_MAX_MEMORY": "24"})
-    seconds = time.perf_counter() - t0
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "evo2-40b" in lines[0] and "weights 153.2 GiB" in lines[0], lines
-    assert "24.0 GiB is available (DNALM_MAX_MEMORY)" in lines[0]
-    assert seconds < 120  # a shared test machine: the real figure is in BENCHMARKS.md
+    assert "24.0 GiB is available (DNALM_MAX_MEMORY)" in lines[0]  # its time: BENCHMARKS.md
 
 
 def test_estimates_scale_and_use_the_planner():

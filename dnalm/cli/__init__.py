@@ -6,15 +6,19 @@ The subcommands live in modules by area, each function next to the arguments it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
+import torch
+
 # each module registers its subcommands; this order is the order of `dnalm --help`
 from dnalm.cli import apps, models, run, scaling  # noqa: F401, I001
-from dnalm.cli.base import COMMANDS, user_error_types
+from dnalm.cli.base import COMMANDS, UserError, user_error_types
 from dnalm.models import list_presets
 from dnalm.outputs import check_output
+from dnalm.runtime import apply_threads, choose_threads, matmul_shapes, resolve_precision
 from dnalm.version import __version__
 
 
@@ -64,6 +68,45 @@ def _warn_untrained(args: argparse.Namespace) -> None:
               "scores mean nothing. Pass a run or checkpoint directory to use trained weights.", file=sys.stderr)
 
 
+# commands that run a model outside training: --precision and --threads apply around the whole command
+_INFERENCE = {"eval", "score", "score-variants", "essentiality", "dms", "embed"}
+
+
+@contextlib.contextmanager
+def _runtime(args: argparse.Namespace):
+    """Threads and autocast for an inference command; yields the line that says what was chosen."""
+    if args.command not in _INFERENCE or not hasattr(args, "precision"):
+        yield None
+        return
+    threads = choose_threads(args.threads, "--threads")
+    apply_threads(threads)
+    device = torch.device(getattr(args, "device", None) or "cpu")
+    shapes = None
+    if args.precision == "auto" and device.type == "cpu":
+        shapes = _model_shapes(args)
+    try:
+        precision = resolve_precision(args.precision, device, shapes, where="--precision")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    with precision.autocast(device.type):
+        yield f"dnalm {args.command}: {precision.message()}; {threads.message()}"
+
+
+def _model_shapes(args: argparse.Namespace) -> list[tuple[int, int, int]] | None:
+    """The matmul shapes of the command's model, built on the meta device from its config (None if unknown)."""
+    from dnalm.cli.run import model_config_of
+    from dnalm.models.lm import DNALM
+
+    try:
+        config, _ = model_config_of(args.model)
+        with torch.device("meta"):
+            model = DNALM(config)
+    except Exception:  # the command itself reports a bad model; the benchmark then uses generic shapes
+        return None
+    tokens = (getattr(args, "batch_size", None) or 8) * min(config.max_len, 1024)
+    return matmul_shapes(model, tokens)
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -78,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _check_outputs(args)
-        code = int(args._fn(args) or 0)
+        with _runtime(args) as chosen:
+            code = int(args._fn(args) or 0)
         _warn_untrained(args)  # after the results, so that an error stays one line
+        if chosen:
+            print(chosen, file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("dnalm: interrupted", file=sys.stderr)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dnalm.checkpoint import atomic_write_text
-from dnalm.cli.base import LONG_INPUTS, arg, command, positive_float, positive_int
+from dnalm.cli.base import LONG_INPUTS, RUNTIME_ARGS, arg, command, positive_float, positive_int
 from dnalm.data.errors import DataError
 from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import display_name, is_regular_file
@@ -86,6 +86,7 @@ def boundaries_cmd(args: argparse.Namespace) -> int:
     arg("--plot", default=None, output="file", help="ROC plot PNG (default: next to the TSV)"),
     arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
+    *RUNTIME_ARGS,
     arg("--quiet", action="store_true", help="no progress bar"),
 )
 
@@ -122,6 +123,7 @@ def score_variants_cmd(args: argparse.Namespace) -> int:
     arg("--plot", default=None, output="file", help="ROC plot PNG (default: next to the TSV)"),
     arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
+    *RUNTIME_ARGS,
     arg("--quiet", action="store_true", help="no progress bar"),
 )
 
@@ -164,6 +166,7 @@ def essentiality_cmd(args: argparse.Namespace) -> int:
     arg("-o", "--out", default=None, output="file", help="output TSV (default: <variants>.dms.tsv)"),
     arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
+    *RUNTIME_ARGS,
     arg("--quiet", action="store_true", help="no progress bar"),
 )
 
@@ -197,6 +200,7 @@ def dms_cmd(args: argparse.Namespace) -> int:
     *LONG_INPUTS,
     arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
+    *RUNTIME_ARGS,
     arg("--quiet", action="store_true", help="no progress bar"),
 )
 
@@ -292,6 +296,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
         help="GiB the one-pass path may use; unset = what the system reports as available"),
     arg("--batch-size", type=positive_int, default=8, help="short records per forward pass"),
     arg("--device", default="cpu", help="torch device"),
+    *RUNTIME_ARGS,
     arg("--quiet", action="store_true", help="no progress bar"),
 )
 

@@ -22,6 +22,7 @@ from dnalm.config import ConfigError
 from dnalm.data.errors import DataError
 from dnalm.memory import NotEnoughMemoryError
 from dnalm.outputs import OutputError
+from dnalm.runtime import PRECISIONS
 from dnalm.tokenizer import InvalidSequenceError
 
 
@@ -68,6 +69,16 @@ LONG_INPUTS = (
         help="keep one context-sized window of each longer sequence: its middle, its first or its last bases"),
     arg("--windows", action="store_true",
         help="tile each longer sequence into context-sized windows and pool over them"),
+)
+
+
+# precision and CPU threads (dnalm/runtime.py), for the commands that run a model
+RUNTIME_ARGS = (
+    arg("--precision", choices=PRECISIONS, default="auto",
+        help="autocast dtype; auto: bf16 on a GPU that has it, on a CPU only where a short benchmark of the "
+        "model's matmuls finds bf16 faster (cached per machine), else fp32"),
+    arg("--threads", type=positive_int, default=None,
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the usable cores not busy with other work)"),
 )
 
 

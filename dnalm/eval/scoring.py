@@ -36,19 +36,85 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+# Prefix sharing (score_tokens): rows of one length that agree on at least this share of their positions
+# (and MIN_SHARED_PREFIX tokens) are scored from one prefix pass; shorter common prefixes are not worth a
+# separate pass.
+MIN_SHARED_FRACTION = 0.25
+MIN_SHARED_PREFIX = 128
+
+
+def shared_prefix_groups(rows: Sequence[np.ndarray]) -> tuple[list[tuple[list[int], int]], list[int]]:
+    """Groups of rows (same length) that share a long common prefix: ([(row indices, prefix length p)],
+    the rows left alone). Rows sorted lexicographically put the rows sharing the longest prefixes next to
+    each other; a group's prefix is the smallest common prefix along its run, at most len - 1."""
+    by_len: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_len.setdefault(len(r), []).append(i)
+    groups, alone = [], []
+    for L, idx in by_len.items():
+        need = max(MIN_SHARED_PREFIX, int(MIN_SHARED_FRACTION * L))
+        if L <= need or len(idx) < 2:
+            alone += idx
+            continue
+        mat = np.stack([np.asarray(rows[i], dtype=np.int64) for i in idx])  # (n, L)
+        keys = [r.astype(">i8").tobytes() for r in mat]  # big-endian: byte order = token order
+        order = sorted(range(len(idx)), key=keys.__getitem__)  # lexicographic
+        run, p = [idx[order[0]]], L - 1
+        for a, b in zip(order[:-1], order[1:]):
+            diff = np.flatnonzero(mat[a] != mat[b])
+            lcp = min(int(diff[0]) if diff.size else L, L - 1)
+            if min(p, lcp) >= need:
+                run.append(idx[b])
+                p = min(p, lcp)
+            else:
+                (groups.append((run, p)) if len(run) > 1 else alone.extend(run))
+                run, p = [idx[b]], L - 1
+        (groups.append((run, p)) if len(run) > 1 else alone.extend(run))
+    return groups, alone
+
+
+def _score_shared(model: Any, rows: Sequence[np.ndarray], group: list[int], p: int, batch_size: int,
+                  out: list[np.ndarray]) -> None:
+    """Rows ``group`` agree on their first p tokens: one prefix pass, then positions p.. of each row."""
+    L = len(rows[group[0]])
+    first = torch.as_tensor(np.asarray(rows[group[0]], dtype=np.int64))
+    logits, state = model.forward_prefix(first[None, :p].to(model.device), L)  # (1, p, V)
+    shared = token_logprobs(logits[:, :-1], first[None, 1:p].to(model.device)).double().cpu().numpy()[0]  # (p-1,)
+    last = torch.log_softmax(logits[0, -1].float(), dim=-1).double().cpu().numpy()  # predicts token p of each row
+    for start in range(0, len(group), batch_size):
+        idx = group[start : start + batch_size]
+        x = torch.as_tensor(np.stack([np.asarray(rows[i], dtype=np.int64)[p:] for i in idx])).to(model.device)
+        ll = token_logprobs(model.forward_from(state, x)[:, :-1], x[:, 1:]).double().cpu().numpy()  # (B, L-p-1)
+        for r, i in enumerate(idx):
+            out[i] = np.concatenate([shared, last[int(rows[i][p]) : int(rows[i][p]) + 1], ll[r]])
+
+
 @torch.no_grad()  # not inference_mode: models cache tensors (RoPE tables) later used with autograd
-def score_tokens(model: Any, rows: Sequence[Sequence[int] | np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+def score_tokens(
+    model: Any, rows: Sequence[Sequence[int] | np.ndarray], batch_size: int = 8, share_prefix: bool | None = None
+) -> list[np.ndarray]:
     """Per-position log-likelihoods of token rows (specials included, as the model reads them).
 
     Returns one float64 array per row of ``len(row) - 1`` values: ``out[i][t] = log p(rows[i][t+1] |
     rows[i][:t+1])``. Rows are batched longest first, right-padded.
+
+    ``share_prefix`` (default: when the model's family allows it, ``DNALM.shares_prefix``): rows of one
+    length that agree on a long prefix (a reference window and its variants) are scored with one pass over
+    the prefix and one over each row's remaining positions (:func:`shared_prefix_groups`). Exact for a
+    causal model: the same values up to float rounding.
     """
     n = len(rows)
     out: list[np.ndarray] = [np.zeros(0)] * n
-    order = sorted(range(n), key=lambda i: -len(rows[i]))
+    if share_prefix is None:
+        share_prefix = bool(getattr(model, "shares_prefix", False))
+    groups, alone = shared_prefix_groups(rows) if share_prefix and n > 1 else ([], list(range(n)))
+    order = sorted(alone, key=lambda i: -len(rows[i]))
     was_training = model.training
     model.eval()
     try:
+        for group, p in groups:
+            _score_shared(model, rows, group, p, batch_size, out)
+        n = len(order)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             x = torch.full((len(idx), len(rows[idx[0]])), PAD, dtype=torch.long)  # (B, L)

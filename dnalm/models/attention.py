@@ -203,6 +203,17 @@ class CausalSelfAttention(nn.Module):
         return self._merge(y)[:, 0], cache
 
 
+    def forward_from(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Positions cache.length .. of B rows, x (B, s, D), after a shared prefix held in ``cache`` (batch 1),
+        which is read, not changed -> (B, s, D)."""
+        B, s, p = x.shape[0], x.shape[1], cache.length
+        q, k, v = self._qkv(x, p)  # (B, H, s, hd), rotated for positions p .. p+s-1
+        k_all = torch.cat([cache.k[:, :, :p].expand(B, -1, -1, -1), k], dim=2)  # (B, H, p+s, hd)
+        v_all = torch.cat([cache.v[:, :, :p].expand(B, -1, -1, -1), v], dim=2)
+        mask = torch.ones(s, p + s, dtype=torch.bool, device=x.device).tril(p)  # query i sees keys <= p+i
+        return self._merge(F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask))
+
+
 # --------------------------------------------------------------------------------- context extension
 
 

@@ -38,7 +38,16 @@ from typing import Any
 from tqdm import tqdm
 
 from dnalm.checkpoint import atomic_write_text
-from dnalm.config import ConfigError, DataConfig, RunConfig, TrainConfig, from_dict, read_yaml_mapping, to_dict
+from dnalm.config import (
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    read_yaml_mapping,
+    to_dict,
+    upgrade_legacy_keys,
+)
 from dnalm.models import get_spec, model_config_from_dict
 from dnalm.scaling.flops import count_params, flops_per_token
 from dnalm.train.trainer import TrainingError, prepare_data, train
@@ -133,6 +142,7 @@ def plan_points(grid: dict[str, Any], out_dir: str | Path | None = None, store: 
             except ConfigError as e:
                 raise ConfigError(str(e)) from None
             train_fields = {**(grid.get("train") or {}), **(spec.get("train") or {})}
+            upgrade_legacy_keys({"train": train_fields}, announce=not points)  # train.bf16 -> train.precision
             base_train = from_dict(TrainConfig, {**train_fields, "steps": 1}, "train")
             bs, L = base_train.batch_size, data.seq_len
             fpt = flops_per_token(model, L, batch_size=bs).training

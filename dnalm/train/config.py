@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dnalm.config import ConfigError, RunConfig, apply_overrides, from_dict, read_yaml_mapping, to_dict
+from dnalm.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    read_yaml_mapping,
+    to_dict,
+    upgrade_legacy_keys,
+)
 from dnalm.models import get_preset, model_config_from_dict
 
 
@@ -18,6 +26,9 @@ def run_config_from_dict(d: dict) -> RunConfig:
     if not isinstance(d, dict):
         raise ConfigError("a run config must be a mapping with model/data/train sections")
     d = dict(d)
+    if isinstance(d.get("train"), dict):
+        d["train"] = dict(d["train"])
+        upgrade_legacy_keys(d)  # train.bf16 -> train.precision
     model = d.pop("model", None)
     preset = d.get("preset")
     if model is None:

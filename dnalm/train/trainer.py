@@ -37,13 +37,23 @@ from dnalm.checkpoint import (
     latest_model_dir,
     save_pretrained,
 )
-from dnalm.config import ConfigError, RunConfig, to_dict
+from dnalm.config import ConfigError, RunConfig, to_dict, upgrade_legacy_keys
 from dnalm.data import samplers as S
 from dnalm.data.schedule import LengthSchedule, Stage
 from dnalm.data.store import TokenStore, default_genome, prepare
 from dnalm.models.lm import DNALM, lm_loss
 from dnalm.models.spec import SPECS, spec_of
 from dnalm.outputs import check_output
+from dnalm.runtime import (
+    Precision,
+    ThreadGovernor,
+    Threads,
+    apply_threads,
+    choose_threads,
+    matmul_shapes,
+    model_step_bench,
+    resolve_precision,
+)
 from dnalm.train import distributed as dist
 from dnalm.train.checkpoint import (
     is_sharded_checkpoint,
@@ -161,6 +171,8 @@ def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool, write: bool 
             raise ConfigError(f"{snap}: cannot read the run's config snapshot ({' '.join(str(e).split())})") from None
         if not isinstance(old, dict):
             raise ConfigError(f"{snap}: the run's config snapshot is not a mapping; pass --restart or another out_dir")
+        if isinstance(old.get("train"), dict) and "bf16" in old["train"] and "precision" not in old["train"]:
+            upgrade_legacy_keys(old, announce=False)  # a run written before train.precision
         new = yaml.safe_load(text)
         for section in ("model", "data"):
             if old.get(section) != new.get(section):
@@ -291,6 +303,8 @@ class TrainState:
     last_val: dict[str, float] = field(default_factory=dict)
     window_t: float = 0.0  # start of the current tokens/s window
     window_tokens: int = 0
+    eval_s: float = 0.0  # wall and process CPU seconds spent in validation during this call
+    eval_cpu_s: float = 0.0
 
 
 @dataclass
@@ -307,7 +321,10 @@ class _Session:
     optimizer: torch.optim.Optimizer
     metrics: _Metrics
     progress: bool
+    precision: Precision
+    governor: ThreadGovernor
     t_start: float = field(default_factory=time.time)
+    cpu_start: float = field(default_factory=time.process_time)
 
 
 def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, init_from) -> tuple[_Session, TrainState]:
@@ -315,8 +332,8 @@ def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     tc = config.train
     dist.check_world(config, env)
     main = env.is_main
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    threads = _choose_threads(tc, env)
+    apply_threads(threads)
     run_dir = Path(config.out_dir)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -350,8 +367,39 @@ def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     metrics = _Metrics(run_dir / METRICS_FILE, state.step if ckpts else None, enabled=main)
     if ckpts and progress and main:
         tqdm.write(f"resuming {run_dir} from step {state.step} ({state.tokens:,} tokens)")
-    session = _Session(config, env, run_dir, store, sampler, schedule, model, optimizer, metrics, progress and main)
+    precision = _choose_precision(config, env, dist.unwrap(model))
+    if progress and main:  # also in metrics.jsonl (below)
+        for line in (precision.message(), threads.message()):
+            tqdm.write(line, file=sys.stderr)
+    metrics.log({"step": state.step, "event": "runtime", "precision": precision.name, "precision_reason": precision.reason,
+                 "threads": threads.n, "threads_reason": threads.reason})
+    session = _Session(config, env, run_dir, store, sampler, schedule, model, optimizer, metrics, progress and main,
+                       precision, ThreadGovernor(threads))
     return session, state
+
+
+def _choose_threads(tc: Any, env: dist.DistEnv) -> Threads:
+    """train.threads, else OMP_NUM_THREADS (torchrun sets it), else the free usable cores (dnalm/runtime.py)."""
+    threads = choose_threads(tc.threads, "train.threads")
+    if not threads.explicit and env.world_size > 1 and env.device.type == "cpu":  # processes share the cores
+        n = max(1, threads.n // env.world_size)
+        threads = Threads(n, f"{threads.reason}, shared by {env.world_size} processes", False)
+    return threads
+
+
+def _choose_precision(config: RunConfig, env: dist.DistEnv, model: torch.nn.Module) -> Precision:
+    """train.precision resolved on rank 0 (auto: per machine, dnalm/runtime.py) and used by every rank."""
+    tc = config.train
+    precision = None
+    if env.is_main:
+        tokens = tc.batch_size * config.data.seq_len // (tc.grad_accum * env.world_size)
+        try:
+            # one process: time the model's own step; several: ranks must not run the model apart (FSDP)
+            bench = model_step_bench(model, config.model.vocab_size, config.data.seq_len) if env.world_size == 1 else None
+            precision = resolve_precision(tc.precision, env.device, matmul_shapes(model, tokens), bench=bench)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return dist.broadcast_object(env, precision)
 
 
 def train_step(s: _Session, state: TrainState, stage: Any) -> dict[str, Any] | None:
@@ -367,7 +415,7 @@ def train_step(s: _Session, state: TrainState, stage: Any) -> dict[str, Any] | N
     lower = batch.lower if reweight_repeats else np.broadcast_to(False, batch.ids.shape)  # a view, no copy
     inputs, targets, weights = lm_inputs(batch.ids, lower, batch.valid, s.config.data.repeat_weight)
     inputs, targets, weights = inputs.to(env.device), targets.to(env.device), weights.to(env.device)
-    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
+    autocast = s.precision.autocast(env.device.type)
     optimizer.zero_grad(set_to_none=True)
     micro = inputs.shape[0] // tc.grad_accum
     loss_sum, aux_metrics = 0.0, {}
@@ -405,7 +453,7 @@ def _skip_bad_step(s: _Session, state: TrainState) -> None:
     if state.bad_steps >= tc.max_bad_steps:
         raise TrainingError(
             f"{state.bad_steps} consecutive non-finite losses at step {state.step + 1}; stopping without a new "
-            f"checkpoint (the last good one is kept). Try a lower train.lr or train.bf16=false."
+            f"checkpoint (the last good one is kept). Try a lower train.lr or train.precision=fp32."
         )
     state.step += 1  # the step is consumed: its batch is skipped, the trajectory stays deterministic
 
@@ -431,6 +479,19 @@ def _maybe_log(s: _Session, state: TrainState, stage: Any, out: dict[str, Any], 
     }
     s.metrics.log(row)
     bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:,.0f}", L=stage.seq_len)
+
+
+def _govern_threads(s: _Session, state: TrainState, stage: Any, seconds: float) -> None:
+    """Fewer threads when steps slow down (a busy machine); every rank decides alike (rank 0's step time)."""
+    if not s.governor.active:
+        return
+    if s.env.world_size > 1:
+        seconds = dist.all_reduce(s.env, [seconds], op="max")[0]
+    message = s.governor.step(seconds, key=(stage.seq_len, stage.batch_size))
+    if message:
+        s.metrics.log({"step": state.step + 1, "event": "threads", "threads": s.governor.n, "reason": message})
+        if s.progress:
+            tqdm.write(message, file=sys.stderr)
 
 
 def _timed_out(s: _Session) -> bool:
@@ -463,8 +524,13 @@ def _maybe_evaluate(s: _Session, state: TrainState, force: bool) -> None:
     tc = s.config.train
     if not (force or state.step % tc.eval_every == 0 or state.step == tc.steps):
         return
+    t0, c0 = time.time(), time.process_time()
+    # training time so far in this call, validation excluded (wall, and process CPU for the ablations)
+    spent = {"train_s": t0 - s.t_start - state.eval_s, "train_cpu_s": c0 - s.cpu_start - state.eval_cpu_s}
     state.last_val = validate(s)
-    s.metrics.log({"step": state.step, "tokens": state.tokens, **state.last_val})
+    state.eval_s += time.time() - t0
+    state.eval_cpu_s += time.process_time() - c0
+    s.metrics.log({"step": state.step, "tokens": state.tokens, **spent, **state.last_val})
     if s.env.is_main:
         tqdm.write(
             f"step {state.step}: validation loss {state.last_val['val/loss']:.4f}, "
@@ -499,9 +565,11 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
     try:
         while state.step < tc.steps:
             stage = s.schedule.at(state.step, state.tokens)
+            t_step = time.perf_counter()
             out = train_step(s, state, stage)
             if out is None:
                 continue
+            _govern_threads(s, state, stage, time.perf_counter() - t_step)
             state.step += 1
             state.steps_this_call += 1
             state.tokens += out["tokens"]
