@@ -90,7 +90,7 @@ def ecoli_tokens(model: DNALM, n: int) -> torch.Tensor:
     from dnalm.data.store import default_genome
 
     rec = next(read_sequences(default_genome()[0]))
-    ids = np.concatenate([rec.ids] * -(-n // len(rec.ids)))[:n]
+    ids = np.concatenate([rec.ids] * -(-n // len(rec.ids)))[: n - 1]  # + [BOS]
     toks = model.tokenizer.encode(decode(ids, np.zeros(len(ids), dtype=bool)))[0]
     return torch.as_tensor(np.asarray(toks[:n]), dtype=torch.long)
 

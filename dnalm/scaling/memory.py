@@ -25,7 +25,7 @@ from dnalm.memory import RUNTIME_BYTES, MemoryNeed, gib, require
 from dnalm.scaling.flops import count_params
 from dnalm.scaling.plan import activation_elements, memory_per_gpu, shape_from_config
 
-__all__ = ["weights_footprint", "inference_need", "training_need", "check_model_memory", "check_need"]
+__all__ = ["weights_footprint", "inference_need", "training_need", "check_model_memory", "check_need", "check_weights_fit"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -136,9 +136,7 @@ def check_model_memory(
         weights, name = weights_footprint(config, model), str(model)
     else:  # a config object (dnalm train)
         config, weights, name = model, weights_footprint(model), f"a {config_name(model)} model"
-    alone = MemoryNeed(RUNTIME_BYTES + sum(weights.values()), {"runtime": RUNTIME_BYTES, **weights})
-    check_need(alone, f"{what} with {name} ({count_params(config) / 1e9:.2f}B parameters, float32)", max_memory,
-               "the model's weights alone do not fit: use a machine with more memory or a smaller model")
+    _check_weights(config, weights, name, what, max_memory)
     if need is None:
         L = min(int(tokens), int(config.max_len)) if tokens else min(int(config.max_len), 8192)
         if training:
@@ -149,6 +147,23 @@ def check_model_memory(
     else:
         what = f"{what} with {name}"
     return check_need(need, what, max_memory)
+
+
+def _check_weights(config: Any, weights: dict[str, int], name: str, what: str, max_memory: int | None) -> None:
+    alone = MemoryNeed(RUNTIME_BYTES + sum(weights.values()), {"runtime": RUNTIME_BYTES, **weights})
+    check_need(alone, f"{what} with {name} ({count_params(config) / 1e9:.2f}B parameters, float32)", max_memory,
+               "the model's weights alone do not fit: use a machine with more memory or a smaller model")
+
+
+def check_weights_fit(model: str | Path, what: str, max_memory: int | None = None) -> None:
+    """The first, cheapest check (the config and the analytic parameter count only; no model, not even on the
+    meta device): refuse a model whose weights alone exceed the memory available. ``dnalm`` runs it for every
+    command with a model argument before anything else (precision choice included)."""
+    try:
+        config, _ = model_config(model)
+    except Exception:  # noqa: BLE001 - the command's own loader names the problem
+        return
+    _check_weights(config, weights_footprint(config, model), str(model), what, max_memory)
 
 
 def config_name(config: Any) -> str:
