@@ -303,9 +303,10 @@ def predict_cmd(args: argparse.Namespace) -> int:
 
 def score_cmd(args: argparse.Namespace) -> int:
     """Score whole records: natural-log likelihood of every base (the first one too when the tokenizer
-    prepends [BOS]), as a sum or a per-base mean, plus bits per base. A HyenaDNA record of --long-from
-    tokens or more runs in one memory-lean pass (1,000,000 bases with hyenadna-large-1m fit in about
-    5 GiB); if the estimate exceeds the available memory it stops before allocating. Records longer
+    prepends [BOS]), as a sum or a per-base mean, plus bits per base. A record of --long-from tokens
+    or more runs in one memory-lean pass, in every family (1,000,000 bases with hyenadna-large-1m fit in
+    about 5 GiB, 131,072 with an Evo 2 1B shape in bf16 in about 5 GiB); if the estimate exceeds the
+    available memory it stops before allocating. Records longer
     than the model's context are an error (use dnalm eval for windows)."""
     print(score_command(
         args.model, args.fasta, reduce=args.reduce, out=args.out, long_from=args.long_from,
