@@ -64,7 +64,7 @@ from dnalm.models.mamba2 import Mamba2Block, ssd_scan
 from dnalm.models.striped_hyena import HyenaMixer, StripedHyenaBlock, modal_filter, split_streams
 from dnalm.models.transformer import TransformerBlock
 from dnalm.ops.fftconv import fft_long_conv, fft_size
-from dnalm.tokenizer import BOS, SEP, UNK, decode
+from dnalm.tokenizer import UNK, decode
 
 __all__ = [
     "LONG_FROM", "DEFAULT_CHUNK", "LongContextMemoryError", "MemoryEstimate", "available_memory",
@@ -711,10 +711,8 @@ class RecordScore:
 def tokens_for(model: Any, ids: np.ndarray, lower: np.ndarray) -> np.ndarray:
     """Token ids of one record under the model's tokenizer rules ([BOS]/[SEP], lower case as [UNK])."""
     tok = model.tokenizer
-    ids = np.asarray(ids, dtype=np.int64)
-    if tok.lowercase == "unk":
-        ids = np.where(lower, UNK, ids)
-    parts = ([np.array([BOS])] if tok.prepend_bos else []) + [ids] + ([np.array([SEP])] if tok.append_sep else [])
+    ids = tok.model_ids(np.asarray(ids, dtype=np.int64), lower).astype(np.int64)  # [UNK] / Evo bytes
+    parts = ([np.array([tok.bos_id])] if tok.prepend_bos else []) + [ids] + ([np.array([tok.sep_id])] if tok.append_sep else [])
     return np.concatenate(parts).astype(np.int64)
 
 
