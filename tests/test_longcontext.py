@@ -62,14 +62,15 @@ def test_forward_long_matches_forward(order):
     assert model.training is False
 
 
-def test_other_families_use_the_ordinary_forward():
+def test_transformer_runs_in_one_pass():
+    """A Transformer++ has a one-pass schedule too (queries by chunk against all earlier keys): same logits."""
     torch.manual_seed(0)
     model = DNALM(TransformerConfig(n_layer=1, d_model=32, n_head=2, max_len=600)).eval()
     ids = bos_ids(human_slice(20_000, 500))
     with torch.no_grad():
         ref = model(ids[None]).logits[0]
-    assert torch.equal(LC.forward_long(model, ids, "logits"), ref)
-    assert LC.check_memory(model, len(ids)) is None  # estimates cover HyenaDNA only
+    torch.testing.assert_close(LC.forward_long(model, ids, "logits", chunk=128), ref, rtol=1e-5, atol=1e-5)
+    assert LC.check_memory(model, len(ids)).total > 0
 
 
 def test_too_long_and_bad_layer_are_errors():
@@ -91,7 +92,7 @@ def test_memory_check_stops_before_allocating(monkeypatch):
     def must_not_run(*a, **k):
         raise AssertionError("the pass started although the estimate did not fit")
 
-    monkeypatch.setattr(LC, "_hyena_forward", must_not_run)
+    monkeypatch.setattr(LC, "_backbone_forward", must_not_run)
     with pytest.raises(LC.LongContextMemoryError, match=r"needs about .* GiB.*only 0\.0 GiB is available"):
         LC.forward_long(model, torch.full((1_000_001,), 7), "logprobs", max_memory=2**20)
     assert issubclass(LC.LongContextMemoryError, DataError)
@@ -163,3 +164,22 @@ def test_score_cli(tmp_path, capsys):
     assert main(["score", str(tmp_path / "m"), "--fasta", str(fa), "--long-from", "1", "--max-memory", "0.0001",
                  "--out", str(tmp_path / "y.tsv"), "--quiet"]) == 2
     assert "is available" in capsys.readouterr().err and not (tmp_path / "y.tsv").exists()
+
+
+def test_embed_picks_the_one_pass_path_for_long_sequences(monkeypatch):
+    """dnalm.embed_sequences sends a sequence of LONG_FROM tokens or more through forward_long, and the pooled
+    embedding equals the ordinary forward's (human chr2, 33,000 bases, soft-masked repeats read as bases)."""
+    import dnalm.eval.embed as E
+
+    model = hyena(l_max=33_010)
+    rec = human_slice(20_000, 33_000)
+    calls = []
+    real = E.forward_long
+    monkeypatch.setattr(E, "forward_long", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    emb = E.embed_sequences(model, [rec.ids], layer=-1, pool="mean")
+    assert calls and calls[0][0] >= LC.LONG_FROM
+    ids = torch.from_numpy(np.concatenate([[BOS], rec.ids]).astype(np.int64))
+    with torch.no_grad():
+        h = model(ids[None], output_hidden_states=True).hidden_states[-1][0]
+    keep = model.tokenizer.scored(ids)
+    np.testing.assert_allclose(emb.array[0], h[keep].mean(0).numpy(), rtol=1e-4, atol=1e-5)

@@ -19,6 +19,7 @@ from dnalm.cli.base import COMMANDS, UserError, user_error_types
 from dnalm.models import list_presets
 from dnalm.outputs import check_output
 from dnalm.runtime import apply_threads, choose_threads, matmul_shapes, resolve_precision
+from dnalm.scaling.memory import check_weights_fit
 from dnalm.version import __version__
 
 
@@ -107,6 +108,17 @@ def _model_shapes(args: argparse.Namespace) -> list[tuple[int, int, int]] | None
     return matmul_shapes(model, tokens)
 
 
+def _check_weights(args: argparse.Namespace) -> None:
+    """A model whose weights alone exceed the memory available is refused first, in about a second (the
+    config and the analytic parameter count; nothing is built). Each command then checks its whole need."""
+    for dest in ("model", "classifier", "src"):
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            gib = getattr(args, "max_memory", None)  # dnalm score --max-memory GIB
+            check_weights_fit(value, f"dnalm {args.command}", None if gib is None else int(gib * 2**30))
+            return
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -121,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _check_outputs(args)
+        _check_weights(args)
         with _runtime(args) as chosen:
             code = int(args._fn(args) or 0)
         _warn_untrained(args)  # after the results, so that an error stays one line

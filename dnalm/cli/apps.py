@@ -40,13 +40,14 @@ from dnalm.eval.finetune import (
     save_classifier,
     save_lora_classifier,
 )
-from dnalm.eval.longcontext import LONG_FROM, score_records
+from dnalm.eval.longcontext import LONG_FROM, estimate_memory, meta_model, one_pass_supported, score_records
 from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot, write_tsv
 from dnalm.eval.scoring import window_bases
 from dnalm.eval.variants import binary_labels, read_variants, score_variants
-from dnalm.formats import load
+from dnalm.formats import load, model_config
 from dnalm.models.lm import DNALM
 from dnalm.outputs import check_output, output_group
+from dnalm.scaling.memory import check_model_memory
 from dnalm.tokenizer import UNK
 
 
@@ -343,9 +344,10 @@ def predict_cmd(args: argparse.Namespace) -> int:
 
 def score_cmd(args: argparse.Namespace) -> int:
     """Score whole records: natural-log likelihood of every base (the first one too when the tokenizer
-    prepends [BOS]), as a sum or a per-base mean, plus bits per base. A HyenaDNA record of --long-from
-    tokens or more runs in one memory-lean pass (1,000,000 bases with hyenadna-large-1m fit in about
-    5 GiB); if the estimate exceeds the available memory it stops before allocating. Records longer
+    prepends [BOS]), as a sum or a per-base mean, plus bits per base. A record of --long-from tokens
+    or more runs in one memory-lean pass, in every family (1,000,000 bases with hyenadna-large-1m fit in
+    about 5 GiB, 131,072 with an Evo 2 1B shape in bf16 in about 5 GiB); if the estimate exceeds the
+    available memory it stops before allocating. Records longer
     than the model's context are an error (use dnalm eval for windows)."""
     print(score_command(
         args.model, args.fasta, reduce=args.reduce, out=args.out, long_from=args.long_from,
@@ -375,6 +377,7 @@ def boundaries_command(
 ) -> str:
     """``dnalm boundaries``: analyse, write the TSVs and plots into ``out``, return a summary."""
 
+    check_model_memory(model_path, "dnalm boundaries", window, batch_size, logits=False)
     model = load(model_path, device=device)
     if not callable(getattr(model.backbone, "boundaries", None)):  # a dnaHNet: it routes
         raise DataError(f"{model_path}: boundary analysis needs a dnaHNet model (family 'hnet'), not {model.config.family!r}")
@@ -411,6 +414,7 @@ def score_variants_command(
     out_path = check_output(Path(out) if out else _default_out(variants, ".scores.tsv"), "file", "output TSV")
     if label_column is not None:
         check_output(Path(plot) if plot else out_path.with_suffix(".roc.png"), "file", "ROC plot")
+    check_model_memory(model_path, "dnalm score-variants", window, batch_size)
     model = load(model_path, device=device)
     res = score_variants(model, fasta, vlist, window=window, rc_average=rc_average, fasta_offset=fasta_offset,
                          pos_column=pos_column, allow_indels=indels, batch_size=batch_size, progress=progress,
@@ -485,6 +489,7 @@ def essentiality_command(
         read_labels(labels, label_columns)  # a bad label file fails before the model is loaded
     out_path = check_output(Path(out) if out else Path("essentiality.tsv"), "file", "output TSV")
     plot_path = check_output(Path(plot) if plot else out_path.with_suffix(".roc.png"), "file", "ROC plot")
+    check_model_memory(model_path, "dnalm essentiality", window, batch_size)
     model = load(model_path, device=device)
     t0 = time.perf_counter()
     res = score_essentiality(model, fasta, gff, labels, label_columns=label_columns, window=window, cassette=cassette,
@@ -520,6 +525,7 @@ def dms_command(
               source=mutants[1]["source"])
     stem = Path(variants).stem if is_regular_file(variants) else "mutants"
     out_path = check_output(Path(out) if out else Path(stem + ".dms.tsv"), "file", "output TSV")
+    check_model_memory(model_path, "dnalm dms", None, batch_size)
     model = load(model_path, device=device)
     t0 = time.perf_counter()
     res = score_dms(model, cds, variants, ties=ties, record=record, cds_start=cds_start, cds_end=cds_end,
@@ -557,6 +563,8 @@ def embed_command(
         npy, meta_path = embedding_paths(out or stem + ".emb.npy")
         check_output(npy, "file", "embedding array")
         check_output(meta_path, "file", "embedding metadata")
+    lengths = [len(t) + 2 for t in toks] if not (crop or windows) else [0]  # + [BOS] and [SEP]; None: windows
+    _check_long_memory(model_path, "dnalm embed", lengths, LONG_FROM, batch_size, None, "hidden")
     model = load(model_path, device=device)
     if model.tokenizer.lowercase == "unk":
         toks = [np.where(lo, UNK, t).astype(np.uint8) for t, lo in zip(toks, lows)]
@@ -594,6 +602,11 @@ def finetune_command(
         longest = max(len(s) for d in data.values() for s in d.seqs) + 1  # + [BOS]
         memory = check_lora_memory(model_path, lora, longest, batch_size, device, max_memory_gib,
                                    n_classes=len(classes))  # fmt: skip
+    else:
+        longest = max((len(s) for part in data.values() for s in part.seqs), default=1) + 2
+        check_model_memory(model_path, "dnalm finetune", longest if not (crop or windows) else None, batch_size,
+                           hidden_states=mode == "probe" and not soft_prompt,
+                           training=mode != "probe" or bool(soft_prompt))
     model = load(model_path, device=device)
     clf, report = finetune(model, data["train"], data["dev"], data["test"], classes, mode=mode,
                            soft_prompt=soft_prompt, pool=pool, layer=layer, epochs=epochs, lr=lr,
@@ -646,6 +659,9 @@ def predict_command(
     stem = Path(src).name.split(".")[0] if is_regular_file(src) else "sequences"
     out_path = check_output(Path(out) if out else Path(stem + ".predictions.tsv"), "file", "output TSV")
     ids, toks, lows = read_sequence_file(src, column=column)
+    longest = max((len(t) for t in toks), default=1) + 2
+    check_model_memory(classifier, "dnalm predict", longest if not (crop or windows) else None,
+                       min(batch_size, len(toks)), hidden_states=True)
     clf, classes = load_classifier(classifier, device)
     toks = _model_inputs(clf.lm, toks, lows)
     fitted, n_long = fit_to_context(toks, window_bases(clf.lm) - clf.n_prompt, crop=crop, windows=windows, names=ids,
@@ -670,11 +686,12 @@ def score_command(
     records = list(read_sequences(fasta))
     if not records:
         raise DataError(f"{fasta}: no sequence records")
+    max_memory = None if max_memory_gib is None else int(max_memory_gib * 2**30)
+    _check_long_memory(model_path, "dnalm score", [len(r) + 2 for r in records], long_from, batch_size, max_memory)
     torch.manual_seed(0)  # a preset builds fresh weights: make them reproducible
     model = load(model_path, device=device)
     if not isinstance(model, DNALM):
         raise DataError(f"{model_path}: a {type(model).__name__} is not a language model; dnalm score needs one")
-    max_memory = None if max_memory_gib is None else int(max_memory_gib * 2**30)
     t0 = time.perf_counter()
     scores = score_records(model, records, long_from, batch_size, max_memory, progress)
     seconds = time.perf_counter() - t0
@@ -692,3 +709,26 @@ def score_command(
     n_long = sum(s.one_pass for s in scores)
     return (f"scored {len(scores)} record(s), {sum(s.length for s in scores):,} bases in {seconds:.1f} s"
             + (f" ({n_long} in one pass)" if n_long else "") + f" -> {out}")
+
+
+def _check_long_memory(model_path: str, what: str, lengths: list[int], long_from: int, batch_size: int,
+                       max_memory: int | None, output: str = "logprobs") -> None:
+    """The memory check of dnalm score and dnalm embed before the model is built: the weights, a batch of the
+    inputs shorter than ``long_from`` tokens, and the longest one-pass input (estimated on a meta-device
+    model: nothing is allocated). A length 0 stands for context-sized windows."""
+    hidden = output == "hidden"
+    short = [n for n in lengths if n < long_from]
+    check_model_memory(model_path, what, max(short, default=0) or None, max(1, min(batch_size, len(short))),
+                       hidden_states=hidden, max_memory=max_memory)
+    long = max((n for n in lengths if n >= long_from), default=0)
+    if not long:
+        return
+    try:
+        config, _ = model_config(model_path)
+    except Exception:  # noqa: BLE001 - loading the model reports the problem
+        return
+    long = min(long, int(config.max_len))
+    meta = meta_model(config)
+    need = estimate_memory(meta, long, output) if one_pass_supported(meta) else None
+    check_model_memory(model_path, f"{what} ({long:,} tokens in one pass)", long, 1, hidden_states=hidden,
+                       max_memory=max_memory, need=need)

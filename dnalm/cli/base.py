@@ -20,6 +20,7 @@ from typing import Any, Callable
 from dnalm.checkpoint import CheckpointError
 from dnalm.config import ConfigError
 from dnalm.data.errors import DataError
+from dnalm.memory import NotEnoughMemoryError
 from dnalm.outputs import OutputError
 from dnalm.runtime import PRECISIONS
 from dnalm.tokenizer import InvalidSequenceError
@@ -96,4 +97,4 @@ def command(name: str, help: str, *args: _Arg, description: str | None = None):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's mistake: one line on stderr, exit code 2."""
-    return (UserError, ConfigError, CheckpointError, InvalidSequenceError, DataError, OutputError)
+    return (UserError, ConfigError, CheckpointError, InvalidSequenceError, DataError, OutputError, NotEnoughMemoryError)

@@ -14,6 +14,7 @@ from dnalm.cli.base import UserError, arg, command
 from dnalm.data.sequences import read_sequences
 from dnalm.formats import FORMATS, detect_format, get_format, load
 from dnalm.generation import GenerationError, generate
+from dnalm.scaling.memory import check_model_memory
 from dnalm.tokenizer import decode
 from dnalm.train.checkpoint import export_checkpoint
 
@@ -49,6 +50,8 @@ def generate_cmd(args: argparse.Namespace) -> int:
         prompts += [(r.name, decode(r.ids, r.lower)) for r in read_sequences(args.prompt_file)]
     if not prompts:
         raise UserError("give at least one --prompt SEQ or a --prompt-file FASTA")
+    longest = max(len(p) for _, p in prompts) + max(args.n_tokens, 0) + 2
+    check_model_memory(args.model, "dnalm generate", longest, len(prompts) * max(args.num_samples, 1))
     torch.manual_seed(args.seed)  # a preset is built with fresh weights: make those reproducible too
     model = load(args.model, device=args.device)
     start = time.perf_counter()
@@ -111,6 +114,7 @@ def convert_cmd(args: argparse.Namespace) -> int:
         raise UserError(f"{src}: not a checkpoint folder in a format dnalm converts ({known})")
     if dst.exists() and not args.force:
         raise UserError(f"{dst} exists; choose another --out or pass --force to replace it")
+    check_model_memory(src, "dnalm convert", 64, 1)
     model, diff = fmt.convert(src, dst, lowercase=args.lowercase, append_sep=not args.no_sep, verify=not args.no_verify)
     c = model.config
     kind = type(model).__name__
@@ -158,6 +162,7 @@ def export_cmd(args: argparse.Namespace) -> int:
         print(f"exported {src} -> {out}/model.safetensors")
         return 0
     fmt = get_format(args.fmt)
+    check_model_memory(args.src, "dnalm export", 1, 1, logits=False)
     if fmt.export is None:
         writable = ", ".join(["dnalm"] + [f.name for f in FORMATS.values() if f.export is not None])
         raise UserError(f"--format {args.fmt}: dnalm reads this format but does not write it (writable: {writable})")

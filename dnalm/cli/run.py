@@ -13,18 +13,19 @@ from typing import Any
 import torch
 import yaml
 
-from dnalm.checkpoint import CheckpointError, atomic_write_text, latest_model_dir, read_config_json
+from dnalm.checkpoint import CheckpointError, atomic_write_text, latest_model_dir
 from dnalm.cli.base import RUNTIME_ARGS, UserError, arg, command, positive_float, positive_int
 from dnalm.config import ConfigError, LoRAConfig, RunConfig
 from dnalm.data.store import TokenStore, default_genome
 from dnalm.data.store import prepare as prepare_store
 from dnalm.eval.likelihood import markov_report
-from dnalm.formats import detect_format, load
-from dnalm.models import get_preset, list_presets, model_config_from_dict
+from dnalm.formats import load
+from dnalm.formats import model_config as model_config_of
 from dnalm.models import list_presets as all_presets  # info_report's parameter is named list_presets
 from dnalm.models.lm import DNALM
 from dnalm.scaling.flops import flops_per_token
 from dnalm.scaling.lora import LoRAMemory, lora_memory
+from dnalm.scaling.memory import check_model_memory
 from dnalm.scaling.plan import memory_per_gpu, shape_from_config
 from dnalm.train.config import load_run_config, run_config_from_dict
 from dnalm.train.demo import DEMO_MARGIN, demo_config
@@ -129,11 +130,16 @@ def train_cmd(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, overrides)
     if args.out:
         config.out_dir = args.out
-    if config.train.lora is not None and config.train.init_from is not None:
-        tc = config.train  # checked before the model is loaded (dnalm.scaling.lora)
+    tc = config.train
+    if tc.lora is not None and tc.init_from is not None:  # checked before the model is loaded (dnalm.scaling.lora)
         lengths = [s.seq_len for s in config.data.warmup_stages] or [config.data.seq_len]
-        check_lora_memory(config.train.init_from, tc.lora, max(lengths), tc.batch_size // tc.grad_accum,
+        check_lora_memory(tc.init_from, tc.lora, max(lengths), tc.batch_size // tc.grad_accum,
                           "cuda" if torch.cuda.is_available() else "cpu", lm_logits=True)  # fmt: skip
+    else:
+        stages = [(config.data.seq_len, tc.batch_size)] + [(st.seq_len, st.batch_size) for st in config.data.warmup_stages]
+        seq_len, batch = max(stages, key=lambda sb: sb[0] * sb[1])
+        check_model_memory(config.model, "dnalm train", seq_len, max(1, batch // tc.grad_accum), training=True,
+                           activation_checkpointing=tc.activation_checkpointing)
     try:
         result = train(config, resume=not args.restart, init_from=args.init_from)
     except TrainingError as e:
@@ -219,8 +225,9 @@ def evaluate_command(
 ) -> str:
     """Score a FASTA file or a store split with a model, and the Markov baselines beside it."""
 
-    model = load(model_path)
     run = run_config_of(model_path) if Path(model_path).exists() else None
+    check_model_memory(model_path, "dnalm eval", seq_len or (run.data.seq_len if run else None), batch_size)
+    model = load(model_path)
     seq_len = seq_len or (run.data.seq_len if run else min(model.config.max_len, 1024))
     if seq_len > model.config.max_len:
         raise ConfigError(f"--seq-len {seq_len} exceeds the model's maximum length {model.config.max_len}")
@@ -263,26 +270,6 @@ def format_eval(result: dict[str, Any]) -> str:
     else:
         lines.append("  (no Markov baseline: no training split available; pass --store)")
     return "\n".join(lines)
-
-
-def model_config_of(name: str) -> tuple[Any, str]:
-    """(model config, description) from a preset name, run directory or checkpoint directory."""
-    p = Path(name)
-    if not p.exists():
-        if name in list_presets():
-            return get_preset(name), f"preset {name}"
-        raise FileNotFoundError(f"{name}: no such run, checkpoint or preset")
-    fmt = detect_format(p) if p.is_dir() else None
-    if fmt is not None:  # a foreign checkpoint (a HyenaDNA -hf folder, ...): its own config layout
-        config = fmt.read_config(p) if fmt.read_config is not None else None
-        return (config if config is not None else load(p).config), f"{fmt.description}: {p}"
-    model_dir = p if (p / "config.json").is_file() else latest_model_dir(p)
-    if model_dir is None:
-        raise CheckpointError(f"{name}: no model found (config.json + model.safetensors)")
-    meta = read_config_json(model_dir / "config.json")
-    if "model" not in meta:
-        raise CheckpointError(f"{model_dir / 'config.json'}: no 'model' section; not a dnalm checkpoint config")
-    return model_config_from_dict(meta["model"], where=f"{model_dir / 'config.json'}:model"), f"checkpoint {model_dir}"
 
 
 def stored_weight_bytes(name: str | Path) -> int:

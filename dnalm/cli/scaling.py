@@ -7,7 +7,6 @@ import json
 
 from dnalm.checkpoint import atomic_write_text
 from dnalm.cli.base import UserError, arg, command, positive_float, positive_int
-from dnalm.scaling.fit import fit_results, format_summary
 from dnalm.scaling.plan import format_plan, plan_command
 from dnalm.scaling.ablate import run_ablation
 from dnalm.scaling.sweep import run_sweep
@@ -65,6 +64,8 @@ def scaling_cmd(args: argparse.Namespace) -> int:
     """Robust parametric fit (Huber loss in log space, several starts, bootstrap intervals) and the
     IsoFLOP method per family; compute-optimal N*(C), D*(C), tokens per parameter; loss-vs-compute plot
     with the frontier; a FLOP-matched comparison when the results hold several families."""
+    from dnalm.scaling.fit import fit_results, format_summary  # scipy: imported only for this command
+
     try:
         summary = fit_results(
             args.results, args.out, n_boot=args.bootstrap, seed=args.seed, loss_column=args.loss_column,

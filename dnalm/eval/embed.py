@@ -44,6 +44,7 @@ import torch
 from dnalm.data.errors import DataError, listing
 from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import check_input_file, is_regular_file, read_table
+from dnalm.eval.longcontext import LONG_FROM, forward_long, one_pass_supported
 from dnalm.eval.metrics import progress as bar
 from dnalm.eval.scoring import count_scored, window_bases
 from dnalm.models.heads import count_hidden_states, pool_hidden
@@ -313,14 +314,25 @@ def embed_sequences(
     model.eval()
     pbar = bar(total=len(pieces), desc="windows", enabled=progress)
     padded = real_tokens = 0
+    # pieces of LONG_FROM tokens or more go one at a time through the memory-lean one-pass path
+    one_pass = module is None and one_pass_supported(model)  # a tapped submodule needs the ordinary forward
+    batches, i = [], 0
+    while i < len(order):
+        if one_pass and len(pieces[order[i]][2]) + 2 >= LONG_FROM:
+            batches.append(order[i : i + 1])
+            i += 1
+        else:
+            batches.append(order[i : i + batch_size])
+            i += batch_size
     try:
-        for b0 in range(0, len(order), batch_size):
-            part = order[b0 : b0 + batch_size]
+        for part in batches:
             x, mask = batch_ids(model, [pieces[k][2] for k in part])
             x, mask = x.to(model.device), mask.to(model.device)
             padded += int(mask.numel())
             real_tokens += int(mask.sum())
-            if module is None:
+            if one_pass and x.shape[1] >= LONG_FROM:
+                h = forward_long(model, x[0], "hidden", layer)[None]  # (1, L, D) float32
+            elif module is None:
                 h = model(x, output_hidden_states=True).hidden_states[layer].float()  # (B, L, D)
             else:
                 caught.clear()

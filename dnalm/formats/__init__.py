@@ -10,6 +10,7 @@ A new format is one module here that ends with ``FORMAT = CheckpointFormat(...)`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -25,13 +26,13 @@ from dnalm.checkpoint import (
 from dnalm.config import to_dict
 from dnalm.formats import evo, hyenadna_hf
 from dnalm.formats.base import CheckpointFormat
-from dnalm.models import get_preset, list_presets
+from dnalm.models import get_preset, list_presets, model_config_from_dict
 from dnalm.models.lm import DNALM
 from dnalm.models.lora import LoRAError, apply_adapter, merge_lora
 
 __all__ = [
     "CheckpointFormat", "FORMATS", "register_format", "get_format", "detect_format", "load", "load_base_model",
-    "load_adapter_model",
+    "load_adapter_model", "model_config",
 ]  # fmt: skip
 
 FORMATS: dict[str, CheckpointFormat] = {}
@@ -126,3 +127,25 @@ def load_adapter_model(path: str | Path, device: str = "cpu", base: str | Path |
     if merge:
         merge_lora(model)
     return model.eval()
+
+
+def model_config(name: str | Path) -> tuple[Any, str]:
+    """(model config, description) of a preset name, run directory, checkpoint directory or foreign checkpoint
+    folder, read without building the model or loading its weights (what ``dnalm info`` and the memory checks use)."""
+    name = str(name)
+    p = Path(name)
+    if not p.exists():
+        if name in list_presets():
+            return get_preset(name), f"preset {name}"
+        raise FileNotFoundError(f"{name}: no such run, checkpoint or preset")
+    fmt = detect_format(p) if p.is_dir() else None
+    if fmt is not None:  # a foreign checkpoint (a HyenaDNA -hf folder, ...): its own config layout
+        config = fmt.read_config(p) if fmt.read_config is not None else None
+        return (config if config is not None else load(p).config), f"{fmt.description}: {p}"
+    model_dir = p if (p / "config.json").is_file() else latest_model_dir(p)
+    if model_dir is None:
+        raise CheckpointError(f"{name}: no model found (config.json + model.safetensors)")
+    meta = read_config_json(model_dir / "config.json")
+    if "model" not in meta:
+        raise CheckpointError(f"{model_dir / 'config.json'}: no 'model' section; not a dnalm checkpoint config")
+    return model_config_from_dict(meta["model"], where=f"{model_dir / 'config.json'}:model"), f"checkpoint {model_dir}"
