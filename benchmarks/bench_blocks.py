@@ -14,6 +14,24 @@ Three measurements, all in one run so that machine load affects both sides alike
 Usage (the numbers in BENCHMARKS.md come from this command):
 
     python benchmarks/bench_blocks.py --threads 1 --json bench_blocks.json
+
+Two more measurements, each selected with ``--only`` (issue 16, "Blocks" in BENCHMARKS.md):
+
+4. ``--only reference``: dnalm's ``HyenaBlock`` against a reference block written from the published
+   HyenaDNA code's math (``benchmarks/hyenadna_reference.py``) holding a copy of the same weights (checked
+   equal first), forward + backward, interleaved repeats, thread CPU time; ratio reference / dnalm, and
+   each block's fraction of its compute floor.
+5. ``--only families``: StripedHyena 2's SE, MR and LI blocks, a Mamba-2 block (the SSD scan) and a
+   Transformer++ (attention) block of the same width, forward + backward; each block's time against the
+   attention block's and against its own floor.
+
+The compute floor of a block is its matmul FLOPs (forward + backward, counted by
+``torch.utils.flop_counter.FlopCounterMode``: mm, addmm, bmm, convolutions, attention) at the measured
+single-core peak GEMM rate (a 2048^3 float32 matmul); "fraction of floor" = floor time / measured time.
+FFTs and elementwise work are not in the floor, so a block with FFT convolutions cannot reach 1.0.
+
+    python benchmarks/bench_blocks.py --only reference --threads 1 --lengths 1024,4096,16384,65536
+    python benchmarks/bench_blocks.py --only families --threads 1 --lengths 1024,4096,16384,65536
 """
 
 from __future__ import annotations
@@ -83,6 +101,136 @@ def bench_blocks(
             row["attention_skipped"] = f"projected {projected:.0f} s wall > budget {attn_budget:.0f} s"
         rows.append(row)
         log(f"blocks L={L}: {row}")
+    return rows
+
+
+def fwd_bwd_thread(block: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> float:
+    """Thread CPU seconds of one forward + backward (not counting time the thread was preempted)."""
+    x = x.detach().requires_grad_()
+    c = time.thread_time()
+    block(x).backward(g)
+    return time.thread_time() - c
+
+
+def peak_gemm_flops(repeats: int = 5) -> float:
+    """Measured single-core float32 GEMM rate (FLOP/s, best of ``repeats``) on a 2048^3 matmul."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * 2048**3 / best
+
+
+def _timed(f) -> float:
+    c = time.thread_time()
+    f()
+    return time.thread_time() - c
+
+
+def matmul_flops(block: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> int:
+    """Matmul-type FLOPs (mm, addmm, bmm, convolutions, causal attention) of one forward + backward.
+
+    FlopCounterMode's count for ``convolution_backward`` of grouped (depthwise) convolutions is far too
+    large, so convolutions count as 3x their forward; the CPU attention kernel is not counted by it, so
+    causal attention adds 6 L^2 D per attention layer (QK^T and AV over the causal half, forward 2 L^2 D,
+    backward twice that)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dnalm.models.attention import CausalSelfAttention
+
+    x = x.detach().requires_grad_()
+    with FlopCounterMode(display=False) as fc:
+        block(x).backward(g)
+    counts = {str(k): v for k, v in fc.get_flop_counts().get("Global", {}).items()}
+    total = sum(v for k, v in counts.items() if "convolution" not in k) + 3 * counts.get("aten.convolution", 0)
+    n_attn = sum(isinstance(m, CausalSelfAttention) for m in block.modules())
+    return int(total + n_attn * 6 * x.shape[1] ** 2 * x.shape[2])
+
+
+def interleaved(blocks: dict[str, torch.nn.Module], x: torch.Tensor, g: torch.Tensor, repeats: int,
+                slow: float) -> dict[str, list[float]]:
+    """Thread CPU seconds per block: a warm-up each, then ``repeats`` rounds in rotating order."""
+    first = {name: fwd_bwd_thread(b, x, g) for name, b in blocks.items()}
+    times = {name: [] for name in blocks}
+    names = list(blocks)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if first[name] > slow and times[name]:
+                continue  # a slow block: one timed run beyond the warm-up is enough
+            times[name].append(fwd_bwd_thread(blocks[name], x, g))
+    return times
+
+
+def bench_reference(width: int, lengths: list[int], repeats: int, slow: float, peak: float) -> list[dict]:
+    """dnalm's HyenaBlock against the published-math reference block with the same weights."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    import hyenadna_reference
+
+    rows = []
+    for L in lengths:
+        torch.manual_seed(0)
+        dn = HyenaBlock(HyenaConfig(d_model=width, l_max=L)).train()
+        ref = hyenadna_reference.from_dnalm(dn).train()
+        x, g = torch.randn(1, L, width), torch.randn(1, L, width)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = dn(xa), ref(xb)
+        ya.backward(g)
+        yb.backward(g)
+        err = max((ya - yb).abs().max().item(), (xa.grad - xb.grad).abs().max().item())
+        if err > 1e-3:
+            raise RuntimeError(f"L={L}: dnalm and the reference block disagree by {err}")
+        flops = {"dnalm": matmul_flops(dn, x, g), "reference": matmul_flops(ref, x, g)}
+        times = interleaved({"dnalm": dn, "reference": ref}, x, g, repeats, slow)
+        row: dict = {"L": L, "max_abs_diff": err}
+        for name, ts in times.items():
+            t = statistics.median(ts)
+            row[f"{name}_s"], row[f"{name}_runs"] = t, len(ts)
+            row[f"{name}_matmul_gflop"] = flops[name] / 1e9
+            row[f"{name}_floor_fraction"] = flops[name] / peak / t
+        row["ratio"] = row["reference_s"] / row["dnalm_s"]
+        rows.append(row)
+        log(f"reference L={L}: {row}")
+    return rows
+
+
+def family_blocks(width: int, L: int) -> dict[str, torch.nn.Module]:
+    """Same-width blocks of the other families: StripedHyena 2 SE/MR/LI, Mamba-2, attention."""
+    from dnalm.models.mamba2 import Mamba2Block
+    from dnalm.models.striped_hyena import StripedHyenaBackbone, StripedHyenaConfig
+
+    sh2 = StripedHyenaBackbone(StripedHyenaConfig(version=2, n_layer=3, d_model=width, layers=["se", "mr", "li"],
+                                                  n_head=max(1, width // 32), max_len=L))
+    blocks = {f"SH2 {k.upper()}": sh2.layers[i] for i, k in enumerate(["se", "mr", "li"])}
+    blocks["Mamba-2"] = Mamba2Block(width)
+    blocks["attention"] = TransformerBlock(width, max(1, width // 32), swiglu_hidden(width), L)
+    return blocks
+
+
+def bench_families(width: int, lengths: list[int], repeats: int, slow: float, peak: float,
+                   attn_budget: float) -> list[dict]:
+    rows = []
+    attn_prev: tuple[int, float] | None = None
+    for L in lengths:
+        torch.manual_seed(0)
+        blocks = family_blocks(width, L)
+        projected = None if attn_prev is None else attn_prev[1] * (L / attn_prev[0]) ** 2
+        if projected is not None and projected > attn_budget:
+            del blocks["attention"]
+        x, g = torch.randn(1, L, width), torch.randn(1, L, width)
+        flops = {name: matmul_flops(b, x, g) for name, b in blocks.items()}
+        times = interleaved(blocks, x, g, repeats, slow)
+        row: dict = {"L": L}
+        for name, ts in times.items():
+            t = statistics.median(ts)
+            row[name] = {"s": t, "runs": len(ts), "matmul_gflop": flops[name] / 1e9,
+                         "floor_fraction": flops[name] / peak / t}
+        if "attention" in row:
+            attn_prev = (L, row["attention"]["s"])
+            for name in times:
+                row[name]["vs_attention"] = row["attention"]["s"] / row[name]["s"]
+        else:
+            row["attention_skipped"] = f"projected {projected:.0f} s > budget {attn_budget:.0f} s"
+        rows.append(row)
+        log(f"families L={L}: {row}")
     return rows
 
 
@@ -194,9 +342,50 @@ def main() -> int:
     ap.add_argument("--profile-block-length", type=int, default=16384, help="length profiled for the Hyena block")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiler tables")
     ap.add_argument("--json", default=None, help="also write the raw numbers to this JSON file")
+    ap.add_argument("--only", choices=["reference", "families"], default=None,
+                    help="run only the reference-block comparison or the families table (default: the "
+                         "Hyena/attention, FFT and profile measurements)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.only:
+        lengths = [int(x) for x in args.lengths.split(",")]
+        peak = peak_gemm_flops()
+        cap = torch.backends.cpu.get_cpu_capability()
+        head = (f"width {args.width}, batch 1, float32, forward + backward, {torch.get_num_threads()} thread(s), "
+                f"torch {torch.__version__}, CPU capability {cap}, peak GEMM {peak / 1e9:.1f} GFLOP/s; "
+                "medians of thread CPU time")
+        if args.only == "reference":
+            rows = bench_reference(args.width, lengths, args.repeats, args.slow, peak)
+            print(head)
+            print("| L | dnalm (s) | reference (s) | reference / dnalm | dnalm floor fraction | "
+                  "reference floor fraction | matmul GFLOP |")
+            print("|---:|---:|---:|---:|---:|---:|---:|")
+            for r in rows:
+                print(f"| {r['L']:,} | {r['dnalm_s']:.3f} | {r['reference_s']:.3f} | {r['ratio']:.2f} | "
+                      f"{r['dnalm_floor_fraction']:.2f} | {r['reference_floor_fraction']:.2f} | "
+                      f"{r['dnalm_matmul_gflop']:.2f} |")
+        else:
+            rows = bench_families(args.width, lengths, args.repeats, args.slow, peak, args.attn_budget)
+            print(head)
+            names = [n for n in rows[0] if n not in ("L", "attention_skipped")]
+            print("| L | " + " | ".join(f"{n} s (floor frac, attn/it)" for n in names) + " |")
+            print("|---:|" + "---:|" * len(names))
+            for r in rows:
+                cells = []
+                for n in names:
+                    if n not in r:
+                        cells.append("skipped")
+                        continue
+                    c = r[n]
+                    va = f", {c['vs_attention']:.2f}x" if "vs_attention" in c else ""
+                    cells.append(f"{c['s']:.3f} ({c['floor_fraction']:.2f}{va})")
+                print(f"| {r['L']:,} | " + " | ".join(cells) + " |")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"args": vars(args), "peak_gemm_flops": peak, "cpu_capability": cap, "rows": rows},
+                          fh, indent=1)
+        return 0
     lengths = [int(x) for x in args.lengths.split(",")]
     fft_lengths = [int(x) for x in args.fft_lengths.split(",")]
     t0 = time.perf_counter()

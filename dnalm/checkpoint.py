@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from dnalm.config import ConfigError, to_dict
-from dnalm.models import model_config_from_dict
+from dnalm.models import SPECS, model_config_from_dict
 from dnalm.models.lm import DNALM
 from dnalm.outputs import atomic_dir, atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from dnalm.tokenizer import Tokenizer
@@ -116,14 +117,21 @@ def read_checkpoint_meta(path: str | Path, fmt: str, wrong_format: str) -> dict[
     return meta
 
 
-def load_weights(module: torch.nn.Module, path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_weights(
+    module: torch.nn.Module, path: str | Path, device: str | torch.device = "cpu", transform: Any = None
+) -> torch.nn.Module:
     """Load ``path/model.safetensors`` into ``module`` strictly (every key and shape must match), move it
-    to ``device`` and put it in eval mode."""
+    to ``device`` and put it in eval mode. ``transform(state)`` (optional) maps an older layout first."""
     weights = Path(path) / WEIGHTS_FILE
     try:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
+    if transform is not None:
+        try:
+            state = transform(state)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{weights}: cannot convert the older layout ({e})") from None
     check_state_dict(module, state, str(weights))
     check_finite(state, str(weights))
     module.load_state_dict(state)
@@ -145,12 +153,19 @@ def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a native checkpoint directory into a DNALM (strict: every key must match)."""
     meta = read_checkpoint_meta(path, FORMAT, "not a dnalm checkpoint (config.json + model.safetensors)")
+    model_dict, transform = meta["model"], None
+    spec = SPECS.get(model_dict.get("family")) if isinstance(model_dict, dict) else None
+    if spec is not None and spec.upgrade is not None:
+        model_dict, transform, note = spec.upgrade(model_dict)
+        if note:
+            warnings.warn(f"{path}: {note}", stacklevel=2)
     try:
-        config = model_config_from_dict(meta["model"], where=f"{Path(path) / CONFIG_FILE}:model")
+        config = model_config_from_dict(model_dict, where=f"{Path(path) / CONFIG_FILE}:model")
         tokenizer = Tokenizer(**meta.get("tokenizer", {}))
-    except (ConfigError, TypeError) as e:
+    except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(str(e)) from None
-    return load_weights(DNALM(config, tokenizer=tokenizer), path, device)
+    fn = None if transform is None else (lambda state: transform(state, config))
+    return load_weights(DNALM(config, tokenizer=tokenizer), path, device, transform=fn)
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

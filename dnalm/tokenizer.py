@@ -13,6 +13,13 @@ Conventions (owned here, stated once):
 - IUPAC ambiguity codes (R Y S W K M B D H V, any case) become N. Any other character is an input error
   that names the position.
 - Scoring and training prepend [BOS] so that the first base of a window is predicted too.
+- N is never a target. Likelihoods, bits/base, perplexity, deltas and pooled features count only A/C/G/T
+  (and [UNK], which stands for lower case and IUPAC codes in imported HyenaDNA models); training gives N
+  targets weight 0, as padding (:func:`scored`).
+- Byte scheme (``Tokenizer(scheme="byte")``, Evo 1 / Evo 2 checkpoints): one token per UTF-8 byte, id =
+  byte value (A 65, C 67, ..., a 97, ...), case kept (soft-masked bases get their own ids), nothing
+  upper-cased or validated, no [BOS] unless asked (then id 0, Evo's EOD), padding id 1 on the right.
+  Tools that work on dnalm base ids map them with :meth:`Tokenizer.model_ids`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ SPECIAL_TOKENS = ["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[
 BASES = "ACGTN"
 VOCAB = SPECIAL_TOKENS + list(BASES)  # id -> string
 VOCAB_SIZE = len(VOCAB)  # 12 real ids; models pad to a multiple of 8
+
+BYTE_BOS, BYTE_PAD = 0, 1  # byte scheme (Evo): EOD/BOS 0, pad 1
 
 IUPAC_AMBIGUOUS = "RYSWKMBDHVU"  # U (RNA) is not ambiguous, but has no DNA token: it becomes N too
 
@@ -59,6 +68,12 @@ HF_BYTE_TO_ID[[ord(b) for b in BASES]] = [A + i for i in range(len(BASES))]
 COMPLEMENT_ID = np.arange(256, dtype=np.uint8)
 COMPLEMENT_ID[[A, C, G, T]] = [T, G, C, A]
 ID_TO_BYTE = np.frombuffer(b"".join(s.encode() if len(s) == 1 else b"?" for s in VOCAB), dtype=np.uint8)
+
+
+def scored(ids):
+    """True where a token id is a scored base: A/C/G/T or [UNK], never N or a special token. Works on numpy
+    arrays and torch tensors alike."""
+    return (ids >= UNK) & (ids != N)
 
 
 class InvalidSequenceError(ValueError):
@@ -117,14 +132,53 @@ class Tokenizer:
     prepend_bos: bool = True
     padding_side: Literal["left", "right"] = "left"
     model_max_length: int | None = None
+    scheme: Literal["dnalm", "byte"] = "dnalm"
 
     pad_id: int = PAD
     bos_id: int = BOS
     sep_id: int = SEP
 
+    def __post_init__(self) -> None:
+        if self.scheme not in ("dnalm", "byte"):
+            raise ValueError(f"tokenizer scheme must be 'dnalm' or 'byte' (got {self.scheme!r})")
+        if self.scheme == "byte":
+            self.pad_id, self.bos_id, self.sep_id = BYTE_PAD, BYTE_BOS, BYTE_BOS
+
+    @property
+    def scored_min_id(self) -> int:
+        """Ids at or above this are sequence (scored) tokens: bases and [UNK], or any byte >= 2."""
+        return 2 if self.scheme == "byte" else UNK
+
+    def scored(self, ids):
+        """True at this tokenizer's ids that likelihoods and pooling count: A/C/G/T (either case in the byte
+        scheme) and [UNK]; never N, an IUPAC code, a special token or padding. numpy or torch alike."""
+        if self.scheme == "byte":
+            folded = ids | 32  # lower case
+            return (folded == 97) | (folded == 99) | (folded == 103) | (folded == 116)
+        return scored(ids)
+
+    def model_ids(self, ids: np.ndarray, lower: np.ndarray | None = None) -> np.ndarray:
+        """dnalm base ids (A..N, as FASTA readers give them) and their case mask -> this tokenizer's ids.
+
+        "dnalm" scheme: unchanged, except lower case -> [UNK] for ``lowercase="unk"``; "byte": the base's
+        byte, lower case where ``lower`` says so. Specials are not added.
+        """
+        ids = np.asarray(ids)
+        if self.scheme == "byte":
+            out = ID_TO_BYTE[np.clip(ids.astype(np.int64), 0, len(ID_TO_BYTE) - 1)].astype(np.int64)
+            if lower is not None:
+                out = np.where(np.asarray(lower, dtype=bool), out + 32, out)
+            return out
+        if self.lowercase == "unk" and lower is not None:
+            return np.where(np.asarray(lower, dtype=bool), UNK, ids)
+        return ids
+
     def encode(self, seq: str, name: str = "sequence") -> tuple[list[int], list[bool]]:
         """One sequence -> (token ids, lower-case flags), specials included (flags False there)."""
-        if self.lowercase == "unk":  # HyenaDNA's character tokenizer: only A C G T N, case-sensitive
+        if self.scheme == "byte":  # Evo: the UTF-8 bytes themselves, case kept
+            raw = np.frombuffer(seq.encode("utf-8"), dtype=np.uint8)
+            ids, lower = raw.astype(np.int64), (raw >= 97) & (raw <= 122)
+        elif self.lowercase == "unk":  # HyenaDNA's character tokenizer: only A C G T N, case-sensitive
             raw = np.frombuffer(seq.encode("utf-8"), dtype=np.uint8)
             ids = HF_BYTE_TO_ID[raw]
             lower = np.zeros(len(ids), dtype=bool)
@@ -132,9 +186,9 @@ class Tokenizer:
             ids, lower = encode_bytes(seq.encode("ascii", errors="replace"), name)
         out, flags = ids.tolist(), lower.tolist()
         if self.prepend_bos:
-            out, flags = [BOS] + out, [False] + flags
+            out, flags = [self.bos_id] + out, [False] + flags
         if self.append_sep:
-            out, flags = out + [SEP], flags + [False]
+            out, flags = out + [self.sep_id], flags + [False]
         if self.model_max_length is not None and len(out) > self.model_max_length:
             raise ValueError(
                 f"{name}: {len(out)} tokens exceed the model's maximum of {self.model_max_length}; "
@@ -158,7 +212,9 @@ class Tokenizer:
         return {"input_ids": input_ids, "lower": lower, "attention_mask": mask}
 
     def to_dict(self) -> dict:
+        extra = {"scheme": self.scheme} if self.scheme != "dnalm" else {}
         return {
+            **extra,
             "lowercase": self.lowercase,
             "append_sep": self.append_sep,
             "prepend_bos": self.prepend_bos,

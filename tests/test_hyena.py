@@ -215,3 +215,43 @@ def test_bf16_weights_filter_and_fft_stay_float32():
         out = model.backbone(x.bfloat16()).hidden
     assert out.dtype == torch.float32  # the residual stream
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_cpu_fast_paths_match_plain_modules():
+    """The shift-and-add short conv and the row-chunked MLP (hand-written backwards) against conv1d and
+    the plain fc2(gelu(fc1)) in float64, values and gradients, across chunk boundaries."""
+    from dnalm.models import hyena as hy
+
+    torch.manual_seed(0)
+    op = HyenaOperator(small_config()).double()
+    z = torch.randn(2, op.short_filter.in_channels, 37, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, op.short_filter.in_channels, 37, dtype=torch.float64)
+    ins = (z, op.short_filter.weight, op.short_filter.bias)
+    conv1d = op.short_filter(z)[..., :37]  # nn.Conv1d padded k-1 on both sides, first L kept: causal
+    g_ref = torch.autograd.grad((conv1d * w).sum(), ins)
+    g = torch.autograd.grad((op.short_conv(z) * w).sum(), ins)
+    torch.testing.assert_close(op.short_conv(z), conv1d)
+    hist = torch.randn(2, z.shape[1], 2, dtype=torch.float64)  # k-1 inputs before z (a continued sequence)
+    want = F.conv1d(torch.cat([hist, z], -1), op.short_filter.weight, op.short_filter.bias, groups=z.shape[1])
+    torch.testing.assert_close(op.short_conv(z, hist), want)
+    b_in = torch.randn(z.shape[1], dtype=torch.float64, requires_grad=True)  # in_proj's bias, folded in
+    for L in (37, 2, 1):  # shorter than the filter too
+        zl = z[..., :L]
+        ins2 = (zl, op.short_filter.weight, op.short_filter.bias, b_in)
+        got = op._short_conv_biased(zl, b_in)
+        want = op.short_filter(zl + b_in[:, None])[..., :L]
+        torch.testing.assert_close(got, want)
+        for a, e in zip(torch.autograd.grad((got * w[..., :L]).sum(), ins2),
+                        torch.autograd.grad((want * w[..., :L]).sum(), ins2)):
+            torch.testing.assert_close(a, e)
+    for a, e in zip(g, g_ref):
+        torch.testing.assert_close(a, e)
+    mlp = hy.Mlp(16, 64).double()
+    x = torch.randn(3, hy.MLP_CHUNK_ROWS // 2 + 7, 16, dtype=torch.float64, requires_grad=True)  # > 1 chunk
+    wy = torch.randn(3, x.shape[1], 16, dtype=torch.float64)
+    y = mlp(x)
+    y_ref = mlp.fc2(F.gelu(mlp.fc1(x), approximate="tanh"))
+    torch.testing.assert_close(y, y_ref)
+    for a, e in zip(torch.autograd.grad((y * wy).sum(), [x, *mlp.parameters()]),
+                    torch.autograd.grad((y_ref * wy).sum(), [x, *mlp.parameters()])):
+        torch.testing.assert_close(a, e)

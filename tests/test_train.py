@@ -186,7 +186,7 @@ _NO_DECAY = {
     "hyenadna-tiny-1k": ("embed.weight", ".filter_fn.", "norm", ".bias"),
     "transformer-tiny-1k": ("embed.weight", "norm"),
     "striped-hyena-tiny": ("embed.weight", "norm", ".bias", ".short_bias", ".skip", ".poles", ".residues"),
-    "striped-hyena2-tiny": ("embed.weight", "norm", ".bias", ".skip", ".log_rate", ".residues", ".mixer.h", ".mixer.w"),
+    "striped-hyena2-tiny": ("embed.weight", "norm", ".bias", ".skip", ".log_poles", ".residues", ".mixer.h"),
     "dnahnet-tiny-3": ("embed.weight", "norm", ".router.", ".pad", "A_log", "dt_bias", ".D", "conv1d.bias"),
 }
 

@@ -236,7 +236,8 @@ def evaluate_command(
 
 def format_eval(result: dict[str, Any]) -> str:
     lines = [
-        f"evaluated: {result['target']} ({result['bases']:,} bases, windows of {result['seq_len']})",
+        f"evaluated: {result['target']} ({result['bases']:,} bases, windows of {result['seq_len']}"
+        + (f"; {result['skipped_n']:,} N bases not scored" if result.get("skipped_n") else "") + ")",
         f"  model            loss {result['loss']:.4f} nats   perplexity {result['perplexity']:.4f}   "
         f"bits/base {result['bits_per_base']:.4f}",
     ]

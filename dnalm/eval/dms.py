@@ -12,7 +12,7 @@ Protocol (stated once here, repeated in the output header):
   every tied codon and averages the deltas. The chosen codon(s) are written to the output.
 - Window: the whole CDS when it fits the model's context; otherwise a window of the model's length
   centred on the mutated codons. ``delta_sum`` = LL(mutant) - LL(wild type), natural log, summed over the
-  window; ``delta_mean`` = per base.
+  window; ``delta_mean`` = per scored base (N bases are context, never scored).
 - Baselines reported beside the model (the literature warns that trivial scores are strong on DMS):
   BLOSUM62 substitution score of each mutation (summed over a multi-mutant), and any numeric column of the
   input named as a baseline (e.g. ``dE``, EVmutation's statistical energy in the shared APH(3')II file).
@@ -37,7 +37,7 @@ from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import read_table
 from dnalm.eval.metrics import progress as bar
 from dnalm.eval.metrics import spearman
-from dnalm.eval.scoring import window_bases, window_logliks
+from dnalm.eval.scoring import count_scored, window_bases, window_logliks
 from dnalm.tokenizer import decode, encode_bytes, reverse_complement_ids
 
 # ------------------------------------------------------------------------------------------ data tables
@@ -499,7 +499,7 @@ def score_dms(
             "n_choices": len(mkeys) if ties == "mean" else int(np.prod([len(c) for _, c, _ in per_mut])),
             "dna": ";".join(dna) if dna else "synonymous",
             "delta_sum": delta,
-            "delta_mean": delta / wl,
+            "delta_mean": delta / max(count_scored(seqs[ref_key]), 1),
             "fitness": r["fitness"],
             "blosum62": float(sum(BLOSUM62[(m.wt, m.mut)] for m in r["mutations"])),
         }
@@ -521,7 +521,7 @@ def score_dms(
            else " centred on the mutated codons"),
         "codon choice: fewest nucleotide changes from the wild-type codon; ties: "
         + ("first codon in A<C<G<T order" if ties == "first" else "mean delta over all tied codons"),
-        "delta = LL(mutant window) - LL(wild-type window), natural log; delta_mean = delta_sum / window",
+        "delta = LL(mutant window) - LL(wild-type window), natural log; delta_mean = delta_sum / scored (non-N) bases of the window",
     ]
     if numbering_offset:
         notes.append(f"numbering: mutant residue n is codon n - {numbering_offset} of the CDS")

@@ -2,8 +2,8 @@
 
 - ``layer`` indexes ``DNALM``'s hidden states: 0 = token embeddings, i = after block i, -1 = after the
   final norm (the default).
-- ``pool``: ``mean`` over the sequence's bases (never the [BOS] or padding), ``last`` = the last base
-  (in a causal model the only position that has seen the whole sequence), ``none`` = one vector per base.
+- ``pool``: ``mean`` over the sequence's bases (never the [BOS], padding or N), ``last`` = the last base
+  that is not N (in a causal model the only position that has seen the whole sequence), ``none`` = one vector per base.
 - Long sequences (longer than the model's context; the same rules serve ``finetune`` and ``predict``,
   see :func:`fit_to_context`): an error by default, naming them. ``crop`` keeps one window of each
   (``center``, ``left`` = the first bases, ``right`` = the last). ``windows`` cuts each into consecutive,
@@ -34,7 +34,7 @@ from dnalm.data.errors import DataError, listing
 from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import check_input_file, is_regular_file, read_table
 from dnalm.eval.metrics import progress as bar
-from dnalm.eval.scoring import window_bases
+from dnalm.eval.scoring import count_scored, window_bases
 from dnalm.models.heads import count_hidden_states, pool_hidden
 from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
 from dnalm.tokenizer import BOS, PAD, UNK, encode_bytes
@@ -221,6 +221,7 @@ def embed_sequences(
     pieces = [(si, wi, win) for si, wins in enumerate(fitted) for wi, win in enumerate(wins)]
     n_windows = [len(wins) for wins in fitted]
     used = [int(sum(len(win) for win in wins)) for wins in fitted]  # bases embedded per sequence
+    pooled_n = [sum(count_scored(win) for win in wins) for wins in fitted]  # bases mean pooling counts (not N)
     order = sorted(range(len(pieces)), key=lambda k: -len(pieces[k][2]))
     d = model.config.d_model
     piece_out: dict[int, np.ndarray] = {}
@@ -239,9 +240,10 @@ def embed_sequences(
                 for r, k in enumerate(part):
                     piece_out[k] = h[r][real[r]].cpu().numpy()
             else:
-                # per-window sums (mean) or last base; combined across windows below
-                summed = pool_hidden(h, real, "mean") * real.sum(1, keepdim=True)  # (B, D)
-                last = pool_hidden(h, real, "last")  # (B, D)
+                # per-window sums (mean) or last base, N left out; combined across windows below
+                counted = mask & model.tokenizer.scored(x)
+                summed = pool_hidden(h, counted, "mean") * counted.sum(1, keepdim=True)  # (B, D)
+                last = pool_hidden(h, counted, "last")  # (B, D)
                 for r, k in enumerate(part):
                     piece_out[k] = (summed[r] if pool == "mean" else last[r]).cpu().numpy()
             pbar.update(len(part))
@@ -263,7 +265,7 @@ def embed_sequences(
         arr = np.zeros((len(toks), d), dtype=np.float32)
         for k, (si, wi, win) in enumerate(pieces):
             if pool == "mean":
-                arr[si] += piece_out[k] / max(used[si], 1)
+                arr[si] += piece_out[k] / max(pooled_n[si], 1)
             elif wi == n_windows[si] - 1:
                 arr[si] = piece_out[k]
     return Embeddings(arr.astype(np.float32), ids, lengths, n_windows, meta)

@@ -16,7 +16,8 @@ Protocol (the choices are stated here once and written into the output header):
   are shifted inwards at the ends of the record (the genome is treated as linear).
 - Same length for both: the mutant window is the reference window with the cassette inserted and the
   same number of bases dropped at its right end. ``delta_sum`` = LL(mutant) - LL(reference), natural log,
-  summed over the window; ``delta_mean`` = ``delta_sum / W``.
+  summed over the window (N bases are not scored); ``delta_mean`` = ``delta_sum`` / the reference window's
+  non-N bases (``W`` when it has no N).
 - With labels, AUROC of essential (1) against non-essential (0) uses ``-delta_sum``. A trivial baseline
   is reported beside it: gene length (longer genes lose more likelihood and essential genes differ in
   length, so the model must beat it to show more than length).
@@ -39,7 +40,7 @@ from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import read_table
 from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot
 from dnalm.eval.metrics import progress as bar
-from dnalm.eval.scoring import window_logliks
+from dnalm.eval.scoring import count_scored, window_logliks
 from dnalm.eval.variants import resolve_window
 from dnalm.tokenizer import decode, encode_bytes, reverse_complement_ids
 
@@ -264,7 +265,8 @@ def score_essentiality(
                 row = {
                     "locus_tag": g.locus_tag, "gene": g.name, "seqid": g.seqid, "start": g.start + 1, "end": g.end,
                     "strand": "+" if g.strand == 1 else "-", "length": len(g), "insert_after": ins,
-                    "window_start": ws, "window_end": we, "delta_sum": delta, "delta_mean": delta / p["len"],
+                    "window_start": ws, "window_end": we, "delta_sum": delta,
+                    "delta_mean": delta / max(count_scored(wins[2 * i]), 1),
                 }
                 for c in cols:
                     row[c] = lab[g.locus_tag][c]
@@ -276,7 +278,7 @@ def score_essentiality(
         wnote,
         f"mutation: insert {cassette} ({len(ids_c)} bp) {insert_offset} bp after the first base of the start codon, "
         "in the gene's orientation; mutant window cut back to the reference length at its right end",
-        "delta = LL(mutant window) - LL(reference window), natural log; delta_mean = delta_sum / window length",
+        "delta = LL(mutant window) - LL(reference window), natural log; delta_mean = delta_sum / scored (non-N) bases of the reference window",
     ]
     if n_bad_start:
         notes.append(f"{n_bad_start} genes do not start with a usual start codon (annotation or coordinate problem?)")

@@ -46,7 +46,7 @@ from dnalm.data.errors import DataError, listing
 from dnalm.eval.embed import batch_ids, encode_column, fit_to_context, long_policy, read_sequence_table
 from dnalm.eval.metrics import classification_metrics
 from dnalm.eval.metrics import progress as bar
-from dnalm.eval.scoring import window_bases
+from dnalm.eval.scoring import count_scored, window_bases
 from dnalm.models import model_config_from_dict
 from dnalm.models.heads import SequenceClassifier
 from dnalm.models.lm import DNALM
@@ -238,8 +238,8 @@ def _pooled(clf: Any, items: Sequence[np.ndarray | list[np.ndarray]]) -> torch.T
         fw = f[k : k + len(it)]  # (n_windows, D)
         k += len(it)
         if clf.pool == "mean":
-            w = torch.tensor([len(win) for win in it], dtype=fw.dtype, device=fw.device)
-            out.append((fw * w[:, None]).sum(0) / w.sum())
+            w = torch.tensor([count_scored(win) for win in it], dtype=fw.dtype, device=fw.device)  # N not pooled
+            out.append((fw * w[:, None]).sum(0) / w.sum().clamp_min(1.0))
         else:
             out.append(fw[-1])
     return torch.stack(out)  # (B, D)

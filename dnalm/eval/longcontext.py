@@ -27,7 +27,7 @@ available to this process (``MemAvailable`` and any cgroup limit) and raises
 as one line.
 
 Scoring convention (as ``dnalm.eval.scoring``): natural-log likelihoods; position t of the output scores token
-t+1 of the input, so with [BOS] prepended every base is scored; special tokens other than [UNK] are not.
+t+1 of the input, so with [BOS] prepended every base is scored; special tokens other than [UNK] are not, nor N.
 """
 
 from __future__ import annotations
@@ -346,7 +346,7 @@ def _hyena_block_(block: Any, r: torch.Tensor, chunk: int, group: int | None) ->
 class RecordScore:
     name: str
     length: int  # bases in the record
-    scored: int  # positions scored (bases and [UNK]; the first base only with [BOS])
+    scored: int  # positions scored (bases and [UNK], not N; the first base only with [BOS])
     loglik_sum: float  # natural log
     one_pass: bool  # True: forward_long; False: batched dnalm.score
 
@@ -396,14 +396,15 @@ def score_records(
             per_base = score(model, [decode(records[i].ids, records[i].lower) for i in part], reduce="none",
                              batch_size=batch_size)
             for i, lp in zip(part, per_base):
-                out[i] = RecordScore(records[i].name, len(records[i]), int(lp.size), float(lp.sum()), False)
+                out[i] = RecordScore(records[i].name, len(records[i]), int(np.isfinite(lp).sum()), float(np.nansum(lp)),
+                                     False)  # NaN at N: not scored
                 bar.update(len(records[i]))
         for i in long_idx:
             t = torch.from_numpy(toks[i])
             lp = forward_long(model, t, "logprobs", check=False)  # (L-1,)
-            scored = (t[1:] >= UNK).to(lp.device)  # bases and [UNK], as dnalm.score
-            out[i] = RecordScore(records[i].name, len(records[i]), int(scored.sum()),
-                                 float(lp[scored].double().sum()), True)
+            counted = model.tokenizer.scored(t[1:]).to(lp.device)  # bases and [UNK], not N, as dnalm.score
+            out[i] = RecordScore(records[i].name, len(records[i]), int(counted.sum()),
+                                 float(lp[counted].double().sum()), True)
             bar.update(len(records[i]))
     finally:
         bar.close()

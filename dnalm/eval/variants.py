@@ -7,9 +7,10 @@ Protocol (Evo 2's BRCA1 protocol, docs/architectures.md §6):
 - Score the reference window and the same window with the allele swapped, **same length for both**
   (for an indel the alternative window is cut or extended at its right end to ``W`` bases, so there is
   no length bias). The score of a window is the natural-log likelihood of all its bases under the
-  model (the model's [BOS] makes the first base scored too).
+  model (the model's [BOS] makes the first base scored too). N bases are context only, never scored.
 - Report ``delta_sum`` = LL(alt) - LL(ref) summed over the window, and ``delta_mean`` = the same per
-  base (``delta_sum / W``): tiny numbers, same ranking within one window size.
+  scored base (``delta_sum`` / the reference window's A/C/G/T count, ``W`` when it has no N): tiny
+  numbers, same ranking within one window size.
 - Each distinct reference window is scored once and reused (several variants at one position share it).
 - Optionally (``rc_average``) the reverse complements of both windows are scored too and the two strand
   deltas averaged.
@@ -43,7 +44,7 @@ from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import display_name, parse_table, read_lines
 from dnalm.eval.metrics import progress as bar
 from dnalm.eval.metrics import write_tsv
-from dnalm.eval.scoring import window_bases, window_logliks
+from dnalm.eval.scoring import count_scored, window_bases, window_logliks
 from dnalm.tokenizer import decode, encode_bytes, reverse_complement_ids
 
 # ------------------------------------------------------------------------------------------ windows
@@ -340,7 +341,7 @@ class VariantResults:
         cols = self.header(extra_columns)
         comments = [
             "delta = log-likelihood(alt window) - log-likelihood(ref window), natural log; "
-            "delta_sum over the window, delta_mean = delta_sum / window_len",
+            "delta_sum over the window, delta_mean = delta_sum / scored bases of the reference window (N not scored)",
             f"window centred on the variant, {self.window} bases; window_start/end are 1-based inclusive",
             "strands: " + ("mean of forward and reverse-complement deltas" if self.rc_average else "forward only"),
             *self.notes,
@@ -434,6 +435,7 @@ def score_variants(
         notes.append("columns used: " + ", ".join(f"{k}={v}" for k, v in columns.items()))
 
     cache: dict[tuple, float] = {}  # window key -> log-likelihood sum (fwd, and rc under key + ("rc",))
+    counted: dict[tuple, int] = {}  # window key -> bases the sum counts (all but N)
     rows: list[dict[str, Any]] = []
     n_scored = 0
     pbar = bar(total=len(pairs), desc="variants", enabled=progress)
@@ -454,6 +456,7 @@ def score_variants(
                 sums = window_logliks(model, [todo[k][0] for k in keys], batch_size=batch_size,
                                       lower=[todo[k][1] for k in keys])
                 cache.update(zip(keys, sums.tolist()))
+                counted.update((k, count_scored(todo[k][0])) for k in keys)
                 n_scored += len(keys)
             for (v, rec), plan in zip(chunk, plans):
                 fwd = cache[plan["alt_key"]] - cache[plan["ref_key"]]
@@ -469,7 +472,7 @@ def score_variants(
                     delta = 0.5 * (fwd + rc)
                 else:
                     delta = fwd
-                row.update(delta_sum=delta, delta_mean=delta / plan["len"])
+                row.update(delta_sum=delta, delta_mean=delta / max(counted[plan["ref_key"]], 1))
                 rows.append(row)
             pbar.update(len(chunk))
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from dnalm.checkpoint import CheckpointError, is_native_checkpoint, latest_model_dir, load_pretrained, read_config_json
-from dnalm.formats import hyenadna_hf
+from dnalm.formats import evo, hyenadna_hf
 from dnalm.formats.base import CheckpointFormat
 from dnalm.models import get_preset, list_presets
 from dnalm.models.lm import DNALM
@@ -45,6 +45,8 @@ def detect_format(path: str | Path) -> CheckpointFormat | None:
 
 
 register_format(hyenadna_hf.FORMAT)
+register_format(evo.EVO2_FORMAT)
+register_format(evo.EVO1_FORMAT)
 
 
 def load(path: str | Path, device: str = "cpu") -> nn.Module:

@@ -28,14 +28,38 @@ from torch import nn
 from dnalm.config import ConfigError
 
 
-def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0, interp: float = 1.0) -> torch.Tensor:
-    """Rotation angles (L, head_dim/2) for 0-based ``positions`` (L,), computed in float64.
+ROPE_PRECISIONS = ("float64", "float32", "bfloat16")
 
-    Why float64: at position 1e6 a float32 angle is off by ~0.06 rad, enough to blur long-context
-    attention; cos/sin are taken in float64 and only then rounded to float32.
+
+def rope_inv_freq(head_dim: int, base: float, precision: str = "float64", device: Any = None) -> torch.Tensor:
+    """The RoPE frequencies ``base ** (-2i / head_dim)`` (head_dim/2,) under a ``precision`` rule (see rope_angles)."""
+    if precision == "float64":
+        return base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+    if precision not in ROPE_PRECISIONS:
+        raise ValueError(f"RoPE precision must be one of {ROPE_PRECISIONS} (got {precision!r})")
+    # the reference engines' formula, in float32: 1 / base ** (arange(0, hd, 2) / hd)
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    return inv.to(torch.bfloat16).float() if precision == "bfloat16" else inv
+
+
+def rope_angles(
+    positions: torch.Tensor, head_dim: int, base: float = 10000.0, interp: float = 1.0, precision: str = "float64"
+) -> torch.Tensor:
+    """Rotation angles (L, head_dim/2) for 0-based ``positions`` (L,).
+
+    ``precision`` "float64" (native models): frequencies, positions and angles in float64. Why: at position
+    1e6 a float32 angle is off by ~0.06 rad, enough to blur long-context attention; cos/sin are taken in
+    float64 and only then rounded to float32. "float32" reproduces Evo 1 (flash-attn's rotary: frequencies
+    recomputed in float32, ``pos = t / interp`` and ``pos * inv_freq`` in float32) and "bfloat16" Evo 2
+    (vortex: the same, but the frequencies are the bf16-rounded buffer the released files store).
     """
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
-    return (positions.to(torch.float64) / interp)[:, None] * inv_freq[None, :]  # (L, head_dim/2)
+    inv_freq = rope_inv_freq(head_dim, base, precision, positions.device)
+    if precision == "float64":
+        return (positions.to(torch.float64) / interp)[:, None] * inv_freq[None, :]  # (L, head_dim/2)
+    pos = positions.to(torch.float32)
+    if interp != 1.0:
+        pos = pos / interp
+    return torch.outer(pos, inv_freq)  # (L, head_dim/2) float32
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -52,11 +76,16 @@ class RotaryEmbedding(nn.Module):
     presets of 7B models are built on the meta device just to count parameters.
     """
 
-    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0, interp: float = 1.0):
+    def __init__(
+        self, head_dim: int, max_len: int, base: float = 10000.0, interp: float = 1.0, precision: str = "float64"
+    ):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension (got {head_dim})")
+        if precision not in ROPE_PRECISIONS:
+            raise ValueError(f"RoPE precision must be one of {ROPE_PRECISIONS} (got {precision!r})")
         self.head_dim, self.max_len, self.base, self.interp = head_dim, max_len, float(base), float(interp)
+        self.precision = precision
         # derived from (base, interp), so not saved in checkpoints
         self.register_buffer("cos", torch.empty(0, head_dim // 2), persistent=False)  # (n, hd/2)
         self.register_buffer("sin", torch.empty(0, head_dim // 2), persistent=False)  # (n, hd/2)
@@ -66,7 +95,7 @@ class RotaryEmbedding(nn.Module):
         device = self.cos.device if device is None else device
         if start + length > self.cos.shape[0] or self.cos.device != device:
             n = max(start + length, 2 * self.cos.shape[0])
-            ang = rope_angles(torch.arange(n, device=device), self.head_dim, self.base, self.interp)  # (n, hd/2)
+            ang = rope_angles(torch.arange(n, device=device), self.head_dim, self.base, self.interp, self.precision)
             self.cos, self.sin = ang.cos().float(), ang.sin().float()
         return self.cos[start : start + length], self.sin[start : start + length]
 
@@ -109,6 +138,8 @@ class CausalSelfAttention(nn.Module):
     ``forward(x: (B, L, D)) -> (B, L, D)`` uses ``F.scaled_dot_product_attention(is_causal=True)`` (flash or
     memory-efficient kernels where PyTorch has them). ``Wqkv`` is one D -> 3D projection laid out
     [q | k | v], each split into ``n_head`` heads; ``out_proj`` is flagged ``residual_out`` for GPT-2 init.
+    ``bias`` switches both projections' biases, ``out_bias`` (if given) the output projection's alone
+    (Evo 2: no qkv bias, an out_proj bias); ``rope_precision`` is the RoPE rule of :func:`rope_angles`.
     """
 
     def __init__(
@@ -120,6 +151,8 @@ class CausalSelfAttention(nn.Module):
         rope_interp: float = 1.0,
         bias: bool = False,
         dropout: float = 0.0,
+        out_bias: bool | None = None,
+        rope_precision: str = "float64",
     ):
         super().__init__()
         if d_model % n_head:
@@ -127,9 +160,9 @@ class CausalSelfAttention(nn.Module):
         self.d_model, self.n_head, self.head_dim = d_model, n_head, d_model // n_head
         self.max_len, self.dropout = max_len, dropout
         self.Wqkv = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias if out_bias is None else out_bias)
         self.out_proj.residual_out = True
-        self.rope = RotaryEmbedding(self.head_dim, max_len, rope_base, rope_interp)
+        self.rope = RotaryEmbedding(self.head_dim, max_len, rope_base, rope_interp, rope_precision)
 
     def _qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, L, _ = x.shape
@@ -168,6 +201,17 @@ class CausalSelfAttention(nn.Module):
         k_all, v_all = cache.append(k, v)  # (B, H, n, hd): every cached position is in the past
         y = F.scaled_dot_product_attention(q, k_all, v_all)  # (B, H, 1, hd)
         return self._merge(y)[:, 0], cache
+
+
+    def forward_from(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Positions cache.length .. of B rows, x (B, s, D), after a shared prefix held in ``cache`` (batch 1),
+        which is read, not changed -> (B, s, D)."""
+        B, s, p = x.shape[0], x.shape[1], cache.length
+        q, k, v = self._qkv(x, p)  # (B, H, s, hd), rotated for positions p .. p+s-1
+        k_all = torch.cat([cache.k[:, :, :p].expand(B, -1, -1, -1), k], dim=2)  # (B, H, p+s, hd)
+        v_all = torch.cat([cache.v[:, :, :p].expand(B, -1, -1, -1), v], dim=2)
+        mask = torch.ones(s, p + s, dtype=torch.bool, device=x.device).tril(p)  # query i sees keys <= p+i
+        return self._merge(F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask))
 
 
 # --------------------------------------------------------------------------------- context extension

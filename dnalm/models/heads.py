@@ -7,8 +7,8 @@ Batches are therefore padded on the **right**: in a causal model nothing after a
 every real token's hidden state is exactly what it would be without padding. Pooling then reads only
 real positions:
 
-- ``mean``: mean over the sequence's bases (the [BOS] and any soft-prompt positions are excluded).
-- ``last``: the hidden state of the last base, gathered at each row's own length. This is the same value
+- ``mean``: mean over the sequence's bases (the [BOS], any soft-prompt positions and N are excluded).
+- ``last``: the hidden state of the last base (not N), gathered at each row's own length. This is the same value
   that left padding with a perfect mask would put at position -1, without the leak.
 
 Soft prompts (HyenaDNA's in-context-learning experiments; Lester et al. 2021): ``n`` learned vectors
@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dnalm.tokenizer import BOS, UNK, A, T
+from dnalm.tokenizer import BOS, A, T
 
 Pool = Literal["mean", "last"]
 
@@ -158,7 +158,7 @@ class SequenceClassifier(nn.Module):
         """Pooled features (B, D) over the bases (not [BOS], padding or prompt positions)."""
         h = self.hidden(input_ids)  # (B, n + L, D)
 
-        real = attention_mask & (input_ids >= UNK)  # (B, L) bases only
+        real = attention_mask & self.lm.tokenizer.scored(input_ids)  # (B, L) bases only, not N
         if self.n_prompt:
             real = torch.cat([torch.zeros_like(real[:, : self.n_prompt]), real], dim=1)  # (B, n + L)
         return pool_hidden(h.float(), real, self.pool)

@@ -45,7 +45,7 @@ from dnalm.models.spec import (
     fft_conv_flops,
     layer_params_estimate,
 )
-from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft
+from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft, gated_fft_long_conv
 
 # The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
 # at 1M tokens and width 256 one entry would take 2 GB.
@@ -204,6 +204,7 @@ class HyenaOperator(nn.Module):
         self.out_proj.residual_out = True
         self.dropout = nn.Dropout(config.dropout)
         self._fft_cache: tuple | None = None  # (key, filter FFT) in eval mode; see _filter_fft
+        self._suffix_fft_cache: dict[int, tuple] = {}  # suffix length -> (key, FFT); see forward_prefix
 
     def long_filter(self, L: int) -> torch.Tensor:
         """The implicit long filters for length L: ((order-1) * d_model, L), lag 0 first, float32."""
@@ -223,8 +224,25 @@ class HyenaOperator(nn.Module):
             self._fft_cache = (key, filter_rfft(self.long_filter(L), n))  # (C, n//2+1)
         return self._fft_cache[1]
 
+    def _suffix_filter_fft(self, s_len: int) -> torch.Tensor:
+        """The transform of the first ``s_len`` filter taps at size fft_size(s_len), for ``forward_from``;
+        kept for a few lengths in eval mode without autograd (variants at one window offset share it)."""
+        n = fft_size(s_len)
+        if self.training or torch.is_grad_enabled():
+            return filter_rfft(self.long_filter(s_len), n)
+        tensors = list(self.filter_fn.parameters()) + list(self.filter_fn.buffers())
+        key = tuple((p.data_ptr(), p._version) for p in tensors)
+        hit = self._suffix_fft_cache.get(s_len)
+        if hit is None or hit[0] != key:
+            if len(self._suffix_fft_cache) >= 4 or self.filter_fn.bias.numel() * (n // 2 + 1) * 8 > FILTER_CACHE_MAX_BYTES:
+                self._suffix_fft_cache.clear()
+            hit = (key, filter_rfft(self.long_filter(s_len), n))  # the filter table's first s_len rows
+            self._suffix_fft_cache[s_len] = hit
+        return hit[1]
+
     def train(self, mode: bool = True) -> "HyenaOperator":
         self._fft_cache = None  # training changes the weights; free the memory
+        self._suffix_fft_cache = {}
         return super().train(mode)
 
     # ---- the stages
@@ -236,10 +254,10 @@ class HyenaOperator(nn.Module):
         a sequence start). conv1d's last tap multiplies the current position, as the reference's
         nn.Conv1d does. Returns (B, (N+1)D, L); split it into x0, gates..., v with ``split(D, dim=1)``.
         """
-        if history is None:  # padded k-1 on both sides, first L outputs kept: causal (as the reference does)
-            return self.short_filter(z)[..., : z.shape[-1]]
-        w, b = self.short_filter.weight, self.short_filter.bias
-        return F.conv1d(torch.cat([history, z], dim=-1), w, b, groups=z.shape[1])  # no padding: the history is it
+        if history is None:  # zeros before z: causal (as the reference's padded conv1d)
+            return self._short_conv_shifts(z)
+        # the history as the first k-1 positions, whose outputs are dropped (same values as conv1d without padding)
+        return self._short_conv_shifts(torch.cat([history.to(z.dtype), z], dim=-1))[..., history.shape[-1] :]
 
     def long_conv(
         self, v: torch.Tensor, bank: int, h: torch.Tensor | None, channels: slice = slice(None), h_fft=None
@@ -261,6 +279,36 @@ class HyenaOperator(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, D) -> (B, L, D)."""
+        if self.dropout.p > 0 and self.training:  # the dropout sits between the gate and the long conv
+            return self._forward_staged(u)
+        B, L, D = u.shape
+        w_in = self.in_proj.weight  # ((N+1)D, D)
+        z = torch.matmul(w_in, u.transpose(1, 2))  # (B, (N+1)D, L) channel-major, no transpose copy
+        z = self._short_conv_biased(z, self.in_proj.bias)  # short_conv(in_proj(u)), causal
+        x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
+        h_fft = self._filter_fft(L)  # (C, n//2+1) or None
+        h = self.long_filter(L) if h_fft is None else None  # (C, L)
+        bias = self.filter_fn.bias
+        for o, x_i in enumerate(reversed(gates)):  # order 2: just x1; the last round applies the x0 gate
+            ch = slice(o * D, (o + 1) * D)
+            v = gated_fft_long_conv(x_i, v, None if h is None else h[ch], bias[ch],
+                                    None if h_fft is None else h_fft[ch], post=x0 if o == len(gates) - 1 else None)
+        w, b = self.out_proj.weight, self.out_proj.bias  # out_proj of the channel-major (B, D, L) result
+        if B == 1:
+            return F.linear(v[0].t(), w, b)[None]  # a transposed (L, D) operand: no copy
+        return torch.baddbmm(b.expand(B, L, D), v.transpose(1, 2), w.t().expand(B, D, D))
+
+    def _short_conv_shifts(self, z: torch.Tensor) -> torch.Tensor:
+        """``short_conv(z)`` as k shifted multiply-adds with a hand-written backward (a depthwise conv1d's
+        backward, and autograd through in-place shifted updates, are both slow on CPU)."""
+        return self._short_conv_biased(z, torch.zeros_like(self.short_filter.bias))
+
+    def _short_conv_biased(self, z: torch.Tensor, b_in: torch.Tensor) -> torch.Tensor:
+        """``short_conv(z + b_in[:, None])``, b_in (C,) in_proj's bias, without materialising z + b_in."""
+        return _ShortConv.apply(z, self.short_filter.weight[:, 0], self.short_filter.bias, b_in)
+
+    def _forward_staged(self, u: torch.Tensor) -> torch.Tensor:
+        """The operator composed from its stages (used with dropout): the same function as ``forward``."""
         L, D = u.shape[1], self.d_model
         z = self.short_conv(self.in_proj(u).transpose(1, 2))  # (B, (N+1)D, L), causal
         x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
@@ -268,6 +316,44 @@ class HyenaOperator(nn.Module):
         h = self.long_filter(L) if h_fft is None else None  # (C, L)
         for o, x_i in enumerate(reversed(gates)):  # order 2: just x1
             v = self.long_conv(self.dropout(v * x_i), o, h, h_fft=h_fft)  # (B, D, L)
+        return self.output(x0, v)
+
+    # ---- prefix sharing (dnalm.eval.scoring): rows that agree on their first p positions. The long
+    # convolution splits exactly into the prefix's contribution and the suffix's own: for t >= p,
+    # (h * w)[t] = sum_{s<p} h[t-s] w[s] + sum_{s>=p} h[t-s] w[s]. The first term is the same for every row
+    # and is kept in the state; the second is a convolution of the suffix alone.
+
+    def forward_prefix(self, u: torch.Tensor, total_len: int) -> tuple[torch.Tensor, dict]:
+        """Prefix u (1, p, D) of rows ``total_len`` long -> (y (1, p, D), the state for ``forward_from``)."""
+        p, D, L = u.shape[1], self.d_model, total_len
+        z_pre = self.in_proj(u).transpose(1, 2)  # (1, (N+1)D, p)
+        x0, *gates, v = self.short_conv(z_pre).split(D, dim=1)  # each (1, D, p)
+        h_fft = self._filter_fft(L)
+        if h_fft is None:
+            h_fft = filter_rfft(self.long_filter(L), fft_size(L))
+        bias, contrib = self.filter_fn.bias, []
+        for o, x_i in enumerate(reversed(gates)):
+            ch = slice(o * D, (o + 1) * D)
+            w = v * x_i  # (1, D, p)
+            full = fft_long_conv(F.pad(w, (0, L - p)), None, None, h_fft=h_fft[ch])  # (1, D, L): prefix only
+            contrib.append(full[..., p:])  # (1, D, L-p): what the prefix adds to every later position
+            v = torch.addcmul(full[..., :p], w, bias[ch, None].to(w.dtype))  # the prefix's own output
+        k = self.short_filter.kernel_size[0]
+        padded = F.pad(z_pre, (max(0, k - 1 - p), 0))
+        fir = padded[..., padded.shape[-1] - (k - 1) :]  # (1, (N+1)D, k-1): the inputs before position p
+        state = {"fir": fir, "contrib": contrib, "h_fft": self._suffix_filter_fft(L - p)}
+        return self.output(x0, v), state
+
+    def forward_from(self, u: torch.Tensor, state: dict) -> torch.Tensor:
+        """Positions p .. total_len-1 of B rows, u (B, total_len - p, D) -> y (B, ., D) (state unchanged)."""
+        B, D = u.shape[0], self.d_model
+        z_pre = self.in_proj(u).transpose(1, 2)  # (B, (N+1)D, s)
+        fir = state["fir"].expand(B, -1, -1)
+        x0, *gates, v = self.short_conv(z_pre, fir).split(D, dim=1)  # each (B, D, s)
+        bias = self.filter_fn.bias
+        for o, x_i in enumerate(reversed(gates)):
+            ch = slice(o * D, (o + 1) * D)
+            v = fft_long_conv(v * x_i, None, bias[ch], h_fft=state["h_fft"][ch]) + state["contrib"][o]
         return self.output(x0, v)
 
     # ---- generation (dnalm.generation). The implicit filter is used as what it is, an explicit FIR as long
@@ -316,6 +402,51 @@ class HyenaOperator(nn.Module):
         return self.output(x0[..., None], v.to(x0.dtype)[..., None])[:, 0], state
 
 
+class _ShortConv(torch.autograd.Function):
+    """Causal depthwise FIR of ``z + b_in`` (z's positions only; zeros before them):
+    y[c, t] = b[c] + sum_{j <= t} w[c, k-1-j] (z[c, t-j] + b_in[c]) (conv1d's layout: the last tap is
+    lag 0), by shifted multiply-adds on (B, C, L), with the backward written out the same way.
+
+    Taking in_proj's bias ``b_in`` here saves a full pass over the (B, C, L) projection: it becomes a
+    per-channel constant (plus k-1 corrected leading positions)."""
+
+    @staticmethod
+    def forward(ctx, z, w, b, b_in):  # z (B, C, L), w (C, k), b (C,), b_in (C,)
+        k, L = w.shape[-1], z.shape[-1]
+        m = min(k, L)
+        out = torch.addcmul((b + b_in * w.sum(-1))[:, None], z, w[:, k - 1, None])  # lag 0 (+ full bias sum)
+        for j in range(1, m):
+            out[..., j:].addcmul_(z[..., :-j], w[:, k - 1 - j, None])  # lag j
+            out[..., j - 1].sub_(b_in * w[:, : k - j].sum(-1))  # position j-1 sees only lags 0..j-1 of b_in
+        if k > L:
+            out[..., L - 1].sub_(b_in * w[:, : k - L].sum(-1))
+        ctx.save_for_backward(z, w, b_in)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        z, w, b_in = ctx.saved_tensors
+        k, L = w.shape[-1], z.shape[-1]
+        m = min(k, L)
+        grad_z = grad_w = grad_b = grad_b_in = None
+        if ctx.needs_input_grad[0]:
+            grad_z = g * w[:, k - 1, None]
+            for j in range(1, m):
+                grad_z[..., :-j].addcmul_(g[..., j:], w[:, k - 1 - j, None])
+        gsum = g.sum(0)  # (C, L)
+        tail = [gsum[:, j:].sum(-1) for j in range(m)]  # (C,): sum of g over positions t >= j
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(w)
+            for j in range(m):
+                grad_w[:, k - 1 - j] = torch.einsum("bct,bct->c", g[..., j:], z[..., : L - j]) + b_in * tail[j]
+        if ctx.needs_input_grad[2]:
+            grad_b = tail[0]
+        if ctx.needs_input_grad[3]:
+            grad_b_in = sum(w[:, k - 1 - j] * tail[j] for j in range(m))
+        return grad_z, grad_w, grad_b, grad_b_in
+
+
 class Mlp(nn.Module):
     """fc1 (D -> d_inner), tanh-approximated GELU, fc2 (d_inner -> D)."""
 
@@ -326,7 +457,54 @@ class Mlp(nn.Module):
         self.fc2.residual_out = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
+        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.dtype != self.fc1.weight.dtype:
+            return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
+        shape = x.shape
+        y = _RowChunkedMlp.apply(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc1.bias, self.fc2.weight,
+                                 self.fc2.bias)
+        return y.view(*shape[:-1], y.shape[-1])
+
+
+MLP_CHUNK_ROWS = 512  # rows per chunk of the CPU MLP: the (rows, d_inner) hidden stays in the L2 cache
+
+
+class _RowChunkedMlp(torch.autograd.Function):
+    """fc2(gelu_tanh(fc1(x))) on CPU, computed ``MLP_CHUNK_ROWS`` rows at a time so that the wide hidden
+    activation and its GELU (forward and backward) stay in cache; only the pre-activation is kept for
+    the backward (the GELU output is recomputed there, chunk by chunk). Same values as the plain MLP."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):  # x (N, D), w1 (F, D), w2 (D, F)
+        N, c = x.shape[0], MLP_CHUNK_ROWS
+        x = x.contiguous()
+        out = x.new_empty(N, w2.shape[0])
+        keep = any(ctx.needs_input_grad)
+        a_all = x.new_empty(N, w1.shape[0]) if keep else None
+        for s in range(0, N, c):
+            a = torch.addmm(b1, x[s : s + c], w1.t(), out=a_all[s : s + c]) if keep else torch.addmm(
+                b1, x[s : s + c], w1.t())
+            torch.addmm(b2, F.gelu(a, approximate="tanh"), w2.t(), out=out[s : s + c])
+        if keep:
+            ctx.save_for_backward(x, a_all, w1, w2)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, a_all, w1, w2 = ctx.saved_tensors
+        N, c = x.shape[0], MLP_CHUNK_ROWS
+        g = g.contiguous()
+        gx = x.new_empty(x.shape) if ctx.needs_input_grad[0] else None
+        gw1, gb1, gw2 = torch.zeros_like(w1), w1.new_zeros(w1.shape[0]), torch.zeros_like(w2)
+        for s in range(0, N, c):
+            a, gc = a_all[s : s + c], g[s : s + c]
+            gw2.addmm_(gc.t(), F.gelu(a, approximate="tanh"))
+            da = torch.ops.aten.gelu_backward(gc @ w2, a, approximate="tanh")  # (c, F)
+            gw1.addmm_(da.t(), x[s : s + c])
+            gb1 += da.sum(0)
+            if gx is not None:
+                torch.mm(da, w1, out=gx[s : s + c])
+        return gx, gw1, gb1, gw2, g.sum(0)
 
 
 class HyenaBlock(nn.Module):
@@ -353,6 +531,19 @@ class HyenaBlock(nn.Module):
         y, state = self.mixer.prefill(self.norm1(r.to(self.norm1.weight.dtype)))
         r = r + y
         return r + self.mlp(self.norm2(r.to(self.norm2.weight.dtype))), state
+
+    def forward_prefix(self, x: torch.Tensor, total_len: int) -> tuple[torch.Tensor, dict]:
+        """Prefix x (1, p, D) -> (float32 residual (1, p, D), the mixer's prefix state); no dropout."""
+        r = x.float()
+        y, state = self.mixer.forward_prefix(self.norm1(r.to(self.norm1.weight.dtype)), total_len)
+        r = r + y
+        return r + self.mlp(self.norm2(r.to(self.norm2.weight.dtype))), state
+
+    def forward_from(self, x: torch.Tensor, state: dict) -> torch.Tensor:
+        """The positions after a shared prefix, x (B, s, D) -> float32 residual (B, s, D)."""
+        r = x.float()
+        r = r + self.mixer.forward_from(self.norm1(r.to(self.norm1.weight.dtype)), state)
+        return r + self.mlp(self.norm2(r.to(self.norm2.weight.dtype)))
 
     def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """One token x_t (B, D) -> (float32 residual (B, D), state)."""
@@ -394,6 +585,22 @@ class HyenaBackbone(nn.Module):
     def step(self, x_t: torch.Tensor, states: list[dict]) -> tuple[torch.Tensor, list[dict]]:
         """One token x_t (B, D) -> (hidden (B, D), states updated in place)."""
         return step_layers(self.layers, x_t, states)
+
+    def forward_prefix(self, x: torch.Tensor, total_len: int) -> tuple[torch.Tensor, list[dict]]:
+        """Prefix embeddings x (1, p, D) of rows ``total_len`` long -> (hidden, one state per block)."""
+        if total_len > self.config.l_max:
+            raise ValueError(f"input of {total_len} tokens exceeds this Hyena model's l_max={self.config.l_max}")
+        states = []
+        for layer in self.layers:
+            x, state = layer.forward_prefix(x, total_len)
+            states.append(state)
+        return x, states
+
+    def forward_from(self, x: torch.Tensor, states: list[dict]) -> torch.Tensor:
+        """Embeddings after the shared prefix, x (B, s, D) -> hidden (B, s, D)."""
+        for layer, state in zip(self.layers, states):
+            x = layer.forward_from(x, state)
+        return x
 
 
 # ------------------------------------------------------------------------------------------ the spec
@@ -470,4 +677,5 @@ SPEC = ModelSpec(
         "hyenadna-large-1m": _hyenadna(8, 256, 1_000_000),
     },
     formats=("hyenadna-hf",),
+    prefix_sharing=True,
 )

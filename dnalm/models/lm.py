@@ -112,6 +112,27 @@ class DNALM(nn.Module):
             hidden_states = [x] + list(out.hidden_states or []) + [h]
         return LMOutput(logits, hidden_states, out.aux_loss, out.metrics)
 
+    @property
+    def shares_prefix(self) -> bool:
+        """True when the family can score rows from a shared prefix (``ModelSpec.prefix_sharing``)."""
+        return spec_of(self.config).prefix_sharing
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        h = self.norm_f(hidden.to(self.norm_f.weight.dtype))
+        return F.linear(h, self.head_weight).float()  # (B, L, V)
+
+    def forward_prefix(self, input_ids: torch.Tensor, total_len: int) -> tuple[torch.Tensor, Any]:
+        """The first p tokens (1, p) of rows ``total_len`` long -> (logits (1, p, V), the prefix state);
+        see :class:`dnalm.models.spec.PrefixBackbone`. Only for families with ``shares_prefix``."""
+        if total_len > self.config.max_len:
+            raise ValueError(f"input of {total_len} tokens exceeds the model's maximum length {self.config.max_len}")
+        hidden, state = self.backbone.forward_prefix(self.embed(input_ids), total_len)
+        return self._logits(hidden), state
+
+    def forward_from(self, state: Any, input_ids: torch.Tensor) -> torch.Tensor:
+        """Tokens p .. total_len-1 of B rows (B, total_len - p) after a shared prefix -> logits (B, ., V)."""
+        return self._logits(self.backbone.forward_from(self.embed(input_ids), state))
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed.weight.numel() if exclude_embeddings else n

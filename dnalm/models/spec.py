@@ -26,6 +26,7 @@ from dnalm.ops.fftconv import fft_size
 __all__ = [
     "Backbone",
     "RecurrentBackbone",
+    "PrefixBackbone",
     "BackboneOutput",
     "ModelSpec",
     "FlopTerms",
@@ -183,6 +184,26 @@ class ActivationShape:
     note: str = ""  # how the shape was obtained, when that needs saying
 
 
+@runtime_checkable
+class PrefixBackbone(Backbone, Protocol):
+    """A causal backbone that continues from a shared prefix (``ModelSpec.prefix_sharing``).
+
+    Rows that agree on their first p positions (a reference window and its variants) have identical
+    outputs there; ``forward_prefix`` runs those p positions once and returns what the rest needs,
+    ``forward_from`` runs only the remaining positions of any number of rows against that state. Exact:
+    the same function as ``forward`` on the whole rows (up to float rounding).
+    """
+
+    def forward_prefix(self, x: torch.Tensor, total_len: int) -> tuple[torch.Tensor, Any]:
+        """Prefix embeddings x (1, p, D) of rows ``total_len`` long -> (hidden (1, p, D), the prefix state)."""
+        ...
+
+    def forward_from(self, x: torch.Tensor, state: Any) -> torch.Tensor:
+        """Embeddings of positions p .. total_len-1 of B rows, x (B, total_len - p, D) -> hidden (B, ., D).
+        ``state`` is not changed: one state serves several calls."""
+        ...
+
+
 # ------------------------------------------------------------------------------------------ the spec
 
 
@@ -212,6 +233,11 @@ class ModelSpec:
             stage, or None when the family has no positions to rescale (RoPE).
         presets: name -> zero-argument function returning a fresh config.
         formats: names of the foreign checkpoint formats (``dnalm.formats``) that map onto this family.
+        upgrade: ``upgrade(model_dict)`` -> (model_dict, state_transform or None, note or None): how a
+            checkpoint written by an older dnalm is read today. ``state_transform(state, config)`` maps the
+            saved tensors onto the current parameters; ``note`` says what changed (shown as a warning).
+        prefix_sharing: the backbone is a :class:`PrefixBackbone` (causal, with ``forward_prefix`` and
+            ``forward_from``); the scoring core then computes a prefix shared by several rows once.
     """
 
     family: str
@@ -226,6 +252,8 @@ class ModelSpec:
     extend_context: Callable[..., Any] | None = None
     presets: dict[str, Callable[[], Any]] = field(default_factory=dict)
     formats: tuple[str, ...] = ()
+    upgrade: Callable[[dict], tuple[dict, Callable[..., dict] | None, str | None]] | None = None
+    prefix_sharing: bool = False
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -49,14 +49,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dnalm.config import ConfigError, _positive, _round_up
-from dnalm.models.attention import CausalSelfAttention, extend_context
+from dnalm.models.attention import ROPE_PRECISIONS, CausalSelfAttention, extend_context
 from dnalm.models.lm import gpt2_init, prefill_layers, step_layers
 from dnalm.models.spec import (
     ActivationShape,
@@ -86,14 +86,15 @@ __all__ = [
 
 @dataclass
 class StripedHyenaConfig:
-    """StripedHyena (Evo, ``version`` 1) and StripedHyena 2 (Evo 2, ``version`` 2): docs/architectures.md §2-3.
+    """StripedHyena (Evo 1, ``version`` 1) and StripedHyena 2 (Evo 2, ``version`` 2): docs/architectures.md §2-3.
 
     ``layers`` names the block at each depth (n_layer names). Version 1: "hyena" (gated convolution with
-    the modal pole/residue long filter) and "attn" (RoPE attention). Version 2: "se" (explicit length
-    ``se_len`` grouped FIR), "mr" (explicit length ``mr_len`` grouped, decay-regularised), "li" (implicit
-    real modal filter, full length) and "attn". Left out, it is derived: version 1 puts attention at
-    every 8th layer from layer 8 (Evo 1 7B: 8, 16, 24), version 2 repeats SE, MR, LI, MHA, SE, MR, LI
-    (Evo 2 7B). See dnalm/models/striped_hyena.py for the blocks.
+    the modal pole/residue long filter) and "attn" (RoPE attention). Version 2: "se" (Evo 2's hcs: explicit
+    length ``se_len`` grouped FIR), "mr" (hcm: explicit length ``mr_len`` grouped filter), "li" (hcl:
+    implicit real modal filter, full length) and "attn". Left out, it is derived: version 1 puts attention
+    at every 8th layer from layer 8 (Evo 1 7B: 8, 16, 24), version 2 repeats SE, MR, LI, MHA, SE, MR, LI
+    (Evo 2 7B). The math and the parameter layout are the released models' (module docstring);
+    ``dnalm.formats.evo`` reads and writes their files.
     """
 
     family: Literal["striped_hyena"] = "striped_hyena"
@@ -109,11 +110,17 @@ class StripedHyenaConfig:
     short_filter_len: int = 3  # depthwise FIR on the 3D projections
     se_len: int = 7
     mr_len: int = 128
-    filter_groups: int | None = None  # SE/MR filter groups; None = d_model // 16 (Evo 2: 256 at d_model 4096)
+    filter_groups: int | None = None  # SE filter groups (and MR's unless mr_groups); None = d_model // 16
+    mr_groups: int | None = None  # MR filter groups; None = filter_groups (Evo 2 releases: equal)
     rope_base: float = 10000.0
     rope_interp: float = 1.0  # linear position interpolation: positions are divided by this
-    norm_eps: float = 1e-6
+    # RoPE arithmetic (dnalm.models.attention.rope_angles): None = the released engines' rule, "float32"
+    # (Evo 1, frequencies recomputed) for version 1, "bfloat16" (Evo 2, the bf16-rounded stored buffer) for
+    # version 2; "float64" is dnalm's long-context rule (checkpoints written before the Evo conventions)
+    rope_precision: str | None = None
+    norm_eps: float = 1e-6  # RMSNorm: x / (rms(x) + eps), eps outside the root as in Evo
     tie_embeddings: bool = True
+    conventions: str = "evo"  # parameter layout; older dnalm checkpoints (no such field) are converted on load
 
     def __post_init__(self) -> None:
         if self.mlp_hidden is None:
@@ -122,8 +129,16 @@ class StripedHyenaConfig:
             self.state_size = 8 if self.version == 1 else 16
         if self.filter_groups is None:
             self.filter_groups = max(1, self.d_model // 16)
+        if self.mr_groups is None:
+            self.mr_groups = self.filter_groups
+        if self.rope_precision is None:
+            self.rope_precision = "float32" if self.version == 1 else "bfloat16"
         _positive(self, "n_layer", "d_model", "n_head", "max_len", "vocab_size", "mlp_hidden", "state_size")
-        _positive(self, "short_filter_len", "se_len", "mr_len", "filter_groups", "rope_base", "rope_interp")
+        _positive(self, "short_filter_len", "se_len", "mr_len", "filter_groups", "mr_groups", "rope_base", "rope_interp")
+        if self.conventions != "evo":
+            raise ConfigError(f"model.conventions must be 'evo' (got {self.conventions!r})")
+        if self.rope_precision not in ROPE_PRECISIONS:
+            raise ConfigError(f"model.rope_precision must be one of {list(ROPE_PRECISIONS)} (got {self.rope_precision!r})")
         if self.layers is None:
             if self.version == 1:
                 self.layers = ["attn" if i and i % 8 == 0 else "hyena" for i in range(self.n_layer)]
@@ -139,8 +154,9 @@ class StripedHyenaConfig:
             raise ConfigError(
                 f"model.d_model ({self.d_model}) must split into n_head ({self.n_head}) heads of even size"
             )
-        if self.d_model % self.filter_groups:
-            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by filter_groups ({self.filter_groups})")
+        for name in ("filter_groups", "mr_groups"):
+            if self.d_model % getattr(self, name):
+                raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by {name} ({getattr(self, name)})")
 
 
 # ------------------------------------------------------------------------------------ filter helpers
@@ -241,8 +257,23 @@ class HyenaState:
     coef: tuple[torch.Tensor, ...]  # filter coefficients frozen at prefill (taps, or poles and residues)
 
 
+class RMSNorm(nn.Module):
+    """Evo's RMSNorm: ``weight * x / (sqrt(mean(x^2)) + eps)``, the eps added to the RMS outside the root
+    (vortex and stripedhyena write it ``x / (||x||_2 * D^-1/2 + eps)``); computed in float32."""
+
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        rms = torch.linalg.vector_norm(x32, dim=-1, keepdim=True) * x.shape[-1] ** -0.5  # (..., 1)
+        return (self.weight.float() * (x32 / (rms + self.eps))).to(x.dtype)
+
+
 class GatedMLP(nn.Module):
-    """``l3(act(l1 z) * l2 z)`` without biases; ``act`` is "gelu" or "identity" (a bilinear GLU)."""
+    """``l3(act(l1 z) * l2 z)`` without biases; ``act`` is "gelu" (exact, erf) or "identity" (a bilinear GLU)."""
 
     def __init__(self, d_model: int, hidden: int, act: str = "gelu"):
         super().__init__()
@@ -259,14 +290,36 @@ class GatedMLP(nn.Module):
         return self.l3(a * self.l2(z))  # (..., D)
 
 
+def split_streams(z: torch.Tensor, version: int, n_head: int, dim: int = 1) -> tuple[torch.Tensor, ...]:
+    """(x2, x1, v) from the featurized 3D channels along ``dim``, in the released layouts.
+
+    Version 2 (Evo 2, ``interleave``): channel c of x2, x1, v is row 3c, 3c+1, 3c+2. Version 1 (Evo 1,
+    ``column_split_hyena``): per head h, rows h*3*hd + [0, hd), + [hd, 2hd), + [2hd, 3hd) hold x2, x1, v.
+    """
+    D3 = z.shape[dim]
+    zm = z.movedim(dim, -1)  # (..., 3D)
+    if version == 2:
+        parts = zm.unflatten(-1, (D3 // 3, 3)).unbind(-1)  # (..., D) each
+    else:
+        hd = D3 // (3 * n_head)
+        parts = tuple(p.flatten(-2) for p in zm.unflatten(-1, (n_head, 3, hd)).unbind(-2))
+    return tuple(p.movedim(-1, dim) for p in parts)
+
+
 class HyenaMixer(nn.Module):
-    """The Hyena operator of one block; ``kind`` is "hyena" (version 1) or "se", "mr", "li" (version 2)."""
+    """The Hyena operator of one block; ``kind`` is "hyena" (version 1) or "se", "mr", "li" (version 2).
+
+    Stages (so a chunked long path can call them one at a time): :meth:`featurize` (in_proj + short FIR,
+    (B, 3D, L)), :func:`split_streams`, :meth:`long_conv` on u = x1 * v, :meth:`output` (gate + out_proj).
+    """
 
     def __init__(self, kind: str, config: StripedHyenaConfig):
         super().__init__()
-        D, S, G = config.d_model, config.state_size, config.filter_groups
+        D, S = config.d_model, config.state_size
         v1 = config.version == 1
-        self.kind, self.d_model, self.groups = kind, D, G
+        self.kind, self.d_model, self.version, self.n_head = kind, D, config.version, config.n_head
+        self.groups = config.mr_groups if kind == "mr" else config.filter_groups
+        G = self.groups
         self.in_proj = nn.Linear(D, 3 * D, bias=v1)
         k = config.short_filter_len
         bound = 1 / math.sqrt(k)  # nn.Conv1d's default scale
@@ -288,17 +341,16 @@ class HyenaMixer(nn.Module):
             self.residues = nn.Parameter(torch.view_as_real(r).contiguous())  # (D, S, 2)
         elif kind == "li":
             rate = _log_uniform((D, S), 1e-3, 0.5)
-            self.log_rate = nn.Parameter(torch.log(rate))  # (D, S): lambda = -exp(log_rate)
+            self.log_poles = nn.Parameter(-rate)  # (D, S): h[t] = sum_n R exp(log_poles t), log_poles < 0
             self.residues = nn.Parameter(torch.randn(D, S) * torch.sqrt(1 - torch.exp(-2 * rate)) / math.sqrt(S))
         elif kind == "se":
             self.h = nn.Parameter(torch.randn(G, config.se_len) / math.sqrt(config.se_len))  # (G, se_len)
         elif kind == "mr":
+            # the final explicit filter, as Evo 2 releases store it; initialised with a per-group decay
+            # exp(-r_g t / (mr_len - 1)), r_g log-spaced over [1e-2, 1e2], at unit gain per group
             n = config.mr_len
-            t = torch.linspace(0, 1, n)  # (n,) time over the filter length
-            rates = torch.logspace(-2, 2, G)  # (G,) one decay rate per group
-            self.register_buffer("decay", torch.exp(-rates[:, None] * t), persistent=False)  # (G, n)
-            w = torch.randn(G, n)
-            self.w = nn.Parameter(w / self.decay.norm(dim=-1, keepdim=True))  # unit gain per group at init
+            decay = torch.exp(-torch.logspace(-2, 2, G)[:, None] * torch.linspace(0, 1, n))  # (G, n)
+            self.h = nn.Parameter(torch.randn(G, n) * decay / decay.norm(dim=-1, keepdim=True))  # (G, mr_len)
         else:
             raise ValueError(f"unknown Hyena block kind {kind!r}")
 
@@ -311,27 +363,28 @@ class HyenaMixer(nn.Module):
             r = torch.complex(self.residues[..., 0].float(), self.residues[..., 1].float())
             return torch.log(p), r
         if self.kind == "li":
-            return -torch.exp(self.log_rate.float()), self.residues.float()
+            return self.log_poles.float(), self.residues.float()
         raise ValueError(f"{self.kind} has no modal filter")
 
     def long_filter(self, L: int) -> torch.Tensor:
         """The per-channel filter (D, L_h), h[:, 0] the lag-0 tap: L_h = L for modal kinds, else the FIR length."""
         if self.kind in ("hyena", "li"):
             return modal_filter(*self.modal_params(), L)  # (D, L)
-        taps = self.h if self.kind == "se" else self.w * self.decay  # (G, len)
-        return taps.float().repeat_interleave(self.d_model // self.groups, dim=0)  # (D, len): channel d -> group d // (D/G)
+        return self.h.float().repeat_interleave(self.d_model // self.groups, dim=0)  # (D, len): d -> group d // (D/G)
 
-    # ---- parallel path
+    # ---- parallel path, stage by stage
 
-    def _featurize(self, z_pre: torch.Tensor) -> torch.Tensor:
-        """Depthwise causal short FIR over (B, 3D, L) (conv1d wants the lag-0 tap last: flip)."""
+    def featurize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, D) -> (z (B, 3D, L) after the depthwise causal short FIR, z_pre (B, 3D, L) before it)."""
+        z_pre = self.in_proj(x).transpose(1, 2)  # (B, 3D, L)
         k = self.short_filter.shape[-1]
-        w = self.short_filter.flip(-1)[:, None, :].to(z_pre.dtype)  # (3D, 1, k)
+        w = self.short_filter.flip(-1)[:, None, :].to(z_pre.dtype)  # (3D, 1, k): conv1d wants lag 0 last
         b = None if self.short_bias is None else self.short_bias.to(z_pre.dtype)
-        return F.conv1d(z_pre, w, b, padding=k - 1, groups=z_pre.shape[1])[..., : z_pre.shape[-1]]  # (B, 3D, L)
+        z = F.conv1d(z_pre, w, b, padding=k - 1, groups=z_pre.shape[1])[..., : z_pre.shape[-1]]  # (B, 3D, L)
+        return z, z_pre
 
-    def _long_conv(self, u: torch.Tensor) -> torch.Tensor:
-        """conv(u) for u (B, D, L) per the block kind; (B, D, L)."""
+    def long_conv(self, u: torch.Tensor) -> torch.Tensor:
+        """conv(u) for u (B, D, L) per the block kind, D term included; (B, D, L)."""
         L = u.shape[-1]
         h = self.long_filter(L)  # (D, L_h) float32
         if self.kind == "se":  # 7 taps: a direct depthwise convolution beats an FFT
@@ -339,13 +392,15 @@ class HyenaMixer(nn.Module):
             return F.conv1d(u, w, padding=h.shape[-1] - 1, groups=self.d_model)[..., :L]
         return fft_long_conv(u, h, self.skip)  # float32 inside, u's dtype out
 
+    def output(self, x2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Gate and project: x2, y (B, D, L) -> out_proj(x2 * y) (B, L, D)."""
+        return self.out_proj((x2 * y).transpose(1, 2))
+
     def _mix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        z_pre = self.in_proj(x).transpose(1, 2)  # (B, 3D, L)
-        z = self._featurize(z_pre)  # (B, 3D, L)
-        x2, x1, v = z.chunk(3, dim=1)  # (B, D, L) each
+        z, z_pre = self.featurize(x)  # (B, 3D, L)
+        x2, x1, v = split_streams(z, self.version, self.n_head)  # (B, D, L) each
         u = x1 * v  # (B, D, L)
-        y = x2 * self._long_conv(u)  # (B, D, L)
-        return self.out_proj(y.transpose(1, 2)), z_pre, u, x2
+        return self.output(x2, self.long_conv(u)), z_pre, u, x2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, L, D) -> (B, L, D)."""
@@ -372,7 +427,7 @@ class HyenaMixer(nn.Module):
         z_pre = self.in_proj(x_t)  # (B, 3D)
         bias = None if self.short_bias is None else self.short_bias.to(z_pre.dtype)
         z, state.fir = fir_step(z_pre, state.fir, self.short_filter.to(z_pre.dtype), bias)  # (B, 3D)
-        x2, x1, v = z.chunk(3, dim=-1)  # (B, D) each
+        x2, x1, v = split_streams(z, self.version, self.n_head, dim=-1)  # (B, D) each
         u = (x1 * v).float()  # (B, D)
         if self.kind in ("hyena", "li"):
             p, r = state.coef
@@ -392,16 +447,18 @@ class StripedHyenaBlock(nn.Module):
     def __init__(self, kind: str, config: StripedHyenaConfig, layer_idx: int):
         super().__init__()
         D = config.d_model
+        v1 = config.version == 1
         self.kind = kind
-        self.norm1 = nn.RMSNorm(D, eps=config.norm_eps)
-        if kind == "attn":
+        self.norm1 = RMSNorm(D, eps=config.norm_eps)
+        if kind == "attn":  # Evo 1: qkv and out_proj biases; Evo 2: out_proj bias only
             self.mixer: nn.Module = CausalSelfAttention(
-                D, config.n_head, config.max_len, config.rope_base, config.rope_interp, bias=config.version == 1
+                D, config.n_head, config.max_len, config.rope_base, config.rope_interp, bias=v1, out_bias=True,
+                rope_precision=config.rope_precision,
             )
         else:
             self.mixer = HyenaMixer(kind, config)
-        self.norm2 = nn.RMSNorm(D, eps=config.norm_eps)
-        act = "gelu" if config.version == 1 or layer_idx == 0 else "identity"
+        self.norm2 = RMSNorm(D, eps=config.norm_eps)
+        act = "gelu" if v1 or layer_idx == 0 else "identity"  # Evo 2 (evo2_style_activations): GELU in block 0
         self.mlp = GatedMLP(D, config.mlp_hidden, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -457,13 +514,13 @@ def count_params(cfg: StripedHyenaConfig) -> int:
     for kind in cfg.layers:
         layer = 2 * d + 3 * d * cfg.mlp_hidden  # two RMSNorms, gated MLP (no biases)
         if kind == "attn":
-            layer += attention_block_params(d, bias=v1)
+            layer += attention_block_params(d, bias=v1) + (0 if v1 else d)  # Evo 2: out_proj bias only
         else:
             layer += 3 * d * d + (3 * d if v1 else 0)  # in_proj
             layer += 3 * d * k + (3 * d if v1 else 0)  # short FIR (+ bias in version 1)
             layer += d * d + d  # out_proj with bias
             layer += d if kind in ("hyena", "li", "mr") else 0  # skip D
-            layer += {"hyena": 4 * d * S, "li": 2 * d * S, "se": G * cfg.se_len, "mr": G * cfg.mr_len}[kind]
+            layer += {"hyena": 4 * d * S, "li": 2 * d * S, "se": G * cfg.se_len, "mr": cfg.mr_groups * cfg.mr_len}[kind]
         total += layer
     return total + d  # final RMSNorm
 
@@ -521,16 +578,16 @@ def activations(cfg: StripedHyenaConfig) -> ActivationShape:
 def no_weight_decay(name: str) -> bool:
     """The long filters' own parameters (modal poles and residues, Hyena-LI rates, SE/MR taps) are filter
     coefficients, not projections: like HyenaDNA's implicit filters they get no weight decay."""
-    return name.rsplit(".", 1)[-1] in ("poles", "residues", "log_rate", "h", "w") and ".mixer." in name
+    return name.rsplit(".", 1)[-1] in ("poles", "residues", "log_poles", "h") and ".mixer." in name
 
 
 # ---- presets: Evo 1 and Evo 2 as released. Evo 1: togethercomputer/evo-1-8k-base and evo-1-131k-base
-# config.json (32 layers, 4096 wide, 32 heads, attention at 8/16/24, inner_mlp_size 10928, state 8, byte
-# vocabulary 512; the 131k model divides RoPE positions by 16). Evo 2: ArcInstitute/evo2
-# evo2/configs/evo2-{7b,40b}-{8k,1m}.yml (hcs/hcm/hcl/attn layer indices, 256/512 filter groups, state 16).
-# The released 1M files list a wider MLP than the 8k ones (7B: 11264 vs 11008, 40B: 22528 vs 21888); each
-# preset follows its own file. The 1M RoPE (base 1e11, positions / 128) is what
-# ``extend_context(cfg, 2**20)`` gives from a base-1e4 8k config.
+# config.json at 1.1_fix (32 layers, 4096 wide, 32 heads, attention at 8/16/24, inner_mlp_size 10928, state 8,
+# byte vocabulary 512; the 131k model divides RoPE positions by 16). Evo 2: ArcInstitute/evo2 @53f1959
+# evo2/configs/*.yml (tables in shared/fixtures/evo2_vortex/NOTES.md): hcs/hcm/hcl/attn layer indices, filter
+# groups, state 16, RoPE base and linear interpolation as the released inv_freq buffers show (the 7B uses
+# base 1e4 also at 1M, the 20B and 40B 1e6). The 1M files list a wider MLP than the 8k ones (7B: 11264 vs
+# 11008, 40B: 22528 vs 21888); each preset follows its own file.
 
 
 def _evo1(max_len: int, rope_interp: float):
@@ -541,16 +598,27 @@ def _evo1(max_len: int, rope_interp: float):
     )  # fmt: skip
 
 
-def _evo2(size: str, max_len: int, mlp_hidden: int, rope_base: float, rope_interp: float):
-    n_layer, d_model, n_head, groups = (32, 4096, 32, 256) if size == "7b" else (50, 8192, 64, 512)
-    attn = [3, 10, 17, 24, 31] if size == "7b" else [3, 10, 17, 24, 31, 35, 42, 49]
-    hyena = [i for i in range(n_layer) if i not in attn]  # the rest cycle SE, MR, LI in depth order
+EVO2_SHAPES = {  # n_layer, d_model, n_head, filter groups, attention layers
+    "1b": (25, 1920, 15, 128, (3, 10, 17, 24)),
+    "7b": (32, 4096, 32, 256, (3, 10, 17, 24, 31)),
+    "20b": (24, 8192, 64, 512, (3, 10, 17)),
+    "40b": (50, 8192, 64, 512, (3, 10, 17, 24, 31, 35, 42, 49)),
+}
+
+
+def evo2_layers(n_layer: int, attn: Sequence[int]) -> list[str]:
+    """Evo 2's block pattern: attention at ``attn``, the other depths cycle SE, MR, LI (hcs, hcm, hcl)."""
+    hyena = [i for i in range(n_layer) if i not in attn]
     kinds = {i: ("se", "mr", "li")[j % 3] for j, i in enumerate(hyena)} | {i: "attn" for i in attn}
-    layers = [kinds[i] for i in range(n_layer)]
+    return [kinds[i] for i in range(n_layer)]
+
+
+def _evo2(size: str, max_len: int, mlp_hidden: int, rope_base: float, rope_interp: float):
+    n_layer, d_model, n_head, groups, attn = EVO2_SHAPES[size]
     return lambda: StripedHyenaConfig(
         version=2, n_layer=n_layer, d_model=d_model, n_head=n_head, max_len=max_len, vocab_size=512,
-        layers=layers, mlp_hidden=mlp_hidden, state_size=16, filter_groups=groups, rope_base=rope_base,
-        rope_interp=rope_interp,
+        layers=evo2_layers(n_layer, attn), mlp_hidden=mlp_hidden, state_size=16, filter_groups=groups,
+        rope_base=rope_base, rope_interp=rope_interp,
     )  # fmt: skip
 
 
@@ -561,24 +629,75 @@ def _tiny(version: int, layers: list[str], mlp_hidden: int):
     )  # fmt: skip
 
 
+# ---- checkpoints written before the Evo conventions (no ``conventions`` field in config.json)
+
+PRE_EVO_NOTE = (
+    "a StripedHyena checkpoint from before dnalm adopted the Evo conventions (no 'conventions' field): "
+    "converted on load (projection rows re-ordered to the Evo channel layout, MR filters stored with their "
+    "decay applied, LI filters as log-poles, a zero out_proj bias on version-2 attention, RoPE kept in "
+    "float64). RMSNorm now adds eps outside the root, which moves outputs by about 1e-6 relative. Run "
+    "`dnalm convert` on it to store the new layout."
+)
+
+
+def _thirds_to_evo(version: int, d: int, n_head: int) -> torch.Tensor:
+    """Row order taking the old contiguous [x2 | x1 | v] projection rows to the Evo layout (new[r] = old[perm[r]])."""
+    if version == 2:  # interleave: row 3c + s
+        return torch.tensor([s * d + c for c in range(d) for s in range(3)])
+    hd = d // n_head  # Evo 1 column split: per head [x2 | x1 | v]
+    return torch.tensor([s * d + h * hd + j for h in range(n_head) for s in range(3) for j in range(hd)])
+
+
+def _upgrade_state(state: dict[str, torch.Tensor], cfg: StripedHyenaConfig) -> dict[str, torch.Tensor]:
+    state = dict(state)
+    perm = _thirds_to_evo(cfg.version, cfg.d_model, cfg.n_head)
+    for i, kind in enumerate(cfg.layers):
+        m = f"backbone.layers.{i}.mixer."
+        if kind == "attn":
+            if m + "out_proj.bias" not in state:  # version 2 had no attention biases at all
+                state[m + "out_proj.bias"] = torch.zeros(cfg.d_model, dtype=state[m + "out_proj.weight"].dtype)
+            continue
+        for name in ("in_proj.weight", "in_proj.bias", "short_filter", "short_bias"):
+            if m + name in state:
+                state[m + name] = state[m + name][perm].contiguous()
+        if kind == "mr":  # the old fixed decay buffer, as the old forward applied it
+            w = state.pop(m + "w")
+            G, n = w.shape
+            state[m + "h"] = w * torch.exp(-torch.logspace(-2, 2, G)[:, None] * torch.linspace(0, 1, n)).to(w.dtype)
+        if kind == "li":
+            state[m + "log_poles"] = -torch.exp(state.pop(m + "log_rate").float())
+    return state
+
+
+def upgrade(d: dict) -> tuple[dict, Any, str | None]:
+    """A saved model dict (config.json "model") in today's terms; see ModelSpec.upgrade."""
+    if "conventions" in d:
+        return d, None, None
+    return {**d, "conventions": "evo", "rope_precision": "float64"}, _upgrade_state, PRE_EVO_NOTE
+
+
 SPEC = ModelSpec(
     family="striped_hyena",
     config=StripedHyenaConfig,
     backbone=StripedHyenaBackbone,
-    final_norm=lambda cfg: nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps),
+    final_norm=lambda cfg: RMSNorm(cfg.d_model, eps=cfg.norm_eps),
     count_params=count_params,
     flops=flops,
     activations=activations,
     no_weight_decay=no_weight_decay,
     extend_context=extend_context,
+    upgrade=upgrade,
     presets={
         "striped-hyena-tiny": _tiny(1, ["hyena", "attn", "hyena"], 256),  # ~0.5M, for tests and demos
         "striped-hyena2-tiny": _tiny(2, ["se", "mr", "li", "attn"], 192),  # ~0.57M
         "evo-1-8k": _evo1(8192, 1.0),
         "evo-1-131k": _evo1(131072, 16.0),
-        "evo2-7b-8k": _evo2("7b", 8192, 11008, 1e4, 1.0),
-        "evo2-7b": _evo2("7b", 1_048_576, 11264, 1e11, 128.0),
+        "evo2-1b-8k": _evo2("1b", 8192, 5120, 1e4, 1.0),
+        "evo2-7b-8k": _evo2("7b", 32768, 11008, 1e4, 1.0),
+        "evo2-7b-262k": _evo2("7b", 262_144, 11008, 1e4, 32.0),
+        "evo2-7b": _evo2("7b", 1_048_576, 11264, 1e4, 128.0),
+        "evo2-20b": _evo2("20b", 1_048_576, 22528, 1e6, 128.0),
         "evo2-40b-8k": _evo2("40b", 8192, 21888, 1e6, 1.0),
-        "evo2-40b": _evo2("40b", 1_048_576, 22528, 1e11, 128.0),
+        "evo2-40b": _evo2("40b", 1_048_576, 22528, 1e6, 128.0),
     },
 )

@@ -104,6 +104,11 @@ class TransformerBlock(nn.Module):
         x = x + a
         return x + self.mlp(self.norm2(x)), cache
 
+    def forward_from(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The positions after a shared prefix (its KV cache), x (B, s, D) -> (B, s, D)."""
+        x = x + self.attn.forward_from(self.norm1(x), cache)
+        return x + self.mlp(self.norm2(x))
+
     def step(self, x_t: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """x_t (B, D) -> (y_t (B, D), the updated cache)."""
         a, cache = self.attn.step(self.norm1(x_t), cache)
@@ -148,6 +153,16 @@ class TransformerBackbone(nn.Module):
     def step(self, x_t: torch.Tensor, state: list[KVCache]) -> tuple[torch.Tensor, list[KVCache]]:
         """One token's embedding x_t (B, D) -> (hidden (B, D), the updated caches)."""
         return step_layers(self.layers, x_t, state)  # (B, D); each cache is updated in place
+
+    def forward_prefix(self, x: torch.Tensor, total_len: int) -> tuple[torch.Tensor, list[KVCache]]:
+        """Prefix embeddings x (1, p, D) -> (hidden (1, p, D), one KV cache per block); see PrefixBackbone."""
+        return prefill_layers(self.layers, x, capacity=x.shape[1])
+
+    def forward_from(self, x: torch.Tensor, state: list[KVCache]) -> torch.Tensor:
+        """Embeddings after the shared prefix, x (B, s, D) -> hidden (B, s, D); the caches are only read."""
+        for layer, cache in zip(self.layers, state):
+            x = layer.forward_from(x, cache)
+        return x
 
 
 # ------------------------------------------------------------------------------------------ the spec
@@ -203,4 +218,5 @@ SPEC = ModelSpec(
         "transformer-small-32k": _matched(4, 256, 32768),
         "transformer-medium-160k": _matched(8, 256, 160000),
     },
+    prefix_sharing=True,
 )

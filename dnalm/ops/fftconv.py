@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-__all__ = ["fft_long_conv", "direct_long_conv", "fft_size", "filter_rfft"]
+__all__ = ["fft_long_conv", "gated_fft_long_conv", "direct_long_conv", "fft_size", "filter_rfft"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -135,6 +135,104 @@ def fft_long_conv(
         b32 = None if bias is None else bias.float()
         y = _FFTConv.apply(u32, h32, None if h_fft is None else h_fft.detach(), b32, n)  # (B, C, L)
     return y.to(u.dtype)
+
+
+def _padded(a: torch.Tensor, b: torch.Tensor | None, n: int) -> torch.Tensor:
+    """A (..., n) float32 buffer holding ``a * b`` (or ``a``) in its first L samples and zeros after: the
+    product is written straight into the FFT's zero-padded input (no separate pad copy)."""
+    L = a.shape[-1]
+    buf = a.new_empty(*a.shape[:-1], n)
+    buf[..., L:].zero_()
+    if b is None:
+        buf[..., :L].copy_(a)
+    else:
+        torch.mul(a, b, out=buf[..., :L])
+    return buf
+
+
+class _GatedFFTConv(torch.autograd.Function):
+    """y = post * (h * w + bias * w) with w = x * v: a Hyena gate round and its output gate in one function.
+
+    Inputs may be strided views (the split of one channel-major projection); nothing is made contiguous.
+
+    Same maths as :class:`_FFTConv` on w = x * v, but the gate product is written into the zero-padded FFT
+    buffer, the output gate ``post`` is applied without keeping another (B, C, L) intermediate for autograd,
+    and the backward recomputes w instead of saving it. All float32.
+    """
+
+    @staticmethod
+    def forward(ctx, x, v, h, h_fft, bias, post, n: int):
+        L = x.shape[-1]
+        H = torch.fft.rfft(h, n=n) if h_fft is None else h_fft  # (C, n//2+1)
+        buf = _padded(x, v, n)  # (B, C, n): w = x * v, then zeros
+        U = torch.fft.rfft(buf)  # (B, C, n//2+1)
+        needs_grad = any(ctx.needs_input_grad)
+        y = torch.fft.irfft(U * H if needs_grad else U.mul_(H), n=n)[..., :L]  # (B, C, L) view
+        y = torch.addcmul(y, buf[..., :L], bias[:, None]) if bias is not None else y.contiguous()
+        del buf
+        out = y if post is None else post * y
+        if needs_grad:
+            ctx.save_for_backward(x, v, U, H, bias, post, y if post is not None else None)
+            ctx.n, ctx.L_h = n, None if h is None else h.shape[-1]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        x, v, U, H, bias, post, y = ctx.saved_tensors
+        n, L = ctx.n, x.shape[-1]
+        need = ctx.needs_input_grad
+        grad_x = grad_v = grad_h = grad_bias = grad_post = None
+        if post is not None and need[5]:
+            grad_post = g_out * y
+        gbuf = _padded(g_out, post, n)  # (B, C, n): g = g_out * post, then zeros
+        g = gbuf[..., :L]
+        G = torch.fft.rfft(gbuf)  # (B, C, n//2+1)
+        if need[0] or need[1]:
+            grad_w = torch.fft.irfft(G * H.conj(), n=n)[..., :L]  # correlation with h
+            grad_w = torch.addcmul(grad_w, g, bias[:, None]) if bias is not None else grad_w.contiguous()
+            grad_x = grad_w * v if need[0] else None
+            grad_v = grad_w.mul_(x) if need[1] else None
+        if need[2]:
+            grad_h = torch.fft.irfft((G * U.conj()).sum(0), n=n)[..., : ctx.L_h]  # (C, L_h)
+        if bias is not None and need[4]:
+            grad_bias = torch.einsum("bcl,bcl,bcl->c", g, x, v)  # sum over b, l of g * w
+        return grad_x, grad_v, grad_h, None, grad_bias, grad_post, None
+
+
+def gated_fft_long_conv(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    h: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    h_fft: torch.Tensor | None = None,
+    post: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``post * fft_long_conv(x * v, h, bias)``, fused: the Hyena gate, long convolution and output gate.
+
+    x, v, post (B, C, L); h (C, L_h) or ``h_fft`` as in :func:`fft_long_conv`; ``post`` None means no output
+    gate. Computed in float32, returns x's dtype. Differentiable in x, v, h, bias and post (first order).
+    """
+    if h is None and h_fft is None:
+        raise ValueError("gated_fft_long_conv needs the filter h or its transform h_fft")
+    if x.dim() != 3 or v.shape != x.shape or (post is not None and post.shape != x.shape):
+        raise ValueError(f"gated_fft_long_conv expects x, v, post of one shape (B, C, L); got {tuple(x.shape)}, "
+                         f"{tuple(v.shape)}, {None if post is None else tuple(post.shape)}")
+    L = x.shape[-1]
+    L_h = L if h is None else min(h.shape[-1], L)
+    n = fft_size(L, L_h)
+    if h_fft is not None:
+        if h_fft.shape != (x.shape[1], n // 2 + 1):
+            raise ValueError(f"h_fft has shape {tuple(h_fft.shape)}, expected {(x.shape[1], n // 2 + 1)}")
+        h = None
+    elif h.dim() != 2 or h.shape[0] != x.shape[1]:
+        raise ValueError(f"gated_fft_long_conv expects h (C, L_h) with C = {x.shape[1]}; got {tuple(h.shape)}")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        f32 = [None if t is None else t.float() for t in (x, v, post)]  # strided views are fine
+        h32 = None if h is None else h[:, :L_h].float()
+        b32 = None if bias is None else bias.float()
+        y = _GatedFFTConv.apply(f32[0], f32[1], h32, None if h_fft is None else h_fft.detach(), b32, f32[2], n)
+    return y.to(x.dtype)
 
 
 def direct_long_conv(u: torch.Tensor, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

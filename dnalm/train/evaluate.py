@@ -3,7 +3,8 @@
 Windows are tiled so every base of the split is scored exactly once. Each window is fed as
 [BOS] + bases[:-1] and predicts all its bases, so the first base of a window is scored with no context
 (the same convention the trainer uses). The loss is the training loss (``dnalm.models.lm.lm_loss``)
-without repeat weights, summed over the bases.
+without repeat weights, summed over the bases. N bases are read as context but never scored: the loss,
+bits/base and perplexity count A/C/G/T targets only, and ``skipped_n`` says how many N were left out.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from dnalm.data.samplers import TilingSampler
 from dnalm.models.lm import lm_loss
-from dnalm.tokenizer import BOS, PAD
+from dnalm.tokenizer import BOS, PAD, scored
 
 LN2 = math.log(2.0)
 
@@ -27,21 +28,24 @@ def lm_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of base windows (B, L) -> (input_ids, targets, weights), all (B, L).
 
-    input = [BOS] + bases[:-1]; target = bases, PAD where invalid; weight = repeat_weight at lower-case
-    positions, 1 elsewhere, 0 at padding.
+    input = [BOS] + bases[:-1]; target = bases, PAD where invalid or N (N is read, never predicted);
+    weight = repeat_weight at lower-case positions, 1 elsewhere, 0 at padding and N.
     """
-    targets = torch.from_numpy(np.where(valid, ids, PAD).astype(np.int64))  # (B, L)
-    inputs = torch.empty_like(targets)
+    bases = np.where(valid, ids, PAD).astype(np.int64)  # (B, L)
+    counted = valid & scored(ids)
+    inputs = torch.empty(bases.shape, dtype=torch.long)
     inputs[:, 0] = BOS
-    inputs[:, 1:] = targets[:, :-1]
-    weights = np.where(lower, np.float32(repeat_weight), np.float32(1.0)) * valid
+    inputs[:, 1:] = torch.from_numpy(bases[:, :-1])
+    targets = torch.from_numpy(np.where(counted, bases, PAD))
+    weights = np.where(lower, np.float32(repeat_weight), np.float32(1.0)) * counted
     return inputs, targets, torch.from_numpy(weights.astype(np.float32))
 
 
 @dataclass
 class EvalResult:
     loss: float  # mean cross-entropy, nats per base
-    n_bases: int
+    n_bases: int  # bases scored (A/C/G/T)
+    skipped_n: int = 0  # N bases in the evaluated region, not scored
 
     @property
     def bits_per_base(self) -> float:
@@ -57,6 +61,7 @@ class EvalResult:
             f"{prefix}bits_per_base": self.bits_per_base,
             f"{prefix}perplexity": self.perplexity,
             f"{prefix}bases": self.n_bases,
+            f"{prefix}skipped_n": self.skipped_n,
         }
 
 
@@ -78,19 +83,22 @@ def evaluate_lm(
     device = next(model.parameters()).device
     tiler = TilingSampler(store, split, seq_len, rank=rank, world_size=world_size)
     total = min(tiler.num_bases(), max_tokens) if max_tokens else tiler.num_bases()
-    nll, count = 0.0, 0
+    nll, count, skipped = 0.0, 0, 0
     bar = tqdm(total=total, desc="eval", unit="base", disable=not progress, leave=False)
     try:
         for batch in tiler.batches(batch_size, max_tokens=max_tokens):
             inputs, targets, _ = lm_inputs(batch.ids, batch.lower, batch.valid)
             logits = model(inputs.to(device)).logits  # (B, L, V)
-            n = int(batch.valid.sum())
-            nll += float(lm_loss(logits, targets.to(device))) * n  # the training loss, unweighted, summed
+            n = int((targets != PAD).sum())  # scored targets: not padding, not N
+            if n:
+                nll += float(lm_loss(logits, targets.to(device))) * n  # the training loss, unweighted, summed
             count += n
-            bar.update(n)
+            skipped += int(batch.valid.sum()) - n
+            bar.update(int(batch.valid.sum()))
     finally:
         bar.close()
         model.train(was_training)
     if count == 0:
-        raise ValueError(f"split {split!r} has no bases to evaluate")
-    return EvalResult(nll / count, count)
+        what = f" (all {skipped:,} are N)" if skipped else ""
+        raise ValueError(f"split {split!r} has no bases to evaluate{what}")
+    return EvalResult(nll / count, count, skipped)

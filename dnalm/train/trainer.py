@@ -508,13 +508,13 @@ def validate(s: _Session) -> dict[str, float]:
         return evaluate_lm(*args).to_dict("val/")
     try:
         res = evaluate_lm(*args, rank=env.rank, world_size=env.world_size)
-        nll, count = res.loss * res.n_bases, res.n_bases
+        nll, count, skipped = res.loss * res.n_bases, res.n_bases, res.skipped_n
     except ValueError as e:
         if "no bases" not in str(e):
             raise
-        nll, count = 0.0, 0  # this rank's share was padding only (a tiny split); the others' is not
-    nll, count = dist.all_reduce(env, [nll, count])
-    return EvalResult(nll / count, int(count)).to_dict("val/")
+        nll, count, skipped = 0.0, 0, 0  # this rank's share was padding or N only; the others' is not
+    nll, count, skipped = dist.all_reduce(env, [nll, count, skipped])
+    return EvalResult(nll / count, int(count), int(skipped)).to_dict("val/")
 
 
 def _maybe_evaluate(s: _Session, state: TrainState, force: bool) -> None:
