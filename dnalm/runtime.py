@@ -231,7 +231,11 @@ def resolve_precision(
     if isinstance(hit, dict) and isinstance(hit.get("fp32_s"), (int, float)) and isinstance(hit.get("bf16_s"), (int, float)):
         fp32_s, bf16_s, measured = float(hit["fp32_s"]), float(hit["bf16_s"]), f"measured earlier, cached in {path}"
     else:
-        fp32_s, bf16_s = (bench or benchmark_bf16)(shapes)
+        try:
+            fp32_s, bf16_s = (bench or benchmark_bf16)(shapes)
+        except Exception as e:  # bf16 autocast not supported by some op of this model: float32, measured next time again
+            return Precision("fp32", f"auto: bf16 autocast failed on this model ({type(e).__name__}: "
+                                     f"{' '.join(str(e).split())[:120]})")
         data[key] = {"fp32_s": fp32_s, "bf16_s": bf16_s, "torch": torch.__version__, "shapes": [list(s) for s in shapes], "kind": kind,
                      "threads": torch.get_num_threads(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         _write_cache(path, data)
