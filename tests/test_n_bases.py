@@ -22,7 +22,7 @@ from dnalm.models.hyena import HyenaConfig
 from dnalm.models.lm import DNALM
 from dnalm.tokenizer import BOS, N, PAD, encode_bytes
 from dnalm.train.evaluate import evaluate_lm, lm_inputs
-from tests.realdata import perturbed
+from realdata import perturbed
 
 HUMAN = "/work/shared/data/genomes/human_chr2_1-2333275_softmasked.fa.gz"
 N_RUN = 10_000  # chr2:1-10,000 is N in hg38

@@ -427,6 +427,7 @@ class _ShortConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         z, w, b_in = ctx.saved_tensors
+        z_dtype, z = z.dtype, z.to(g.dtype)  # under autocast z may be bf16 while the output is float32
         k, L = w.shape[-1], z.shape[-1]
         m = min(k, L)
         grad_z = grad_w = grad_b = grad_b_in = None
@@ -434,6 +435,7 @@ class _ShortConv(torch.autograd.Function):
             grad_z = g * w[:, k - 1, None]
             for j in range(1, m):
                 grad_z[..., :-j].addcmul_(g[..., j:], w[:, k - 1 - j, None])
+            grad_z = grad_z.to(z_dtype)
         gsum = g.sum(0)  # (C, L)
         tail = [gsum[:, j:].sum(-1) for j in range(m)]  # (C,): sum of g over positions t >= j
         if ctx.needs_input_grad[1]:

@@ -46,6 +46,11 @@ class EvalResult:
     loss: float  # mean cross-entropy, nats per base
     n_bases: int  # bases scored (A/C/G/T)
     skipped_n: int = 0  # N bases in the evaluated region, not scored
+    # the same loss split by case (soft-masked repeats are lower case); None when not computed
+    loss_upper: float | None = None
+    n_upper: int = 0
+    loss_lower: float | None = None
+    n_lower: int = 0
 
     @property
     def bits_per_base(self) -> float:
@@ -56,13 +61,19 @@ class EvalResult:
         return math.exp(self.loss)
 
     def to_dict(self, prefix: str = "") -> dict[str, float]:
-        return {
+        out = {
             f"{prefix}loss": self.loss,
             f"{prefix}bits_per_base": self.bits_per_base,
             f"{prefix}perplexity": self.perplexity,
             f"{prefix}bases": self.n_bases,
             f"{prefix}skipped_n": self.skipped_n,
         }
+        for case in ("upper", "lower"):  # per-case bits/base, only for cases present in the split
+            loss, n = getattr(self, f"loss_{case}"), getattr(self, f"n_{case}")
+            if loss is not None and n:
+                out[f"{prefix}bits_per_base_{case}"] = loss / LN2
+                out[f"{prefix}bases_{case}"] = n
+        return out
 
 
 @torch.no_grad()
@@ -84,16 +95,18 @@ def evaluate_lm(
     tiler = TilingSampler(store, split, seq_len, rank=rank, world_size=world_size)
     total = min(tiler.num_bases(), max_tokens) if max_tokens else tiler.num_bases()
     nll, count, skipped = 0.0, 0, 0
+    case_nll, case_n = {"upper": 0.0, "lower": 0.0}, {"upper": 0.0, "lower": 0.0}
     bar = tqdm(total=total, desc="eval", unit="base", disable=not progress, leave=False)
     try:
         for batch in tiler.batches(batch_size, max_tokens=max_tokens):
-            inputs, targets, _ = lm_inputs(batch.ids, batch.lower, batch.valid)
+            inputs, targets, weights = lm_inputs(batch.ids, batch.lower, batch.valid)
             logits = model(inputs.to(device)).logits  # (B, L, V)
             n = int((targets != PAD).sum())  # scored targets: not padding, not N
             if n:
                 nll += float(lm_loss(logits, targets.to(device))) * n  # the training loss, unweighted, summed
             count += n
             skipped += int(batch.valid.sum()) - n
+            _case_split(logits, targets.to(device), weights.to(device), batch.lower, case_nll, case_n)
             bar.update(int(batch.valid.sum()))
     finally:
         bar.close()
@@ -101,4 +114,18 @@ def evaluate_lm(
     if count == 0:
         what = f" (all {skipped:,} are N)" if skipped else ""
         raise ValueError(f"split {split!r} has no bases to evaluate{what}")
-    return EvalResult(nll / count, count, skipped)
+    split_loss = {c: case_nll[c] / case_n[c] if case_n[c] else None for c in case_nll}
+    return EvalResult(
+        nll / count, count, skipped, split_loss["upper"], int(case_n["upper"]), split_loss["lower"], int(case_n["lower"])
+    )
+
+
+def _case_split(logits, targets, weights, lower: np.ndarray, nll: dict, n: dict) -> None:
+    """Add the summed loss of upper-case and lower-case (repeat) target bases to ``nll`` / ``n``: the
+    same loss, restricted by weight masks (``weights`` is 1 on scored bases, 0 on padding and N)."""
+    low = torch.from_numpy(np.asarray(lower, dtype=np.float32)).to(weights.device)
+    for case, mask in (("upper", weights * (1.0 - low)), ("lower", weights * low)):
+        m = float(mask.sum())
+        if m:
+            nll[case] += float(lm_loss(logits, targets, mask)) * m
+            n[case] += m

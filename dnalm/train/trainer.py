@@ -303,6 +303,8 @@ class TrainState:
     last_val: dict[str, float] = field(default_factory=dict)
     window_t: float = 0.0  # start of the current tokens/s window
     window_tokens: int = 0
+    eval_s: float = 0.0  # wall and process CPU seconds spent in validation during this call
+    eval_cpu_s: float = 0.0
 
 
 @dataclass
@@ -322,6 +324,7 @@ class _Session:
     precision: Precision
     governor: ThreadGovernor
     t_start: float = field(default_factory=time.time)
+    cpu_start: float = field(default_factory=time.process_time)
 
 
 def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, init_from) -> tuple[_Session, TrainState]:
@@ -521,8 +524,13 @@ def _maybe_evaluate(s: _Session, state: TrainState, force: bool) -> None:
     tc = s.config.train
     if not (force or state.step % tc.eval_every == 0 or state.step == tc.steps):
         return
+    t0, c0 = time.time(), time.process_time()
+    # training time so far in this call, validation excluded (wall, and process CPU for the ablations)
+    spent = {"train_s": t0 - s.t_start - state.eval_s, "train_cpu_s": c0 - s.cpu_start - state.eval_cpu_s}
     state.last_val = validate(s)
-    s.metrics.log({"step": state.step, "tokens": state.tokens, **state.last_val})
+    state.eval_s += time.time() - t0
+    state.eval_cpu_s += time.process_time() - c0
+    s.metrics.log({"step": state.step, "tokens": state.tokens, **spent, **state.last_val})
     if s.env.is_main:
         tqdm.write(
             f"step {state.step}: validation loss {state.last_val['val/loss']:.4f}, "
