@@ -131,6 +131,35 @@ def test_matmul_shapes_are_the_models_linear_layers():
     assert R.matmul_shapes(wide, 8)[0][0] == 8
 
 
+def test_time_bf16_stops_after_the_warm_ups_on_a_clear_slow_verdict(monkeypatch):
+    monkeypatch.undo()  # conftest's stand-in for time_bf16
+
+    class Clock:  # runtime.py's view of time: advanced only by the runs below
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls):
+            return cls.now
+
+    monkeypatch.setattr(R, "time", Clock)
+    calls = []
+
+    def runner(fp32_cost, bf16_cost):
+        def run(bf16):
+            calls.append(bf16)
+            Clock.now += bf16_cost if bf16 else fp32_cost
+        return run
+
+    assert R.time_bf16(runner(0.1, 2.0), budget_s=0.5) == pytest.approx((0.1, 2.0))  # emulated bf16: warm-ups decide
+    assert calls == [False, True]
+    calls.clear()
+    assert R.time_bf16(runner(0.1, 0.1), budget_s=0.5) == pytest.approx((0.1, 0.1))  # alike: 3 interleaved repeats
+    assert calls == [False, True, False, True, True, False, False, True]
+    calls.clear()
+    R.time_bf16(runner(0.001, 0.0009), budget_s=0.5)  # cheap passes: repeats until the budget (at most 30)
+    assert len(calls) == 62
+
+
 def test_the_real_benchmarks_run_and_leave_no_trace(monkeypatch):
     monkeypatch.undo()  # conftest's stand-in for time_bf16
     fp32_s, bf16_s = R.benchmark_bf16([(64, 16, 16)], budget_s=0.01)
