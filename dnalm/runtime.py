@@ -118,16 +118,17 @@ def matmul_shapes(model: torch.nn.Module, tokens: int) -> list[tuple[int, int, i
 
 
 def time_bf16(run: Callable[[bool], None], budget_s: float = BENCH_BUDGET_S) -> tuple[float, float]:
-    """(float32 seconds, bf16 seconds) of ``run(bf16)``: one warm-up each, then the two interleaved (the
+    """(float32 seconds, bf16 seconds) of ``run(bf16)``, in CPU time of the calling thread (robust to other
+    processes on a busy machine; wall time decides the budget): one warm-up each, then the two interleaved (the
     order alternating), best of the repeats; at least 3 repeats, or 1 once the budget is spent and one is
     over twice as fast as the other, at most 30; none when the warm-ups alone spent the budget and differ
     by 2.5x or more."""
     t_start = time.perf_counter()
 
-    def once(bf16: bool) -> float:
-        t0 = time.perf_counter()
+    def once(bf16: bool) -> float:  # this thread's CPU time: what other processes take does not count
+        t0 = time.thread_time()
         run(bf16)
-        return time.perf_counter() - t0
+        return time.thread_time() - t0
 
     w32, w16 = once(False), once(True)  # warm-up: kernel selection, first-touch allocations
     if time.perf_counter() - t_start > budget_s and (w16 > 2.5 * w32 or w16 < 0.4 * w32):

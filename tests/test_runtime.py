@@ -141,6 +141,8 @@ def test_time_bf16_stops_after_the_warm_ups_on_a_clear_slow_verdict(monkeypatch)
         def perf_counter(cls):
             return cls.now
 
+        thread_time = perf_counter
+
     monkeypatch.setattr(R, "time", Clock)
     calls = []
 
