@@ -27,12 +27,13 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from dnalm.models.spec import RecurrentBackbone
-from dnalm.tokenizer import BASES, SEP, Tokenizer, decode
+from dnalm.tokenizer import BASES, Tokenizer
 
 __all__ = ["GenerationError", "generate", "prefill_logits", "step_logits", "sample_next", "supports_recurrent"]
 
@@ -93,7 +94,7 @@ def sample_next(
 
 def _encode(tok: Tokenizer, prompt: str, name: str) -> list[int]:
     ids, _ = tok.encode(prompt, name)
-    if tok.append_sep and ids and ids[-1] == SEP:
+    if tok.append_sep and ids and ids[-1] == tok.sep_id:
         ids = ids[:-1]
     if not ids:
         raise GenerationError(f"{name} is empty and this model's tokenizer adds no [BOS]: give at least one base")
@@ -156,7 +157,8 @@ def generate(
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, ()).item()))
     allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
-    allowed[[7 + BASES.index(c) for c in alphabet.upper()]] = True  # token ids A=7 C=8 G=9 T=10 N=11
+    letters = np.array([7 + BASES.index(c) for c in alphabet.upper()])  # dnalm ids A=7 C=8 G=9 T=10 N=11
+    allowed[torch.from_numpy(tok.model_ids(letters).astype(np.int64))] = True  # Evo: the upper-case bytes
     recurrent = use_cache and supports_recurrent(model)
 
     results: list[list[str]] = [[] for _ in prompts]
@@ -175,7 +177,7 @@ def generate(
             new = _sample_batch(model, ids, n_tokens, temperature, top_k, top_p, generator, allowed, recurrent, bar)
             for j, i in enumerate(members):
                 block = new[j * num_samples : (j + 1) * num_samples]
-                results[i] = [decode(r) for r in block.cpu()]
+                results[i] = [tok.decode(r) for r in block.cpu()]
     finally:
         model.train(was_training)
         if bar is not None:

@@ -173,6 +173,13 @@ class Tokenizer:
             return np.where(np.asarray(lower, dtype=bool), UNK, ids)
         return ids
 
+    def decode(self, ids: np.ndarray | torch.Tensor | list[int]) -> str:
+        """Token ids -> string: the bytes themselves for the byte scheme, else :func:`decode`."""
+        if self.scheme == "byte":
+            arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64)
+            return bytes(np.clip(arr, 0, 255).astype(np.uint8)).decode("utf-8", errors="replace")
+        return decode(ids)
+
     def encode(self, seq: str, name: str = "sequence") -> tuple[list[int], list[bool]]:
         """One sequence -> (token ids, lower-case flags), specials included (flags False there)."""
         if self.scheme == "byte":  # Evo: the UTF-8 bytes themselves, case kept

@@ -185,3 +185,33 @@ def test_evo1_block_internals(fixture):
         _close(qkv[:, :n], exp["debug.in1.block2.qkv_after_rotary"], "qkv after rotary")
         ctx = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)  # (1, L, H, hd)
         _close(ctx[:, :n], exp["debug.in1.block2.attn_context"], "attention context")
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+
+@pytest.mark.parametrize("fixture", ["evo2_tiny", "evo2_rope", "evo1_tiny"])
+def test_prefill_and_steps_equal_the_forward_pass(fixture):
+    """hcs/hcm FIR histories, hcl / Evo 1 modal states and the attention KV cache, on the imported weights:
+    a prompt prefilled, then one step per token, gives the logits of the full forward pass."""
+    from dnalm.generation import prefill_logits, step_logits
+
+    model = dnalm.load(DATA / fixture)
+    ids = torch.tensor([_inputs(fixture)["inputs"][0]["input_ids"][:200]])
+    n = 150
+    with torch.no_grad():
+        full = model(ids).logits  # (1, 200, V)
+        logits, state = prefill_logits(model, ids[:, :n])
+        steps = [logits[:, -1]]
+        for t in range(n, ids.shape[1] - 1):
+            out, state = step_logits(model, ids[:, t], state)
+            steps.append(out)
+    _close(logits, full[:, :n], "prefill")
+    _close(torch.stack(steps, 1), full[:, n - 1 : -1], "steps")
+
+
+def test_generate_on_an_imported_model():
+    model = dnalm.load(DATA / "evo2_tiny")
+    out = dnalm.generate(model, ["ACGTTGCAacgt", "GGGCCCAT"], n_tokens=20, seed=3)
+    assert len(out) == 2 and all(len(s) == 20 and set(s) <= set("ACGT") for s in out)
+    assert dnalm.generate(model, "ACGTTGCAacgt", n_tokens=20, seed=3) == out[0]

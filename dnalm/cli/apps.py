@@ -194,6 +194,9 @@ def dms_cmd(args: argparse.Namespace) -> int:
     arg("--csv", dest="csv_path", default=None, help="CSV/TSV with a sequence column"),
     arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
     arg("--layer", type=int, default=-1, help="hidden state: 0 = embeddings, i = after block i, -1 = final norm"),
+    arg("--tap", default=None, metavar="MODULE",
+        help="embed the output of this submodule instead of a hidden state, e.g. backbone.layers.28.mlp "
+             "(block 28's MLP output before the residual add; Evo 2's blocks.28.mlp.l3)"),
     arg("--pool", choices=["mean", "last", "none"], default="mean", help="pooling over the bases"),
     arg("-o", "--out", default=None, output="file", help="output .npy (default: <input>.emb.npy; metadata next to it)"),
     *LONG_INPUTS,
@@ -210,7 +213,7 @@ def embed_cmd(args: argparse.Namespace) -> int:
     print(embed_command(
         args.model, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
         layer=args.layer, pool=args.pool, batch_size=args.batch_size, crop=args.crop, windows=args.windows,
-        device=args.device, progress=not args.quiet,
+        device=args.device, progress=not args.quiet, tap=args.tap,
     ))  # fmt: skip
     return 0
 
@@ -499,7 +502,7 @@ def dms_command(
 def embed_command(
     model_path: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
     out: str | None = None, layer: int = -1, pool: str = "mean", batch_size: int = 8, crop: str | None = None,
-    windows: bool = False, device: str = "cpu", progress: bool = True,
+    windows: bool = False, device: str = "cpu", progress: bool = True, tap: str | None = None,
 ) -> str:
     """``dnalm embed``: embed every sequence of a FASTA or CSV and write .npy + .json; return a summary."""
 
@@ -515,7 +518,7 @@ def embed_command(
     if model.tokenizer.lowercase == "unk":
         toks = [np.where(lo, UNK, t).astype(np.uint8) for t, lo in zip(toks, lows)]
     emb = embed_sequences(model, toks, ids=ids, layer=layer, pool=pool, batch_size=batch_size, crop=crop,
-                          windows=windows, progress=progress, source=str(src))
+                          windows=windows, progress=progress, source=str(src), tap=tap)
     emb.meta.update(model=str(model_path), source=str(src))
     npy, meta = emb.save(npy)
     n_long = emb.meta["longer_than_window"]

@@ -37,7 +37,7 @@ from dnalm.eval.metrics import progress as bar
 from dnalm.eval.scoring import count_scored, window_bases
 from dnalm.models.heads import count_hidden_states, pool_hidden
 from dnalm.outputs import atomic_write_bytes, atomic_write_text, output_group
-from dnalm.tokenizer import BOS, PAD, UNK, encode_bytes
+from dnalm.tokenizer import UNK, encode_bytes
 
 
 @dataclass
@@ -170,12 +170,14 @@ def long_policy(crop: str | None, windows: bool) -> str:
 
 def batch_ids(model: Any, windows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, L) input ids with [BOS] (if the tokenizer adds it) and a (B, L) mask of real tokens."""
-    bos = bool(model.tokenizer.prepend_bos)
+    tok = model.tokenizer
+    bos = bool(tok.prepend_bos)
     width = max(len(w) for w in windows) + int(bos)
-    ids = torch.full((len(windows), width), PAD, dtype=torch.long)
+    ids = torch.full((len(windows), width), tok.pad_id, dtype=torch.long)
     mask = torch.zeros((len(windows), width), dtype=torch.bool)
     for i, w in enumerate(windows):
-        row = np.concatenate([[BOS], w]) if bos else np.asarray(w)
+        w = tok.model_ids(np.asarray(w))  # dnalm base ids -> the tokenizer's (Evo: bytes)
+        row = np.concatenate([[tok.bos_id], w]) if bos else np.asarray(w)
         ids[i, : len(row)] = torch.from_numpy(row.astype(np.int64))
         mask[i, : len(row)] = True
     return ids, mask
@@ -195,14 +197,26 @@ def embed_sequences(
     windows: bool = False,
     progress: bool = False,
     source: str = "input",
+    tap: str | None = None,
 ) -> Embeddings:
     """Embed sequences (strings or token-id arrays); see the module docstring for layers and pooling.
 
     A sequence longer than ``window`` bases (default: the model's context) is an error unless ``crop``
     (center, left or right: keep one window of it) or ``windows`` (tile it, pool over the windows) says
-    what to do (:func:`fit_to_context`); ``source`` names the input in that error."""
+    what to do (:func:`fit_to_context`); ``source`` names the input in that error. ``tap`` names a submodule
+    (``model.named_modules()``, e.g. ``backbone.layers.28.mlp``) whose (B, L, D) output is embedded
+    instead of a hidden state."""
     if pool not in ("mean", "last", "none"):
         raise DataError(f"--pool must be mean, last or none (got {pool!r})")
+    captured: list[torch.Tensor] = []
+    hook = None
+    if tap is not None:
+        try:
+            target = model.get_submodule(tap)
+        except AttributeError:
+            blocks = [n for n, _ in model.named_modules() if n.count(".") <= 3 and n.endswith(".mlp")][:3]
+            raise DataError(f"--tap {tap!r}: the model has no such submodule (e.g. {', '.join(blocks) or 'backbone'})") from None
+        hook = target.register_forward_hook(lambda mod, inp, out: captured.append(out[0] if isinstance(out, tuple) else out))
 
     n_states = count_hidden_states(model)
     if not -n_states <= layer < n_states:
@@ -233,8 +247,9 @@ def embed_sequences(
             part = order[b0 : b0 + batch_size]
             x, mask = batch_ids(model, [pieces[k][2] for k in part])
             x, mask = x.to(model.device), mask.to(model.device)
-            out = model(x, output_hidden_states=True)
-            h = out.hidden_states[layer].float()  # (B, L, D)
+            captured.clear()
+            out = model(x, output_hidden_states=tap is None)
+            h = (captured[-1] if tap is not None else out.hidden_states[layer]).float()  # (B, L, D)
             real = mask & (x >= UNK)  # bases only
             if pool == "none":
                 for r, k in enumerate(part):
@@ -250,8 +265,10 @@ def embed_sequences(
     finally:
         pbar.close()
         model.train(was_training)
+        if hook is not None:
+            hook.remove()
     lengths = [int(len(t)) for t in toks]
-    meta: dict[str, Any] = {"layer": layer, "pool": pool, "window_bases": w, "dim": d,
+    meta: dict[str, Any] = {"layer": layer if tap is None else None, "tap": tap, "pool": pool, "window_bases": w, "dim": d,
                             "long_inputs": long_policy(crop, windows), "longer_than_window": n_long}
     if windows:
         meta["windowing"] = ("consecutive non-overlapping windows, each with its own [BOS]; context does not cross "

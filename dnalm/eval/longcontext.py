@@ -47,7 +47,7 @@ from dnalm.eval.scoring import score, token_logprobs
 from dnalm.models.heads import count_hidden_states
 from dnalm.models.hyena import HyenaBlock
 from dnalm.ops.fftconv import fft_size
-from dnalm.tokenizer import BOS, SEP, UNK, decode
+from dnalm.tokenizer import UNK, decode
 
 LONG_FROM = 32_768  # tokens: from this length on, dnalm score (and embed) use forward_long
 DEFAULT_CHUNK = 16_384  # positions per chunk of the position-wise parts
@@ -358,10 +358,8 @@ class RecordScore:
 def tokens_for(model: Any, ids: np.ndarray, lower: np.ndarray) -> np.ndarray:
     """Token ids of one record under the model's tokenizer rules ([BOS]/[SEP], lower case as [UNK])."""
     tok = model.tokenizer
-    ids = np.asarray(ids, dtype=np.int64)
-    if tok.lowercase == "unk":
-        ids = np.where(lower, UNK, ids)
-    parts = ([np.array([BOS])] if tok.prepend_bos else []) + [ids] + ([np.array([SEP])] if tok.append_sep else [])
+    ids = tok.model_ids(np.asarray(ids, dtype=np.int64), lower).astype(np.int64)  # [UNK] / Evo bytes
+    parts = ([np.array([tok.bos_id])] if tok.prepend_bos else []) + [ids] + ([np.array([tok.sep_id])] if tok.append_sep else [])
     return np.concatenate(parts).astype(np.int64)
 
 

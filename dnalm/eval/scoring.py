@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from dnalm.tokenizer import BOS, PAD, UNK, Tokenizer, scored
+from dnalm.tokenizer import Tokenizer, scored
 
 
 def window_bases(model: Any) -> int:
@@ -117,7 +117,7 @@ def score_tokens(
         n = len(order)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            x = torch.full((len(idx), len(rows[idx[0]])), PAD, dtype=torch.long)  # (B, L)
+            x = torch.full((len(idx), len(rows[idx[0]])), model.tokenizer.pad_id, dtype=torch.long)  # (B, L)
             for r, i in enumerate(idx):
                 x[r, : len(rows[i])] = torch.as_tensor(np.asarray(rows[i], dtype=np.int64))
             x = x.to(model.device)
@@ -175,14 +175,14 @@ def window_logliks(
     log-likelihood 0 (it has no context). ``lower`` (optional case masks) matters only for tokenizers that map lower case to [UNK]
     (imported HyenaDNA checkpoints).
     """
-    bos = bool(model.tokenizer.prepend_bos)
-    unk_lower = model.tokenizer.lowercase == "unk"
+    tok: Tokenizer = model.tokenizer
+    bos = bool(tok.prepend_bos)
     rows = []
     for i, w in enumerate(windows):
-        ids = np.asarray(w, dtype=np.int64)
-        if unk_lower and lower is not None:
-            ids = np.where(np.asarray(lower[i], dtype=bool), UNK, ids)
-        rows.append(np.concatenate([[BOS], ids]) if bos else ids)
+        # the tokenizer's ids: HyenaDNA maps lower case to [UNK], Evo's byte scheme reads bytes (lower case
+        # only where a case mask is given)
+        ids = tok.model_ids(np.asarray(w, dtype=np.int64), None if lower is None else lower[i]).astype(np.int64)
+        rows.append(np.concatenate([[tok.bos_id], ids]) if bos else ids)
     per_base = score_tokens(model, rows, batch_size)
     if not bos:
         per_base = [np.concatenate([[0.0], ll]) for ll in per_base]  # the first base is unscored

@@ -1,23 +1,30 @@
-"""StripedHyena (Evo) and StripedHyena 2 (Evo 2): gated-convolution Hyena blocks striped with attention.
+"""StripedHyena (Evo 1) and StripedHyena 2 (Evo 2): gated-convolution Hyena blocks striped with attention.
 
+This file computes exactly what the released Evo 1 (stripedhyena 1.1_fix) and Evo 2 (vortex) models
+compute, in their parameter layout up to lossless reorderings; ``dnalm/formats/evo.py`` reads and writes
+their files and tests/test_evo_parity.py checks it against the reference engines' float32 outputs.
 Every depth holds one pre-norm residual block (docs/architectures.md §2-3)::
 
     x = x + mixer(RMSNorm(x))             mixer: a Hyena operator or RoPE attention
     x = x + GatedMLP(RMSNorm(x))          l3(act(l1 z) * l2 z)
+    RMSNorm(x) = scale * x / (rms(x) + eps)      eps outside the root, as Evo
 
 The Hyena operator is one featurizer followed by a per-kind long convolution::
 
     z = short_fir(in_proj(x))             D -> 3D, then a depthwise causal FIR of length 3 over the 3D channels
-    x2, x1, v = split(z)                  contiguous thirds, each D wide
+    x2, x1, v = split_streams(z)          version 2: interleaved (rows 3c, 3c+1, 3c+2, Evo 2);
+                                          version 1: per head [x2 | x1 | v] (Evo 1 column_split_hyena)
     u = x1 * v
     y = out_proj(x2 * conv(u))
 
     kind     conv(u)                                     filter h[d, t] (t = 0, 1, ...)
     "hyena"  h * u + D * u   (version 1, Evo)            Re sum_n R[d,n] p[d,n]^t, S complex modes as (re, im) pairs
-    "se"     h * u           (version 2)                 explicit, length se_len (7), one filter per channel group
-    "mr"     h * u + D * u   (version 2)                 w[g, t] * exp(-r_g t / (mr_len - 1)), length mr_len (128),
-                                                         grouped; r_g log-spaced over [1e-2, 1e2], a fixed buffer
-    "li"     h * u + D * u   (version 2)                 sum_n R[d,n] exp(lambda[d,n] t), lambda = -exp(a) < 0
+    "se"     h * u           (version 2, hcs)            explicit, length se_len (7), one filter per channel group
+    "mr"     h * u + D * u   (version 2, hcm)            explicit, length mr_len (128), grouped; the stored filter
+                                                         is the final one (init: a per-group decay)
+    "li"     h * u + D * u   (version 2, hcl)            sum_n R[d,n] exp(log_poles[d,n] t), log_poles < 0
+
+Groups expand to channels by repetition (channel d uses group d // (D/G)).
 
 Filter convention (docs/architectures.md §7.1): ``h[..., j]`` is the tap for lag j, so h[..., 0] multiplies the current
 input, as in the FFT path. ``F.conv1d`` is a cross-correlation (its LAST weight multiplies the current input),
@@ -36,13 +43,14 @@ the prompt: it is the convolution of u with p_n^t read at the last position, i.e
 costs O(L*S) per channel, where materialising the whole per-mode FFT convolution would cost O(S*L log L)
 to keep one of its L outputs. Attention layers keep a KV cache (dnalm.models.attention).
 
-Biases follow the released models: version 1 (Evo 1 config: qkv_proj_bias, mha_out_proj_bias,
-short_filter_bias all true) has biases on every projection and on the short FIR; version 2 (Evo 2:
-qkv_proj_bias false, hyena_out_proj_bias true, short_filter_bias false) has a bias on the Hyena
-out_proj only (its attention out_proj bias is dropped: ``CausalSelfAttention`` has one bias switch).
-The MLP is GELU-gated in version 1, and in version 2 GELU in layer 0 and the identity (a bilinear GLU)
-elsewhere. The channel layout is our own (contiguous thirds, no column split / interleave), so
-published Evo weights would need a permutation to load; no importer is provided.
+Biases follow the released models: version 1 (Evo 1: qkv_proj_bias, mha_out_proj_bias, short_filter_bias
+all true) has biases on every projection and on the short FIR; version 2 (Evo 2: qkv_proj_bias false,
+mha_out_proj_bias and hyena_out_proj_bias true, short_filter_bias false) on the Hyena and attention
+out_proj only. The MLP is exact-GELU-gated in version 1, and in version 2 GELU in layer 0 and the identity
+(a bilinear GLU) elsewhere. RoPE: frequencies recomputed in float32 (version 1) or their bf16 rounding
+(version 2, the buffer Evo 2 files store); ``rope_precision`` "float64" is dnalm's older rule. Evo 2's
+Hyena input projections can run through emulated FP8 (:func:`fp8_e4m3`, ``fp8_input_projections``).
+Checkpoints written before these conventions are converted on load (:func:`upgrade`).
 """
 
 from __future__ import annotations
@@ -121,6 +129,9 @@ class StripedHyenaConfig:
     norm_eps: float = 1e-6  # RMSNorm: x / (rms(x) + eps), eps outside the root as in Evo
     tie_embeddings: bool = True
     conventions: str = "evo"  # parameter layout; older dnalm checkpoints (no such field) are converted on load
+    # Hyena input projections through emulated FP8 E4M3 (Transformer Engine forward casts, per-tensor
+    # scaling), as released Evo 2 configs ask (use_fp8_input_projections); see fp8_e4m3
+    fp8_input_projections: bool = False
 
     def __post_init__(self) -> None:
         if self.mlp_hidden is None:
@@ -241,6 +252,31 @@ def modal_state(u: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bcms,csm->bcs", local, p_out)  # (B, C, S)
 
 
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def fp8_e4m3(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``x`` quantised to FP8 E4M3 and back, with the scale ``448 / amax(|x|)`` (per tensor, or per slice
+    over ``dims``): Transformer Engine's forward cast with current scaling (margin 0). Values keep x's
+    dtype; the gradient passes straight through (training is possible, the cast is not differentiated).
+    """
+    with torch.no_grad():
+        x32 = x.detach().float()
+        amax = x32.abs().amax(dim=dims, keepdim=True) if dims is not None else x32.abs().amax()
+        scale = torch.where(amax > 0, E4M3_MAX / amax, torch.ones_like(amax))
+        q = ((x32 * scale).to(torch.float8_e4m3fn).float() / scale).to(x.dtype)
+    return x + (q - x).detach() if x.requires_grad else q
+
+
+def set_fp8_input_projections(model: nn.Module, on: bool) -> None:
+    """Switch the emulated FP8 input projections of every Hyena mixer of ``model`` (and its config)."""
+    if hasattr(model, "config") and hasattr(model.config, "fp8_input_projections"):
+        model.config.fp8_input_projections = bool(on)
+    for m in model.modules():
+        if isinstance(m, HyenaMixer):
+            m.fp8 = bool(on)
+
+
 def _log_uniform(shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
     return torch.exp(torch.empty(shape).uniform_(math.log(lo), math.log(hi)))
 
@@ -318,6 +354,7 @@ class HyenaMixer(nn.Module):
         D, S = config.d_model, config.state_size
         v1 = config.version == 1
         self.kind, self.d_model, self.version, self.n_head = kind, D, config.version, config.n_head
+        self.fp8 = bool(config.fp8_input_projections)  # emulated FP8 E4M3 in_proj (Evo 2 released configs)
         self.groups = config.mr_groups if kind == "mr" else config.filter_groups
         G = self.groups
         self.in_proj = nn.Linear(D, 3 * D, bias=v1)
@@ -376,12 +413,20 @@ class HyenaMixer(nn.Module):
 
     def featurize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, L, D) -> (z (B, 3D, L) after the depthwise causal short FIR, z_pre (B, 3D, L) before it)."""
-        z_pre = self.in_proj(x).transpose(1, 2)  # (B, 3D, L)
+        z_pre = self._in_proj(x, (1, 2)).transpose(1, 2)  # (B, 3D, L)
         k = self.short_filter.shape[-1]
         w = self.short_filter.flip(-1)[:, None, :].to(z_pre.dtype)  # (3D, 1, k): conv1d wants lag 0 last
         b = None if self.short_bias is None else self.short_bias.to(z_pre.dtype)
         z = F.conv1d(z_pre, w, b, padding=k - 1, groups=z_pre.shape[1])[..., : z_pre.shape[-1]]  # (B, 3D, L)
         return z, z_pre
+
+    def _in_proj(self, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """in_proj(x), through emulated FP8 when ``self.fp8``: the input scaled per sequence (``dims``; what
+        Transformer Engine does for a batch of one), the weight per tensor."""
+        if not self.fp8:
+            return self.in_proj(x)
+        w, b = self.in_proj.weight, self.in_proj.bias
+        return F.linear(fp8_e4m3(x, dims), fp8_e4m3(w), b)
 
     def long_conv(self, u: torch.Tensor) -> torch.Tensor:
         """conv(u) for u (B, D, L) per the block kind, D term included; (B, D, L)."""
@@ -424,7 +469,7 @@ class HyenaMixer(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: HyenaState) -> tuple[torch.Tensor, HyenaState]:
         """One token x_t (B, D) -> (y_t (B, D), state); the state is updated in place."""
-        z_pre = self.in_proj(x_t)  # (B, 3D)
+        z_pre = self._in_proj(x_t, (1,))  # (B, 3D); FP8 scales per token here, so FP8 steps only approximate forward
         bias = None if self.short_bias is None else self.short_bias.to(z_pre.dtype)
         z, state.fir = fir_step(z_pre, state.fir, self.short_filter.to(z_pre.dtype), bias)  # (B, 3D)
         x2, x1, v = split_streams(z, self.version, self.n_head, dim=-1)  # (B, D) each
@@ -618,7 +663,7 @@ def _evo2(size: str, max_len: int, mlp_hidden: int, rope_base: float, rope_inter
     return lambda: StripedHyenaConfig(
         version=2, n_layer=n_layer, d_model=d_model, n_head=n_head, max_len=max_len, vocab_size=512,
         layers=evo2_layers(n_layer, attn), mlp_hidden=mlp_hidden, state_size=16, filter_groups=groups,
-        rope_base=rope_base, rope_interp=rope_interp,
+        rope_base=rope_base, rope_interp=rope_interp, fp8_input_projections=True,  # as every released config
     )  # fmt: skip
 
 
@@ -635,8 +680,8 @@ PRE_EVO_NOTE = (
     "a StripedHyena checkpoint from before dnalm adopted the Evo conventions (no 'conventions' field): "
     "converted on load (projection rows re-ordered to the Evo channel layout, MR filters stored with their "
     "decay applied, LI filters as log-poles, a zero out_proj bias on version-2 attention, RoPE kept in "
-    "float64). RMSNorm now adds eps outside the root, which moves outputs by about 1e-6 relative. Run "
-    "`dnalm convert` on it to store the new layout."
+    "float64). RMSNorm now adds eps outside the root, which moves outputs by about 1e-6 relative. Re-save it "
+    "(dnalm.checkpoint.save_pretrained(dnalm.load(path), new_path)) to store the new layout."
 )
 
 

@@ -28,7 +28,7 @@ Outputs, all in ``OUT``:
   cases, val_bits_per_base_upper / _lower (non-repeat / soft-masked repeat bases). The last row of a run has
   ``final = 1`` and the post-training metrics (essentiality AUROC and the gene-length baseline).
   Rewritten atomically after each run; a run whose final row is there (with the same config hash) is not
-  rerun, an interrupted run resumes from its checkpoint.
+  rerun, an interrupted run resumes from its checkpoint (its times then count from the resume only).
 - ``curves.png``: each metric against tokens, training wall time and training CPU time; mean over seeds
   with the min-max spread shaded.
 - ``summary.md`` / ``summary.json``: per arm the final metrics (mean and seed sd), the tokens and time to
@@ -520,7 +520,8 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str = "") -> N
         return
     curves = _curves(rows)
     arms = list(dict.fromkeys(r["arm"] for r in rows))
-    xs = [("tokens", "tokens"), ("train_s", "training wall time (s)"), ("train_cpu_s", "training CPU time (s)")]
+    xs = [("tokens", "tokens (millions)"), ("train_s", "training wall time (s)"), ("train_cpu_s", "training CPU time (s)")]
+    scale = {"tokens": 1e-6, "train_s": 1.0, "train_cpu_s": 1.0}
     fig, axes = plt.subplots(len(mets), len(xs), figsize=(4.2 * len(xs), 3.0 * len(mets)), squeeze=False)
     for i, m in enumerate(mets):
         for j, (xk, xl) in enumerate(xs):
@@ -534,7 +535,7 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str = "") -> N
                     if not pts:
                         continue
                     ys = [_num(r[m]) for r in pts]
-                    x.append(float(np.mean([_num(r[xk]) or 0.0 for r in pts])))
+                    x.append(scale[xk] * float(np.mean([_num(r[xk]) or 0.0 for r in pts])))
                     mid.append(float(np.mean(ys)))
                     lo.append(min(ys))
                     hi.append(max(ys))

@@ -511,13 +511,17 @@ def validate(s: _Session) -> dict[str, float]:
         return evaluate_lm(*args).to_dict("val/")
     try:
         res = evaluate_lm(*args, rank=env.rank, world_size=env.world_size)
-        nll, count, skipped = res.loss * res.n_bases, res.n_bases, res.skipped_n
+        sums = [res.loss * res.n_bases, res.n_bases, res.skipped_n, (res.loss_upper or 0.0) * res.n_upper,
+                res.n_upper, (res.loss_lower or 0.0) * res.n_lower, res.n_lower]  # fmt: skip
     except ValueError as e:
         if "no bases" not in str(e):
             raise
-        nll, count, skipped = 0.0, 0, 0  # this rank's share was padding or N only; the others' is not
-    nll, count, skipped = dist.all_reduce(env, [nll, count, skipped])
-    return EvalResult(nll / count, int(count), int(skipped)).to_dict("val/")
+        sums = [0.0, 0, 0, 0.0, 0, 0.0, 0]  # this rank's share was padding or N only; the others' is not
+    nll, count, skipped, nll_up, n_up, nll_low, n_low = dist.all_reduce(env, sums)
+    return EvalResult(
+        nll / count, int(count), int(skipped), loss_upper=nll_up / n_up if n_up else None, n_upper=int(n_up),
+        loss_lower=nll_low / n_low if n_low else None, n_lower=int(n_low),
+    ).to_dict("val/")
 
 
 def _maybe_evaluate(s: _Session, state: TrainState, force: bool) -> None:
@@ -625,6 +629,16 @@ def _load_init_weights(model: DNALM, source: str | Path) -> None:
     found = latest_model_dir(src) or (src if (src / "model.safetensors").is_file() else None)
     if found is None:
         raise CheckpointError(f"init_from {source}: no checkpoint found there")
+    try:
+        scheme = json.loads((found / "config.json").read_text()).get("tokenizer", {}).get("scheme", "dnalm")
+    except (OSError, ValueError, AttributeError):
+        scheme = "dnalm"
+    if scheme != "dnalm":
+        raise CheckpointError(
+            f"init_from {found}: the model reads {scheme} token ids (an imported Evo checkpoint) while dnalm train "
+            "feeds dnalm's nucleotide ids, so training would not continue it; train it on a task with "
+            "`dnalm finetune --mode full`, or score, embed and generate with it directly"
+        )
     state = load_file(str(found / "model.safetensors"))
     own = model.state_dict()
     params = {name for name, _ in model.named_parameters()}
