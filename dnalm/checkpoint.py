@@ -187,3 +187,54 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
         problems.append("shape mismatch: " + "; ".join(shapes[:10]))
     if problems:
         raise CheckpointError(f"{where}: " + " | ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------ LoRA adapters
+
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_META = "adapter.json"
+ADAPTER_FORMAT = "dnalm-lora-adapter"
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """True for a directory written by :func:`save_adapter` (adapter.json + adapter.safetensors)."""
+    p = Path(path)
+    if not ((p / ADAPTER_META).is_file() and (p / ADAPTER_FILE).is_file()):
+        return False
+    try:
+        meta = json.loads((p / ADAPTER_META).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == ADAPTER_FORMAT
+
+
+def save_adapter(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], extra_files: dict[str, str] | None = None
+) -> Path:
+    """Write a LoRA adapter directory atomically: ``adapter.safetensors`` (the adapter tensors and any task
+    head) and ``adapter.json`` (``meta``: the base model's identity, rank, alpha, targets, ...)."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(path) as tmp:
+        (tmp / ADAPTER_META).write_text(json.dumps({"format": ADAPTER_FORMAT, **meta}, indent=2) + "\n")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / ADAPTER_FILE))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(path)
+
+
+def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(adapter.json, adapter tensors) of an adapter directory; CheckpointError naming what is wrong."""
+    p = Path(path)
+    if not is_adapter_dir(p):
+        raise CheckpointError(f"{p}: not a LoRA adapter directory (adapter.json + adapter.safetensors)")
+    meta = read_config_json(p / ADAPTER_META)
+    for key in ("base_model", "base_config", "lora", "adapted"):
+        if key not in meta:
+            raise CheckpointError(f"{p / ADAPTER_META}: no {key!r}; the adapter file is incomplete")
+    try:
+        tensors = load_file(str(p / ADAPTER_FILE))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{p / ADAPTER_FILE}: cannot read safetensors ({e})") from None
+    check_finite(tensors, str(p / ADAPTER_FILE))
+    return meta, tensors

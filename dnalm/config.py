@@ -69,6 +69,40 @@ class DataConfig:
     warmup_stages: list[StageConfig] = field(default_factory=list)  # sequence-length warm-up (empty = off)
 
 
+DEFAULT_LORA_TARGETS = ("in_proj", "out_proj", "Wqkv", "mlp.*")
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (dnalm/models/lora.py): rank r, scale alpha / r, the linear layers to adapt (glob
+    patterns over module names, e.g. ``in_proj``, ``Wqkv``, ``mlp.*``) and dropout on the adapters' input."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
+        self.targets = list(self.targets)
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"LoRA rank must be a whole number >= 1 (got {self.rank!r})")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not (
+            math.isfinite(self.alpha) and self.alpha > 0
+        ):
+            raise ConfigError(f"LoRA alpha must be a finite number > 0 (got {self.alpha!r})")
+        self.alpha = float(self.alpha)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"LoRA dropout must be in [0, 1) (got {self.dropout!r})")
+        self.dropout = float(self.dropout)
+        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise ConfigError("LoRA targets must be non-empty patterns, e.g. in_proj,out_proj,Wqkv,mlp.*")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, evaluation and checkpointing."""
@@ -100,6 +134,8 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
     init_from: str | None = None  # start from this run's/checkpoint's weights (a new stage; fresh optimizer and LR)
     extend_from_len: int | None = None  # context extension: the length the init_from model was trained at
+    # train low-rank adapters only (the init_from model frozen in its stored dtype): {rank, alpha, targets, dropout}
+    lora: LoRAConfig | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "eval_every", "log_every", "ckpt_every", "keep_last")

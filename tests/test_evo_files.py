@@ -224,13 +224,13 @@ def test_non_finite_weights_and_unexpected_keys(tmp_path, capsys):
     _convert_fails(folder, tmp_path, capsys, "unexpected key 'blocks.9.mlp.l1.weight'")
 
 
-def test_lm_training_refuses_to_start_from_a_byte_token_model(tmp_path):
-    """dnalm train feeds dnalm's nucleotide ids; continuing an Evo model with them would silently train
-    it on other tokens, so init_from says so (fine-tuning on a task works: tests/test_evo_tools.py)."""
+def test_lm_training_from_a_byte_token_model_keeps_its_tokenizer(tmp_path):
+    """dnalm train continuing an Evo model takes its byte tokenizer, so the trainer feeds it bytes
+    (dnalm.train.evaluate.lm_inputs; tests/test_lora_evo.py trains one end to end)."""
     from dnalm.checkpoint import save_pretrained
     from dnalm.train.trainer import _load_init_weights
 
     model = load_evo2(DATA / "evo2_tiny")
     save_pretrained(model, tmp_path / "native")
-    with pytest.raises(CheckpointError, match="reads byte token ids"):
-        _load_init_weights(DNALM(model.config), tmp_path / "native")
+    dtype, tok = _load_init_weights(DNALM(model.config), tmp_path / "native")
+    assert tok.scheme == "byte" and dtype == torch.float32

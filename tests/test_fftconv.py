@@ -154,3 +154,22 @@ def test_gated_fft_conv_matches_direct_with_gradients(B, C, L, L_h, post):
                                  h_fft=filter_rfft(h.float()[:, :L], fft_size(L)) if L_h >= L else None,
                                  post=p.float() if post else None)
     assert _max_rel(y2, y_ref) < 2e-6
+
+
+def test_packed_gated_conv_equals_the_split_one():
+    """z = [post | x | v] packed along channels: same values and gradients as the three-tensor form."""
+    from dnalm.ops.fftconv import gated_fft_long_conv, packed_gated_fft_long_conv
+
+    z = _rand(2, 12, 70, seed=30, dtype=torch.float64).requires_grad_()
+    h = _rand(4, 70, seed=31, dtype=torch.float64).requires_grad_()
+    b = _rand(4, seed=32, dtype=torch.float64).requires_grad_()
+    w = _rand(2, 4, 70, seed=33, dtype=torch.float64)
+    y1 = packed_gated_fft_long_conv(z, h, b)
+    post, x, v = z.split(4, dim=1)
+    y2 = gated_fft_long_conv(x, v, h, b, post=post)
+    ref = direct_long_conv(x * v, h, b) * post
+    assert _max_rel(y1, ref) < 2e-6 and _max_rel(y2, ref) < 2e-6  # computed in float32
+    g1 = torch.autograd.grad((y1 * w).sum(), (z, h, b))
+    g2 = torch.autograd.grad((ref * w).sum(), (z, h, b))
+    for a, e in zip(g1, g2):
+        assert _max_rel(a, e) < 2e-6

@@ -218,10 +218,8 @@ def test_bf16_weights_filter_and_fft_stay_float32():
 
 
 def test_cpu_fast_paths_match_plain_modules():
-    """The shift-and-add short conv and the row-chunked MLP (hand-written backwards) against conv1d and
-    the plain fc2(gelu(fc1)) in float64, values and gradients, across chunk boundaries."""
-    from dnalm.models import hyena as hy
-
+    """The shift-and-add short conv (hand-written backward, in_proj's bias folded in) against nn.Conv1d in
+    float64, values and gradients, with and without a history."""
     torch.manual_seed(0)
     op = HyenaOperator(small_config()).double()
     z = torch.randn(2, op.short_filter.in_channels, 37, dtype=torch.float64, requires_grad=True)
@@ -246,15 +244,23 @@ def test_cpu_fast_paths_match_plain_modules():
             torch.testing.assert_close(a, e)
     for a, e in zip(g, g_ref):
         torch.testing.assert_close(a, e)
-    mlp = hy.Mlp(16, 64).double()
-    x = torch.randn(3, hy.MLP_CHUNK_ROWS // 2 + 7, 16, dtype=torch.float64, requires_grad=True)  # > 1 chunk
-    wy = torch.randn(3, x.shape[1], 16, dtype=torch.float64)
-    y = mlp(x)
-    y_ref = mlp.fc2(F.gelu(mlp.fc1(x), approximate="tanh"))
-    torch.testing.assert_close(y, y_ref)
-    for a, e in zip(torch.autograd.grad((y * wy).sum(), [x, *mlp.parameters()]),
-                    torch.autograd.grad((y_ref * wy).sum(), [x, *mlp.parameters()])):
-        torch.testing.assert_close(a, e)
+
+
+def test_compile_is_off_by_default_and_opt_in(monkeypatch):
+    """DNALM_COMPILE=1 wraps each block's forward in torch.compile (lazily; not run here: minutes of CPU);
+    without it the blocks are plain eager modules."""
+    from dnalm.ops import compile as comp
+
+    monkeypatch.delenv(comp.ENV, raising=False)
+    assert not comp.compile_enabled()
+    bb = HyenaBackbone(small_config())
+    assert "forward" not in vars(bb.layers[0])  # the class's own eager forward
+    monkeypatch.setenv(comp.ENV, "1")
+    assert comp.compile_enabled()
+    bb = HyenaBackbone(small_config())
+    assert "forward" in vars(bb.layers[0]) and bb.layers[0].forward is not HyenaBlock.forward
+    monkeypatch.setenv(comp.ENV, "0")
+    assert not comp.compile_enabled()
 
 
 def test_bf16_autocast_backward_matches_float32():

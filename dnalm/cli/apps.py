@@ -14,14 +14,32 @@ import torch
 
 from dnalm.checkpoint import atomic_write_text
 from dnalm.cli.base import LONG_INPUTS, RUNTIME_ARGS, arg, command, positive_float, positive_int
+from dnalm.cli.run import check_lora_memory
+from dnalm.config import DEFAULT_LORA_TARGETS, LoRAConfig
 from dnalm.data.errors import DataError
 from dnalm.data.sequences import read_sequences
 from dnalm.data.tables import display_name, is_regular_file
 from dnalm.eval.boundaries import analyze_boundaries, format_summary, write_report
 from dnalm.eval.dms import place_cds, read_mutants, score_dms
-from dnalm.eval.embed import embed_sequences, embedding_paths, fit_to_context, long_policy, read_sequence_file
+from dnalm.eval.embed import (
+    embed_sequences,
+    embedding_paths,
+    fit_to_context,
+    is_parquet,
+    long_policy,
+    parquet_modules,
+    read_sequence_file,
+)
 from dnalm.eval.essentiality import DEFAULT_CASSETTE, essentiality_report, read_labels, score_essentiality
-from dnalm.eval.finetune import _model_inputs, finetune, load_classifier, load_sets, predict_proba, save_classifier
+from dnalm.eval.finetune import (
+    _model_inputs,
+    finetune,
+    load_classifier,
+    load_sets,
+    predict_proba,
+    save_classifier,
+    save_lora_classifier,
+)
 from dnalm.eval.longcontext import LONG_FROM, score_records
 from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot, write_tsv
 from dnalm.eval.scoring import window_bases
@@ -188,17 +206,21 @@ def dms_cmd(args: argparse.Namespace) -> int:
 
 @command(
     "embed",
-    "Sequence embeddings from a model's hidden states -> .npy + .json metadata.",
+    "Sequence embeddings from a hidden state or any module's output -> .npy + .json metadata, or .parquet.",
     arg("model", metavar="MODEL", help="run directory, checkpoint directory or preset"),
     arg("--fasta", default=None, help="FASTA/GenBank file of sequences"),
     arg("--csv", dest="csv_path", default=None, help="CSV/TSV with a sequence column"),
     arg("--column", default=None, help="sequence column of the CSV (default: sequence/seq/seqs)"),
     arg("--layer", type=int, default=-1, help="hidden state: 0 = embeddings, i = after block i, -1 = final norm"),
-    arg("--tap", default=None, metavar="MODULE",
-        help="embed the output of this submodule instead of a hidden state, e.g. backbone.layers.28.mlp "
-             "(block 28's MLP output before the residual add; Evo 2's blocks.28.mlp.l3)"),
-    arg("--pool", choices=["mean", "last", "none"], default="mean", help="pooling over the bases"),
-    arg("-o", "--out", default=None, output="file", help="output .npy (default: <input>.emb.npy; metadata next to it)"),
+    arg("--module", "--tap", dest="module", default=None, metavar="NAME",
+        help="embed the output of this submodule instead of a hidden state, e.g. blocks.28.mlp.l3 (Evo 2's "
+        "naming; backbone.layers.28.mlp.l3 here) or backbone.layers.28.mlp (the MLP's output before the "
+        "residual add)"),
+    arg("--pool", choices=["mean", "last", "per-position", "none"], default="mean",
+        help="pooling over the bases: mean, last base, or one vector per base (per-position; 'none' is the same)"),
+    arg("-o", "--out", default=None, output="file",
+        help="output .npy (metadata in a .json next to it) or .parquet (metadata inside; needs pyarrow) "
+        "(default: <input>.emb.npy)"),
     *LONG_INPUTS,
     arg("--batch-size", type=positive_int, default=8, help="windows per forward pass"),
     arg("--device", default="cpu", help="torch device"),
@@ -209,11 +231,12 @@ def dms_cmd(args: argparse.Namespace) -> int:
 
 def embed_cmd(args: argparse.Namespace) -> int:
     """Embed sequences. One longer than the model's context is an error unless --crop keeps one window of
-    it or --windows embeds it in consecutive windows pooled together (stated in the metadata)."""
+    it or --windows embeds it in consecutive windows pooled together (stated in the metadata). Sequences
+    are batched longest first (little padding) and written back in input order."""
     print(embed_command(
         args.model, fasta=args.fasta, csv_path=args.csv_path, column=args.column, out=args.out,
-        layer=args.layer, pool=args.pool, batch_size=args.batch_size, crop=args.crop, windows=args.windows,
-        device=args.device, progress=not args.quiet, tap=args.tap,
+        layer=args.layer, module=args.module, pool=args.pool, batch_size=args.batch_size, crop=args.crop, windows=args.windows,
+        device=args.device, progress=not args.quiet,
     ))  # fmt: skip
     return 0
 
@@ -227,12 +250,22 @@ def embed_cmd(args: argparse.Namespace) -> int:
     arg("--test", default=None, help="test set"),
     arg("--seq-column", default=None, help="sequence column (default: sequence/seq/seqs)"),
     arg("--label-column", default=None, help="label column (default: label/labels/class/y)"),
-    arg("--mode", choices=["probe", "full"], default="probe", help="frozen backbone + linear head, or train all"),
+    arg("--mode", choices=["probe", "full", "lora"], default="probe",
+        help="frozen backbone + linear head, train all, or low-rank adapters + head on the frozen backbone"),
+    arg("--lora-rank", type=positive_int, default=8, help="LoRA rank r (--mode lora)"),
+    arg("--lora-alpha", type=positive_float, default=16.0, help="LoRA scale numerator: updates are scaled by alpha / r"),
+    arg("--lora-targets", default=",".join(DEFAULT_LORA_TARGETS), metavar="PAT,...",
+        help="comma-separated glob patterns of the linear layers to adapt (matched against module names or "
+        "their ends, e.g. Wqkv, mlp.*, layers.3.mixer.in_proj)"),
+    arg("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input"),
+    arg("--max-memory", type=positive_float, default=None, metavar="GIB",
+        help="GiB LoRA training may use (checked before the model is loaded); unset = what the device has free"),
     arg("--soft-prompt", type=int, default=0, metavar="N", help="learn N prompt embeddings for the frozen model"),
     arg("--pool", choices=["mean", "last"], default="mean", help="pooling of the hidden states over the bases"),
     arg("--layer", type=int, default=-1, help="hidden state to pool (-1 = after the final norm)"),
     arg("--epochs", type=positive_int, default=3, help="epochs (full fine-tuning and soft prompts)"),
-    arg("--lr", type=positive_float, default=None, help="learning rate (default: 1e-2 probe/prompt, 3e-4 full)"),
+    arg("--lr", type=positive_float, default=None,
+        help="learning rate (default: 1e-2 probe/prompt, 1e-3 LoRA, 3e-4 full)"),
     arg("--batch-size", type=positive_int, default=32, help="sequences per step"),
     arg("--probe-steps", type=positive_int, default=500, help="full-batch steps of the linear probe"),
     arg("--max-train", type=positive_int, default=None, help="use a random subset of this many training sequences"),
@@ -248,13 +281,18 @@ def embed_cmd(args: argparse.Namespace) -> int:
 def finetune_cmd(args: argparse.Namespace) -> int:
     """Add a classification head on pooled hidden states and train it (class-weighted loss, best dev
     checkpoint kept). Reports test accuracy, MCC and AUROC beside a k-mer logistic regression trained in
-    the same run, and saves the classifier for `dnalm predict`."""
+    the same run, and saves the classifier for `dnalm predict`. --mode lora trains low-rank adapters on
+    the frozen model (kept in its stored dtype) with the head, after checking the estimated memory, and
+    saves only the adapters and the head (adapter.safetensors + adapter.json naming the base model);
+    `dnalm export --merge-lora` folds them into a standalone classifier."""
     print(finetune_command(
         args.model, train=args.train, dev=args.dev, test=args.test, out=args.out, seq_column=args.seq_column,
         label_column=args.label_column, mode=args.mode, soft_prompt=args.soft_prompt, pool=args.pool,
         layer=args.layer, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         probe_steps=args.probe_steps, seed=args.seed, split_seed=args.split_seed, max_train=args.max_train,
         crop=args.crop, windows=args.windows, device=args.device, progress=not args.quiet,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
+        lora_dropout=args.lora_dropout, max_memory_gib=args.max_memory,
     ))  # fmt: skip
     return 0
 
@@ -502,28 +540,35 @@ def dms_command(
 def embed_command(
     model_path: str, *, fasta: str | None = None, csv_path: str | None = None, column: str | None = None,
     out: str | None = None, layer: int = -1, pool: str = "mean", batch_size: int = 8, crop: str | None = None,
-    windows: bool = False, device: str = "cpu", progress: bool = True, tap: str | None = None,
+    windows: bool = False, device: str = "cpu", progress: bool = True, module: str | None = None,
 ) -> str:
-    """``dnalm embed``: embed every sequence of a FASTA or CSV and write .npy + .json; return a summary."""
+    """``dnalm embed``: embed every sequence of a FASTA or CSV and write .npy + .json (or .parquet); return a
+    summary."""
 
     if (fasta is None) == (csv_path is None):
         raise DataError("give exactly one of --fasta or --csv")
     src = fasta or csv_path
     ids, toks, lows = read_sequence_file(src, column=column)
     stem = Path(src).name.split(".")[0] if is_regular_file(src) else "sequences"
-    npy, meta_path = embedding_paths(out or stem + ".emb.npy")
-    check_output(npy, "file", "embedding array")
-    check_output(meta_path, "file", "embedding metadata")
+    if out is not None and is_parquet(out):
+        parquet_modules()  # the optional dependency is there, or a clear error before any work
+        npy = meta_path = check_output(Path(out), "file", "embedding table")
+    else:
+        npy, meta_path = embedding_paths(out or stem + ".emb.npy")
+        check_output(npy, "file", "embedding array")
+        check_output(meta_path, "file", "embedding metadata")
     model = load(model_path, device=device)
     if model.tokenizer.lowercase == "unk":
         toks = [np.where(lo, UNK, t).astype(np.uint8) for t, lo in zip(toks, lows)]
     emb = embed_sequences(model, toks, ids=ids, layer=layer, pool=pool, batch_size=batch_size, crop=crop,
-                          windows=windows, progress=progress, source=str(src), tap=tap)
+                          windows=windows, progress=progress, source=str(src), module=module)
     emb.meta.update(model=str(model_path), source=str(src))
     npy, meta = emb.save(npy)
     n_long = emb.meta["longer_than_window"]
     how = "were cropped" if crop else "used several windows"
-    return (f"embedded {len(ids)} sequences -> {npy} {tuple(emb.array.shape)} float32, metadata {meta}"
+    where = f"module {emb.meta['module']}" if module else f"layer {layer}"
+    return (f"embedded {len(ids)} sequences ({where}, {pool} pooling) -> {npy} {tuple(emb.array.shape)} float32, "
+            f"metadata {'inside' if meta == npy else meta}"
             + (f"; {n_long} sequences were longer than {emb.meta['window_bases']} bases and {how}" if n_long else ""))
 
 
@@ -533,22 +578,39 @@ def finetune_command(
     pool: str = "mean", layer: int = -1, epochs: int = 3, lr: float | None = None, batch_size: int = 32,
     probe_steps: int = 500, seed: int = 0, split_seed: int = 0, max_train: int | None = None,
     crop: str | None = None, windows: bool = False, device: str = "cpu", progress: bool = True,
+    lora_rank: int = 8, lora_alpha: float = 16.0, lora_targets: str | Sequence[str] = DEFAULT_LORA_TARGETS,
+    lora_dropout: float = 0.0, max_memory_gib: float | None = None,
 ) -> str:
     """``dnalm finetune``: read the sets (or split one seeded), train, compare with k-mers, save; summary."""
 
+    lora = None
+    if mode == "lora":
+        lora = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=lora_targets, dropout=lora_dropout)
     data, classes, split_info = load_sets(train, dev, test, seq_column=seq_column, label_column=label_column,
                                           split_seed=split_seed, max_train=max_train, seed=seed)
     check_output(out, "dir", "classifier directory")
+    memory = None
+    if lora is not None:  # before the model is loaded: a run that cannot fit stops here
+        longest = max(len(s) for d in data.values() for s in d.seqs) + 1  # + [BOS]
+        memory = check_lora_memory(model_path, lora, longest, batch_size, device, max_memory_gib,
+                                   n_classes=len(classes))  # fmt: skip
     model = load(model_path, device=device)
     clf, report = finetune(model, data["train"], data["dev"], data["test"], classes, mode=mode,
                            soft_prompt=soft_prompt, pool=pool, layer=layer, epochs=epochs, lr=lr,
                            batch_size=batch_size, probe_steps=probe_steps, seed=seed, crop=crop, windows=windows,
-                           progress=progress)
+                           progress=progress, lora=lora, copy_model=False)  # fmt: skip
     report["base_model"] = str(model_path)
+    if memory is not None:
+        report["memory_estimate_gib"] = {k: round(v / 2**30, 3) for k, v in memory.parts.items()}
     files = {"report.json": json.dumps(report, indent=1) + "\n"}
     if split_info:
         files["split.json"] = json.dumps(split_info) + "\n"
-    save_classifier(clf, out, classes, files, info={"base_model": str(model_path), "mode": report["mode"]})
+    info = {"base_model": str(model_path), "mode": report["mode"]}
+    if lora is not None:
+        base = str(Path(model_path).resolve()) if Path(model_path).exists() else str(model_path)
+        save_lora_classifier(clf, out, classes, base, lora, files, info=info)
+    else:
+        save_classifier(clf, out, classes, files, info=info)
     t, b = report["test"], report["kmer_baseline"]["test"]
     s = report["sizes"]
     lines = [
@@ -558,6 +620,9 @@ def finetune_command(
         + (f"; seeded stratified 80/10/10 split (seed {split_seed}) saved to {out}/split.json" if split_info else "")
         + (f"; {report['longer_than_context']} sequences longer than the context: {report['long_inputs']}"
            if report["longer_than_context"] else ""),
+        *([f"LoRA rank {lora.rank}, alpha {lora.alpha:g}: {report['lora']['adapted_layers']} adapted layers; "
+           f"{report['trainable_parameters']:,} trainable parameters (adapters + head) of "
+           f"{report['model_parameters']:,}; adapters saved without the base model"] if lora is not None else []),
         f"{'':<22}{'accuracy':>9}{'MCC':>9}{'AUROC':>9}",
         f"{'model (test)':<22}{t['accuracy']:>9.4f}{t['mcc']:>9.4f}{t['auroc']:>9.4f}",
         f"{'k-mer LR (test)':<22}{b['accuracy']:>9.4f}{b['mcc']:>9.4f}{b['auroc']:>9.4f}"

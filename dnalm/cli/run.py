@@ -15,7 +15,7 @@ import yaml
 
 from dnalm.checkpoint import CheckpointError, atomic_write_text, latest_model_dir, read_config_json
 from dnalm.cli.base import RUNTIME_ARGS, UserError, arg, command, positive_float, positive_int
-from dnalm.config import ConfigError, RunConfig
+from dnalm.config import ConfigError, LoRAConfig, RunConfig
 from dnalm.data.store import TokenStore, default_genome
 from dnalm.data.store import prepare as prepare_store
 from dnalm.eval.likelihood import markov_report
@@ -24,6 +24,7 @@ from dnalm.models import get_preset, list_presets, model_config_from_dict
 from dnalm.models import list_presets as all_presets  # info_report's parameter is named list_presets
 from dnalm.models.lm import DNALM
 from dnalm.scaling.flops import flops_per_token
+from dnalm.scaling.lora import LoRAMemory, lora_memory
 from dnalm.scaling.plan import memory_per_gpu, shape_from_config
 from dnalm.train.config import load_run_config, run_config_from_dict
 from dnalm.train.demo import DEMO_MARGIN, demo_config
@@ -115,15 +116,24 @@ def demo(args: argparse.Namespace) -> int:
     arg("--out", default=None, output="dir", help="run directory (overrides out_dir in the config)"),
     arg("--restart", action="store_true", help="ignore existing checkpoints in the run directory and start over"),
     arg("--init-from", default=None,
-        help="start from another run's or checkpoint's weights (staged context extension); fresh LR schedule"),
+        help="start from another run's, checkpoint's or imported model's weights (staged context extension, "
+        "or LoRA with train.lora); fresh LR schedule; a config without a model section takes this model's"),
 )
 def train_cmd(args: argparse.Namespace) -> int:
     """Train a DNA language model. Resumes automatically from the newest checkpoint in the run
     directory; a run killed at any point continues the same trajectory. On several processes:
     torchrun --nproc-per-node N -m dnalm train --config run.yaml --set train.parallel=ddp (or fsdp)."""
-    config = load_run_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.init_from:  # before the config is read: a config without a model section takes init_from's
+        overrides.append(f"train.init_from={json.dumps(str(args.init_from))}")
+    config = load_run_config(args.config, overrides)
     if args.out:
         config.out_dir = args.out
+    if config.train.lora is not None and config.train.init_from is not None:
+        tc = config.train  # checked before the model is loaded (dnalm.scaling.lora)
+        lengths = [s.seq_len for s in config.data.warmup_stages] or [config.data.seq_len]
+        check_lora_memory(config.train.init_from, tc.lora, max(lengths), tc.batch_size // tc.grad_accum,
+                          "cuda" if torch.cuda.is_available() else "cpu", lm_logits=True)  # fmt: skip
     try:
         result = train(config, resume=not args.restart, init_from=args.init_from)
     except TrainingError as e:
@@ -273,6 +283,59 @@ def model_config_of(name: str) -> tuple[Any, str]:
     if "model" not in meta:
         raise CheckpointError(f"{model_dir / 'config.json'}: no 'model' section; not a dnalm checkpoint config")
     return model_config_from_dict(meta["model"], where=f"{model_dir / 'config.json'}:model"), f"checkpoint {model_dir}"
+
+
+def stored_weight_bytes(name: str | Path) -> int:
+    """Bytes per parameter of a model's stored weights, read from its safetensors header (no tensors are
+    loaded): 4 for a preset (fresh float32 weights), 2 when the format does not say (published checkpoints
+    are bf16)."""
+    p = Path(name)
+    if not p.exists():
+        return 4
+    model_dir = p if (p / "model.safetensors").is_file() else latest_model_dir(p)
+    if model_dir is None or not (model_dir / "model.safetensors").is_file():
+        return 2
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_slice(key)
+                dtype = t.get_dtype()
+                if dtype in ("F32", "F64"):
+                    return 4 if dtype == "F32" else 8
+                if dtype in ("BF16", "F16"):
+                    return 2
+    except Exception:  # an unreadable file is reported when the model is loaded
+        return 2
+    return 4
+
+
+def check_lora_memory(
+    model_path: str, lora: LoRAConfig, seq_len: int, batch: int, device: str = "cpu",
+    max_memory_gib: float | None = None, lm_logits: bool = False, n_classes: int = 0,
+) -> LoRAMemory:
+    """Estimate LoRA training memory (dnalm.scaling.lora) for ``model_path`` before loading it, and raise a
+    UserError when it exceeds ``max_memory_gib`` or what the device has free. Returns the estimate."""
+    config, _ = model_config_of(model_path)
+    seq_len = min(seq_len, config.max_len)
+    wbytes = stored_weight_bytes(model_path)
+    est = lora_memory(config, lora, seq_len, batch, wbytes, lm_logits=lm_logits,
+                      trainable_extra=n_classes * (config.d_model + 1))  # fmt: skip
+    if max_memory_gib is not None:
+        limit, where = max_memory_gib * 2**30, "--max-memory"
+    elif str(device).startswith("cuda") and torch.cuda.is_available():
+        limit, where = torch.cuda.mem_get_info(torch.device(device))[0], f"free on {device}"
+    else:
+        from dnalm.eval.longcontext import available_memory
+
+        limit, where = available_memory(), "available memory"
+    if limit is not None and est.total > limit:
+        raise UserError(
+            f"LoRA training of {model_path} needs about {est.describe()}, more than the {limit / 2**30:.1f} GiB "
+            f"{where}; use a smaller --batch-size, shorter sequences, fewer --lora-targets, or more memory"
+        )
+    return est
 
 
 def info_report(name: str | None, seq_len: int | None = None, batch_size: int = 1, list_presets: bool = False) -> str:

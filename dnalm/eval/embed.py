@@ -14,9 +14,20 @@
 - Batches are right-padded, which leaves a causal model's real positions exactly unchanged (see
   ``dnalm.models.heads``).
 
-Output files: ``OUT.npy`` (float32; (N, D) pooled, or (total bases, D) for ``none``) and ``OUT.json``
-with the ids, lengths, windows per sequence, row offsets (``none``), layer, pooling and model. Both are
-written to temporary names and renamed at the end.
+- ``module``: instead of a hidden state, the output of any submodule by name, e.g. ``blocks.28.mlp.l3`` as
+  Evo 2's notebooks name it (``blocks.N`` is read as ``backbone.layers.N``; a name may also leave out the
+  ``backbone.`` prefix). It is caught with a forward hook on the ordinary forward pass; its width may differ
+  from the model's (an MLP's inner layer). The module must run at the input's resolution (not inside a
+  dnaHNet's compressed stage).
+- Batches: pieces are sorted by length (longest first) so each batch is padded to nearly its own length;
+  the outputs go back to input order. The metadata records the share of padded positions.
+
+Output files: ``OUT.npy`` (float32; (N, D) pooled, or (total bases, D) for ``none``/``per-position``) and
+``OUT.json`` with the ids, lengths, windows per sequence, row offsets (per position), layer or module,
+pooling and model; or ``OUT.parquet`` (needs the optional ``pyarrow``: ``pip install pyarrow``): one row per
+sequence (``id``, ``length``, ``windows``, ``embedding``) or per base (``id``, ``position``, ``embedding``),
+with the same metadata as JSON in the file's key-value metadata under ``dnalm``. Files are written to
+temporary names and renamed at the end.
 """
 
 from __future__ import annotations
@@ -50,8 +61,15 @@ class Embeddings:
     windows: list[int]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def full_meta(self, name: str) -> dict[str, Any]:
+        return {**self.meta, "ids": self.ids, "lengths": self.lengths, "windows": self.windows,
+                "shape": list(self.array.shape), "array": name}
+
     def save(self, out: str | Path) -> tuple[Path, Path]:
-        """Write ``out`` (.npy added if missing) and the metadata JSON beside it, atomically and together."""
+        """Write ``out`` (.npy added if missing) and the metadata JSON beside it, atomically and together;
+        or, for a ``.parquet`` path, one Parquet file holding both (returned twice)."""
+        if is_parquet(out):
+            return self.save_parquet(out)
         npy, meta_path = embedding_paths(out)
         buf = io.BytesIO()
         np.save(buf, self.array, allow_pickle=False)
@@ -61,6 +79,59 @@ class Embeddings:
             atomic_write_bytes(npy, buf.getvalue())
             atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
         return npy, meta_path
+
+    def save_parquet(self, out: str | Path) -> tuple[Path, Path]:
+        pa, pq = parquet_modules()
+        out = Path(out)
+        d = self.array.shape[1] if self.array.ndim == 2 else 0
+        values = pa.array(self.array.reshape(-1), type=pa.float32())
+        emb = pa.FixedSizeListArray.from_arrays(values, d)
+        if "offsets" in self.meta:  # per position: one row per base
+            off = self.meta["offsets"]
+            seq = np.repeat(np.arange(len(self.ids)), np.diff(off))
+            pos = np.concatenate([np.arange(n) for n in np.diff(off)]) if len(seq) else np.zeros(0, np.int64)
+            table = pa.table({"id": pa.array([self.ids[i] for i in seq], pa.string()),
+                              "position": pa.array(pos.astype(np.int64)), "embedding": emb})
+        else:
+            table = pa.table({"id": pa.array(self.ids, pa.string()), "length": pa.array(self.lengths, pa.int64()),
+                              "windows": pa.array(self.windows, pa.int32()), "embedding": emb})
+        meta = {k: v for k, v in self.full_meta(out.name).items() if k not in ("ids", "lengths", "windows")}
+        table = table.replace_schema_metadata({"dnalm": json.dumps(meta)})
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        atomic_write_bytes(out, buf.getvalue().to_pybytes())
+        return out, out
+
+
+def is_parquet(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".parquet"
+
+
+def parquet_modules() -> tuple[Any, Any]:
+    """(pyarrow, pyarrow.parquet), or a DataError saying how to get them (an optional dependency)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            "writing .parquet needs the optional package pyarrow (pip install pyarrow, or pip install "
+            "'dnalm[parquet]'); .npy output needs nothing more"
+        ) from None
+    return pa, pq
+
+
+def resolve_module(model: Any, name: str) -> tuple[str, Any]:
+    """The submodule of ``model`` called ``name``, also accepting ``blocks.N...`` (Evo 2's naming) for
+    ``backbone.layers.N...`` and names without the ``backbone.`` prefix. DataError listing examples otherwise."""
+    mods = dict(model.named_modules())
+    tries = [name, f"backbone.{name}"]
+    if name.startswith("blocks."):
+        tries.append("backbone.layers." + name[len("blocks."):])
+    for t in tries:
+        if t and t in mods:
+            return t, mods[t]
+    example = [n for n in mods if n.count(".") >= 2][:6]
+    raise DataError(f"--module {name}: no such module in this model (names look like: {', '.join(example)})")
 
 
 def embedding_paths(out: str | Path) -> tuple[Path, Path]:
@@ -197,26 +268,25 @@ def embed_sequences(
     windows: bool = False,
     progress: bool = False,
     source: str = "input",
+    module: str | None = None,
     tap: str | None = None,
 ) -> Embeddings:
-    """Embed sequences (strings or token-id arrays); see the module docstring for layers and pooling.
+    """Embed sequences (strings or token-id arrays); see the module docstring for layers, ``module`` and
+    pooling (``mean``, ``last``, ``per-position`` = ``none``).
 
     A sequence longer than ``window`` bases (default: the model's context) is an error unless ``crop``
     (center, left or right: keep one window of it) or ``windows`` (tile it, pool over the windows) says
-    what to do (:func:`fit_to_context`); ``source`` names the input in that error. ``tap`` names a submodule
-    (``model.named_modules()``, e.g. ``backbone.layers.28.mlp``) whose (B, L, D) output is embedded
-    instead of a hidden state."""
-    if pool not in ("mean", "last", "none"):
-        raise DataError(f"--pool must be mean, last or none (got {pool!r})")
-    captured: list[torch.Tensor] = []
+    what to do (:func:`fit_to_context`); ``source`` names the input in that error. ``tap`` is another name
+    for ``module``."""
+    if pool not in ("mean", "last", "none", "per-position"):
+        raise DataError(f"--pool must be mean, last or per-position (got {pool!r})")
+    per_position = pool in ("none", "per-position")
+    module = module if module is not None else tap  # ``tap`` is the same option under its first name
+    caught: list[torch.Tensor] = []
     hook = None
-    if tap is not None:
-        try:
-            target = model.get_submodule(tap)
-        except AttributeError:
-            blocks = [n for n, _ in model.named_modules() if n.count(".") <= 3 and n.endswith(".mlp")][:3]
-            raise DataError(f"--tap {tap!r}: the model has no such submodule (e.g. {', '.join(blocks) or 'backbone'})") from None
-        hook = target.register_forward_hook(lambda mod, inp, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    if module is not None:
+        module, target = resolve_module(model, module)
+        hook = target.register_forward_hook(lambda m, i, o: caught.append(o[0] if isinstance(o, tuple) else o))
 
     n_states = count_hidden_states(model)
     if not -n_states <= layer < n_states:
@@ -242,16 +312,27 @@ def embed_sequences(
     was_training = model.training
     model.eval()
     pbar = bar(total=len(pieces), desc="windows", enabled=progress)
+    padded = real_tokens = 0
     try:
         for b0 in range(0, len(order), batch_size):
             part = order[b0 : b0 + batch_size]
             x, mask = batch_ids(model, [pieces[k][2] for k in part])
             x, mask = x.to(model.device), mask.to(model.device)
-            captured.clear()
-            out = model(x, output_hidden_states=tap is None)
-            h = (captured[-1] if tap is not None else out.hidden_states[layer]).float()  # (B, L, D)
+            padded += int(mask.numel())
+            real_tokens += int(mask.sum())
+            if module is None:
+                h = model(x, output_hidden_states=True).hidden_states[layer].float()  # (B, L, D)
+            else:
+                caught.clear()
+                model(x)
+                if not caught or not isinstance(caught[-1], torch.Tensor) or caught[-1].shape[:2] != x.shape:
+                    got = tuple(caught[-1].shape) if caught and isinstance(caught[-1], torch.Tensor) else "nothing"
+                    raise DataError(f"--module {module}: its output ({got}) is not one vector per input position "
+                                    f"{tuple(x.shape)}; choose a module on the full-resolution path")
+                h = caught[-1].float()  # (B, L, D')
+                d = h.shape[-1]
             real = mask & (x >= UNK)  # bases only
-            if pool == "none":
+            if per_position:
                 for r, k in enumerate(part):
                     piece_out[k] = h[r][real[r]].cpu().numpy()
             else:
@@ -268,12 +349,16 @@ def embed_sequences(
         if hook is not None:
             hook.remove()
     lengths = [int(len(t)) for t in toks]
-    meta: dict[str, Any] = {"layer": layer if tap is None else None, "tap": tap, "pool": pool, "window_bases": w, "dim": d,
+    meta: dict[str, Any] = {"layer": layer if module is None else None, "pool": pool, "window_bases": w, "dim": d,
                             "long_inputs": long_policy(crop, windows), "longer_than_window": n_long}
+    if module is not None:
+        meta["module"] = meta["tap"] = module
+    meta["batching"] = {"sorted_by_length": True, "batch_size": batch_size,
+                        "padded_share": round(1 - real_tokens / padded, 4) if padded else 0.0}
     if windows:
         meta["windowing"] = ("consecutive non-overlapping windows, each with its own [BOS]; context does not cross "
                              "window boundaries")
-    if pool == "none":
+    if per_position:
         chunks = [piece_out[k] for k in range(len(pieces))]  # pieces are in (sequence, window) order
         offsets = np.concatenate([[0], np.cumsum(used)]).tolist()
         arr = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, d), np.float32)

@@ -6,6 +6,12 @@ Three ways to train (``mode``):
   standardised with the training set's mean/std, and a linear head is trained on them (full-batch AdamW).
   The standardisation is folded into the saved head, so the saved model takes raw token ids.
 - ``full``: full fine-tuning of backbone + head (AdamW, linear warm-up and decay).
+- ``lora``: low-rank adapters (dnalm/models/lora.py) on the backbone's projections, attention and MLP; the
+  backbone stays frozen in its stored dtype and only the adapters and the head train (AdamW, the same
+  schedule as full fine-tuning). The head starts from the linear probe's solution (LP-FT, Kumar et al.
+  2022: probe first, then fine-tune); the best dev epoch of the LoRA training is kept, as for full fine-tuning. The result is saved as an adapter directory (``adapter.safetensors`` with the
+  adapters and the head, ``adapter.json`` naming the base model), a few percent of the model's size;
+  ``load_classifier`` puts it back on the base model, ``dnalm export --merge-lora`` folds it into the weights.
 - ``soft_prompt=N``: HyenaDNA-style in-context learning by soft-prompt tuning. ``N`` learned prompt
   embeddings are prepended to a **frozen** model; only the prompt and the linear head are trained.
 
@@ -40,16 +46,28 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_model
 
-from dnalm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, atomic_dir, load_weights, read_checkpoint_meta
-from dnalm.config import ConfigError, to_dict
+from dnalm.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    atomic_dir,
+    is_adapter_dir,
+    load_weights,
+    read_adapter,
+    read_checkpoint_meta,
+    save_adapter,
+)
+from dnalm.config import ConfigError, LoRAConfig, to_dict
 from dnalm.data.errors import DataError, listing
 from dnalm.eval.embed import batch_ids, encode_column, fit_to_context, long_policy, read_sequence_table
 from dnalm.eval.metrics import classification_metrics
 from dnalm.eval.metrics import progress as bar
 from dnalm.eval.scoring import count_scored, window_bases
+from dnalm.formats import load_base_model
 from dnalm.models import model_config_from_dict
 from dnalm.models.heads import SequenceClassifier
 from dnalm.models.lm import DNALM
+from dnalm.models.lora import LoRAError, add_lora, apply_adapter, count_trainable, fingerprint, lora_state_dict
 from dnalm.tokenizer import UNK, A, T, Tokenizer
 from dnalm.train.distributed import clip_grad_norm
 from dnalm.train.optim import make_optimizer
@@ -333,7 +351,7 @@ def _train_end_to_end(
     clf: Any, X: dict, train: LabeledData, dev: LabeledData, cw: torch.Tensor, kind: str, lr: float,
     weight_decay: float, epochs: int, batch_size: int, rng: np.random.Generator, progress: bool, history: list,
 ) -> str:
-    """Full fine-tuning, or a soft prompt on the frozen model (``kind``): mini-batch AdamW with linear warm-up
+    """Full fine-tuning, LoRA adapters or a soft prompt on the frozen model (``kind``): mini-batch AdamW with linear warm-up
     over 5% of the steps then linear decay to 0, gradients clipped to norm 1; the best dev epoch is kept."""
     lm = clf.lm
     if kind == "soft_prompt":
@@ -395,18 +413,26 @@ def finetune(
     crop: str | None = None,
     windows: bool = False,
     progress: bool = True,
+    lora: LoRAConfig | None = None,
+    copy_model: bool = True,
+    baseline: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a classifier (see the module docstring); returns (SequenceClassifier, report dict).
 
     A sequence longer than the model's context is an error unless ``crop`` (center, left or right: keep one
     window) or ``windows`` (pool over tiled windows) says what to do (:func:`dnalm.eval.embed.fit_to_context`).
 
-    ``lr`` defaults: probe 1e-2, soft prompt 1e-2, full fine-tuning 3e-4.
+    ``lr`` defaults: probe 1e-2, soft prompt 1e-2, LoRA 1e-3, full fine-tuning 3e-4. ``lora`` sets the adapters
+    of ``mode="lora"`` (default rank 8, alpha 16, the default targets). ``copy_model=False`` adapts ``model``
+    itself instead of a copy (no second copy of a large model in memory). ``baseline=False`` skips the k-mer
+    baseline (``report["kmer_baseline"]`` is then None), for callers that fit it once for several runs.
     """
-    if mode not in ("probe", "full"):
-        raise DataError(f"--mode must be probe or full (got {mode!r})")
-    if soft_prompt and mode == "full":
+    if mode not in ("probe", "full", "lora"):
+        raise DataError(f"--mode must be probe, full or lora (got {mode!r})")
+    if soft_prompt and mode != "probe":
         raise DataError("--soft-prompt trains a prompt for a frozen model; use it with --mode probe (the default)")
+    if lora is not None and mode != "lora":
+        raise DataError("LoRA settings (--lora-rank, --lora-alpha, --lora-targets) need --mode lora")
     if soft_prompt < 0:
         raise DataError(f"--soft-prompt must be >= 0 (got {soft_prompt})")
     t0 = time.perf_counter()
@@ -421,20 +447,33 @@ def finetune(
         raise DataError(f"--lr must be a finite number > 0 (got {lr})")
     if epochs < 1 or probe_steps < 1 or batch_size < 1:
         raise DataError(f"--epochs, --probe-steps and --batch-size must be >= 1 (got {epochs}, {probe_steps}, {batch_size})")
-    lm = copy.deepcopy(model).float()
+    lm = copy.deepcopy(model) if copy_model else model
+    if mode != "lora":
+        lm = lm.float()  # LoRA keeps the frozen base in its stored dtype
     try:
         clf = SequenceClassifier(lm, n_classes, pool=pool, layer=layer, soft_prompt=soft_prompt, seed=seed)
     except ValueError as e:  # --layer out of range, an unknown pooling
         raise DataError(f"--layer/--pool: {e}") from None
     cw = class_weights(train.labels, n_classes)
-    kind = "full" if mode == "full" else ("soft_prompt" if soft_prompt else "probe")
+    adapted: list[str] = []
+    if mode == "lora":
+        lora = lora or LoRAConfig()
+        # LP-FT (Kumar et al. 2022): the head starts from the linear probe's solution, so the adapters start
+        # from a model that already classifies and refine the features instead of fighting a random head
+        history_probe: list[dict[str, Any]] = []
+        _train_probe(clf, X, train, dev, cw, 1e-2, weight_decay, probe_steps, batch_size, progress, history_probe)
+        try:
+            adapted = add_lora(clf.lm, lora)  # freezes the backbone; the head stays trainable
+        except LoRAError as e:
+            raise DataError(f"--lora-targets: {e}") from None
+    kind = mode if mode in ("full", "lora") else ("soft_prompt" if soft_prompt else "probe")
     history: list[dict[str, Any]] = []
 
     if kind == "probe":
         best_at = _train_probe(clf, X, train, dev, cw, lr or 1e-2, weight_decay, probe_steps, batch_size, progress,
                                history)  # fmt: skip
     else:
-        base_lr = lr or (1e-2 if kind == "soft_prompt" else 3e-4)
+        base_lr = lr or {"soft_prompt": 1e-2, "lora": 1e-3}.get(kind, 3e-4)
         best_at = _train_end_to_end(clf, X, train, dev, cw, kind, base_lr, weight_decay, epochs, batch_size, rng,
                                     progress, history)  # fmt: skip
 
@@ -443,7 +482,7 @@ def finetune(
     dev_m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
     t_model = time.perf_counter() - t0
     t1 = time.perf_counter()
-    base = kmer_baseline(train, dev, test, ks=kmer_ks, seed=seed)
+    base = kmer_baseline(train, dev, test, ks=kmer_ks, seed=seed) if baseline else None
     report = {
         "mode": kind,
         "pool": pool,
@@ -455,8 +494,10 @@ def finetune(
         "sizes": {"train": len(train.labels), "dev": len(dev.labels), "test": len(test.labels)},
         "train_class_counts": np.bincount(train.labels, minlength=n_classes).tolist(),
         "class_weights": [round(float(w), 4) for w in cw],
-        "trainable_parameters": int(sum(p.numel() for p in clf.parameters() if p.requires_grad))
+        "trainable_parameters": int(count_trainable(clf))
         if kind != "probe" else int(clf.head.proj.weight.numel() + clf.head.proj.bias.numel()),
+        "model_parameters": int(sum(p.numel() for p in clf.lm.parameters()) - sum(
+            p.numel() for n, p in clf.lm.named_parameters() if n.endswith((".lora_A", ".lora_B")))),
         "best_checkpoint": best_at,
         "dev": dev_m,
         "test": test_m,
@@ -467,8 +508,12 @@ def finetune(
         "seed": seed,
         "sources": {"train": train.source, "dev": dev.source, "test": test.source},
     }
-    for p in clf.parameters():
-        p.requires_grad_(True)
+    if kind == "lora":
+        report["lora"] = {**lora.to_dict(), "adapted_layers": len(adapted), "adapted": adapted}
+        report["learning_rate"] = base_lr
+    else:
+        for p in clf.parameters():
+            p.requires_grad_(True)
     return clf, report
 
 
@@ -496,9 +541,53 @@ def save_classifier(
     return Path(path)
 
 
-def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, list[str]]:
-    """Load a directory written by ``save_classifier`` -> (SequenceClassifier in eval mode, class names)."""
+def save_lora_classifier(
+    clf: Any, path: str | Path, classes: list[str], base_model: str, lora: LoRAConfig,
+    extra_files: dict[str, str] | None = None, info: dict | None = None,
+) -> Path:
+    """Write a LoRA classifier as an adapter directory: ``adapter.safetensors`` (adapters, head, prompt; not
+    the frozen base) and ``adapter.json`` (the base model's path, config and weight fingerprint, rank,
+    alpha, adapted layers, the head's settings and the classes), atomically."""
+    tensors = lora_state_dict(clf.lm, prefix="lm.")
+    tensors.update({k: v for k, v in clf.state_dict().items() if k.startswith(("head.", "prompt."))})
+    adapted = sorted(k[3:].rsplit(".", 1)[0] for k in tensors if k.endswith(".lora_A"))
+    meta = {
+        "kind": "classifier",
+        "base_model": base_model,
+        "base_config": to_dict(clf.lm.config),
+        "base_fingerprint": fingerprint(clf.lm),
+        "tokenizer": clf.lm.tokenizer.to_dict(),
+        "lora": lora.to_dict(),
+        "adapted": adapted,
+        "classifier": clf.spec(),
+        "classes": classes,
+        **({"info": info} if info else {}),
+    }
+    return save_adapter(path, tensors, meta, extra_files)
+
+
+def _load_lora_classifier(path: Path, device: str, base: str | Path | None) -> tuple[Any, list[str]]:
+    meta, tensors = read_adapter(path)
+    if meta.get("kind") != "classifier":
+        raise CheckpointError(f"{path}: a language-model adapter, not a classifier (dnalm.load reads it)")
+    lm = load_base_model(meta, path, device, base)
+    try:
+        clf = SequenceClassifier(lm, **meta["classifier"])
+        lm_state = {k[3:]: v for k, v in tensors.items() if k.startswith("lm.")}
+        apply_adapter(clf.lm, meta["lora"], meta["adapted"], lm_state, str(path), meta.get("base_fingerprint"))
+        rest = {k: v for k, v in tensors.items() if not k.startswith("lm.")}
+        clf.load_state_dict({**clf.state_dict(), **rest})
+    except (LoRAError, TypeError, KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return clf.to(device).eval(), list(meta["classes"])
+
+
+def load_classifier(path: str | Path, device: str = "cpu", base: str | Path | None = None) -> tuple[Any, list[str]]:
+    """Load a directory written by ``save_classifier`` (or ``save_lora_classifier``: the base model is read
+    from where the adapter says, or ``base``) -> (SequenceClassifier in eval mode, class names)."""
     path = Path(path)
+    if is_adapter_dir(path):
+        return _load_lora_classifier(path, device, base)
     cfg = path / CONFIG_FILE
     meta = read_checkpoint_meta(
         path, CLASSIFIER_FORMAT, "not a fine-tuned classifier: `dnalm predict` needs the output directory of "

@@ -13,13 +13,26 @@ from pathlib import Path
 
 from torch import nn
 
-from dnalm.checkpoint import CheckpointError, is_native_checkpoint, latest_model_dir, load_pretrained, read_config_json
+from dnalm.checkpoint import (
+    CheckpointError,
+    is_adapter_dir,
+    is_native_checkpoint,
+    latest_model_dir,
+    load_pretrained,
+    read_adapter,
+    read_config_json,
+)
+from dnalm.config import to_dict
 from dnalm.formats import evo, hyenadna_hf
 from dnalm.formats.base import CheckpointFormat
 from dnalm.models import get_preset, list_presets
 from dnalm.models.lm import DNALM
+from dnalm.models.lora import LoRAError, apply_adapter, merge_lora
 
-__all__ = ["CheckpointFormat", "FORMATS", "register_format", "get_format", "detect_format", "load"]
+__all__ = [
+    "CheckpointFormat", "FORMATS", "register_format", "get_format", "detect_format", "load", "load_base_model",
+    "load_adapter_model",
+]  # fmt: skip
 
 FORMATS: dict[str, CheckpointFormat] = {}
 
@@ -52,7 +65,8 @@ register_format(evo.EVO1_FORMAT)
 def load(path: str | Path, device: str = "cpu") -> nn.Module:
     """Load a model from a preset name (fresh weights), a checkpoint directory or a run directory.
 
-    A run directory resolves to its final model, else its newest checkpoint. A folder in a registered
+    A run directory resolves to its final model, else its newest checkpoint. A LoRA adapter directory of a
+    language model (``dnalm train`` with ``train.lora``) loads its base model with the adapters merged. A folder in a registered
     foreign format (a HyenaDNA Hugging Face folder, ...) loads through that format: a DNALM for a language
     model, a task model (e.g. ``HyenaDNAClassifier``) for a classification checkpoint. Raises
     ``FileNotFoundError`` or ``CheckpointError`` naming the problem.
@@ -64,6 +78,8 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
         raise FileNotFoundError(f"{path}: no such file, directory or preset (presets: {', '.join(list_presets())})")
     if not p.is_dir():
         raise CheckpointError(f"{path}: is a file; expected a checkpoint or run directory, or a preset name")
+    if is_adapter_dir(p):
+        return load_adapter_model(p, device)
     if (p / "config.json").is_file():
         read_config_json(p / "config.json")  # a damaged config.json is named as such, not as "no checkpoint"
     if is_native_checkpoint(p):
@@ -75,3 +91,38 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
     if run_model is not None:
         return load_pretrained(run_model, device)
     raise CheckpointError(f"{path}: not a dnalm checkpoint or run directory (no config.json + model.safetensors)")
+
+
+def load_base_model(meta: dict, where: str | Path, device: str = "cpu", base: str | Path | None = None) -> nn.Module:
+    """The base model an adapter (``adapter.json`` = ``meta``) was trained on: ``base`` if given, else the
+    path or preset it names; its config must be the one the adapter recorded."""
+    src = base if base is not None else meta["base_model"]
+    try:
+        model = load(src, device)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{where}: the adapter's base model {src} is not there; give its path (--base PATH)"
+        ) from None
+    if not isinstance(model, DNALM):
+        raise CheckpointError(f"{where}: the base {src} is a {type(model).__name__}, not a language model")
+    have, want = to_dict(model.config), meta["base_config"]
+    if have != want:
+        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        raise CheckpointError(f"{where}: the base model {src} differs from the adapter's base in {', '.join(diff)}")
+    return model
+
+
+def load_adapter_model(path: str | Path, device: str = "cpu", base: str | Path | None = None, merge: bool = True) -> nn.Module:
+    """A language model with the LoRA adapter at ``path`` applied: merged into the weights (``merge``), or as
+    separate ``LoRALinear`` modules. ``base`` overrides where the base model is read from."""
+    meta, tensors = read_adapter(path)
+    if meta.get("kind", "lm") != "lm":
+        raise CheckpointError(f"{path}: a {meta.get('kind')} adapter (use dnalm predict, or dnalm export --merge-lora)")
+    model = load_base_model(meta, path, device, base)
+    try:
+        apply_adapter(model, meta["lora"], meta["adapted"], tensors, str(path), meta.get("base_fingerprint"))
+    except LoRAError as e:
+        raise CheckpointError(str(e)) from None
+    if merge:
+        merge_lora(model)
+    return model.eval()

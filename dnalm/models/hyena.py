@@ -45,7 +45,14 @@ from dnalm.models.spec import (
     fft_conv_flops,
     layer_params_estimate,
 )
-from dnalm.ops.fftconv import fft_long_conv, fft_size, filter_rfft, gated_fft_long_conv
+from dnalm.ops.compile import compile_enabled, maybe_compile
+from dnalm.ops.fftconv import (
+    fft_long_conv,
+    fft_size,
+    filter_rfft,
+    gated_fft_long_conv,
+    packed_gated_fft_long_conv,
+)
 
 # The eval-mode cache of filter FFTs (one length per operator) is skipped above this many bytes:
 # at 1M tokens and width 256 one entry would take 2 GB.
@@ -279,20 +286,25 @@ class HyenaOperator(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, L, D) -> (B, L, D)."""
-        if self.dropout.p > 0 and self.training:  # the dropout sits between the gate and the long conv
-            return self._forward_staged(u)
+        if (self.dropout.p > 0 and self.training) or not _plain(self.in_proj, self.out_proj):
+            return self._forward_staged(u)  # dropout between the gate and the long conv; adapted projections
         B, L, D = u.shape
         w_in = self.in_proj.weight  # ((N+1)D, D)
-        z = torch.matmul(w_in, u.transpose(1, 2))  # (B, (N+1)D, L) channel-major, no transpose copy
+        # W @ u^T: a contiguous channel-major (B, (N+1)D, L) straight from the GEMM (no transpose copy; note
+        # that torch.matmul(W, u^T) would compute u @ W^T and return its transposed, L-major view)
+        z = torch.mm(w_in, u[0].t())[None] if B == 1 else torch.bmm(w_in.expand(B, -1, -1), u.transpose(1, 2))
         z = self._short_conv_biased(z, self.in_proj.bias)  # short_conv(in_proj(u)), causal
-        x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
         h_fft = self._filter_fft(L)  # (C, n//2+1) or None
         h = self.long_filter(L) if h_fft is None else None  # (C, L)
         bias = self.filter_fn.bias
-        for o, x_i in enumerate(reversed(gates)):  # order 2: just x1; the last round applies the x0 gate
-            ch = slice(o * D, (o + 1) * D)
-            v = gated_fft_long_conv(x_i, v, None if h is None else h[ch], bias[ch],
-                                    None if h_fft is None else h_fft[ch], post=x0 if o == len(gates) - 1 else None)
+        if self.order == 2:  # z = [x0 | x1 | v]: the whole gate-conv-gate stage, one gradient for z
+            v = packed_gated_fft_long_conv(z, h, bias, h_fft)
+        else:
+            x0, *gates, v = z.split(D, dim=1)  # each (B, D, L)
+            for o, x_i in enumerate(reversed(gates)):  # gate x_{N-1} first; the last round applies x0 too
+                ch = slice(o * D, (o + 1) * D)
+                v = gated_fft_long_conv(x_i, v, None if h is None else h[ch], bias[ch],
+                                        None if h_fft is None else h_fft[ch], post=x0 if o == len(gates) - 1 else None)
         w, b = self.out_proj.weight, self.out_proj.bias  # out_proj of the channel-major (B, D, L) result
         if B == 1:
             return F.linear(v[0].t(), w, b)[None]  # a transposed (L, D) operand: no copy
@@ -459,54 +471,13 @@ class Mlp(nn.Module):
         self.fc2.residual_out = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.dtype != self.fc1.weight.dtype:
-            return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
-        shape = x.shape
-        y = _RowChunkedMlp.apply(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc1.bias, self.fc2.weight,
-                                 self.fc2.bias)
-        return y.view(*shape[:-1], y.shape[-1])
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # (B, L, D)
 
 
-MLP_CHUNK_ROWS = 512  # rows per chunk of the CPU MLP: the (rows, d_inner) hidden stays in the L2 cache
-
-
-class _RowChunkedMlp(torch.autograd.Function):
-    """fc2(gelu_tanh(fc1(x))) on CPU, computed ``MLP_CHUNK_ROWS`` rows at a time so that the wide hidden
-    activation and its GELU (forward and backward) stay in cache; only the pre-activation is kept for
-    the backward (the GELU output is recomputed there, chunk by chunk). Same values as the plain MLP."""
-
-    @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2):  # x (N, D), w1 (F, D), w2 (D, F)
-        N, c = x.shape[0], MLP_CHUNK_ROWS
-        x = x.contiguous()
-        out = x.new_empty(N, w2.shape[0])
-        keep = any(ctx.needs_input_grad)
-        a_all = x.new_empty(N, w1.shape[0]) if keep else None
-        for s in range(0, N, c):
-            a = torch.addmm(b1, x[s : s + c], w1.t(), out=a_all[s : s + c]) if keep else torch.addmm(
-                b1, x[s : s + c], w1.t())
-            torch.addmm(b2, F.gelu(a, approximate="tanh"), w2.t(), out=out[s : s + c])
-        if keep:
-            ctx.save_for_backward(x, a_all, w1, w2)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, a_all, w1, w2 = ctx.saved_tensors
-        N, c = x.shape[0], MLP_CHUNK_ROWS
-        g = g.contiguous()
-        gx = x.new_empty(x.shape) if ctx.needs_input_grad[0] else None
-        gw1, gb1, gw2 = torch.zeros_like(w1), w1.new_zeros(w1.shape[0]), torch.zeros_like(w2)
-        for s in range(0, N, c):
-            a, gc = a_all[s : s + c], g[s : s + c]
-            gw2.addmm_(gc.t(), F.gelu(a, approximate="tanh"))
-            da = torch.ops.aten.gelu_backward(gc @ w2, a, approximate="tanh")  # (c, F)
-            gw1.addmm_(da.t(), x[s : s + c])
-            gb1 += da.sum(0)
-            if gx is not None:
-                torch.mm(da, w1, out=gx[s : s + c])
-        return gx, gw1, gb1, gw2, g.sum(0)
+def _plain(*layers: nn.Module) -> bool:
+    """True when every layer is a plain ``nn.Linear``: the fused fast path reads their weights directly, which
+    a subclass that adds to the output (a LoRA adapter, dnalm/models/lora.py) must not be bypassed by."""
+    return all(type(m) is nn.Linear for m in layers)
 
 
 class HyenaBlock(nn.Module):
@@ -562,6 +533,9 @@ class HyenaBackbone(nn.Module):
         super().__init__()
         self.config = config
         self.layers = nn.ModuleList(HyenaBlock(config) for _ in range(config.n_layer))
+        for layer in self.layers:  # DNALM_COMPILE=1: torch.compile each block (off by default; dnalm.ops.compile)
+            if compile_enabled():
+                layer.forward = maybe_compile(layer.forward)
         gpt2_init(self, config.n_layer)  # Linear N(0, 0.02), out_proj/fc2 scaled, biases 0 (as the reference)
         for layer in self.layers:  # the long-conv skip starts at N(0, 1), as the reference
             nn.init.normal_(layer.mixer.filter_fn.bias)

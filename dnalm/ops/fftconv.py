@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-__all__ = ["fft_long_conv", "gated_fft_long_conv", "direct_long_conv", "fft_size", "filter_rfft"]
+__all__ = ["fft_long_conv", "gated_fft_long_conv", "packed_gated_fft_long_conv", "direct_long_conv", "fft_size", "filter_rfft"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -150,6 +150,20 @@ def _padded(a: torch.Tensor, b: torch.Tensor | None, n: int) -> torch.Tensor:
     return buf
 
 
+def _gated_forward(x, v, h, h_fft, bias, post, n: int, needs_grad: bool):
+    """post * (irfft(rfft(x v) H)[:L] + bias x v) and what the backward keeps (None without autograd)."""
+    L = x.shape[-1]
+    H = torch.fft.rfft(h, n=n) if h_fft is None else h_fft  # (C, n//2+1)
+    buf = _padded(x, v, n)  # (B, C, n): w = x * v, then zeros
+    U = torch.fft.rfft(buf)  # (B, C, n//2+1)
+    y = torch.fft.irfft(U * H if needs_grad else U.mul_(H), n=n)[..., :L]  # (B, C, L) view
+    y = torch.addcmul(y, buf[..., :L], bias[:, None]) if bias is not None else y.contiguous()
+    del buf
+    out = y if post is None else post * y
+    saved = (x, v, U, H, bias, post, y if post is not None else None) if needs_grad else None
+    return out, saved
+
+
 class _GatedFFTConv(torch.autograd.Function):
     """y = post * (h * w + bias * w) with w = x * v: a Hyena gate round and its output gate in one function.
 
@@ -162,17 +176,9 @@ class _GatedFFTConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, v, h, h_fft, bias, post, n: int):
-        L = x.shape[-1]
-        H = torch.fft.rfft(h, n=n) if h_fft is None else h_fft  # (C, n//2+1)
-        buf = _padded(x, v, n)  # (B, C, n): w = x * v, then zeros
-        U = torch.fft.rfft(buf)  # (B, C, n//2+1)
-        needs_grad = any(ctx.needs_input_grad)
-        y = torch.fft.irfft(U * H if needs_grad else U.mul_(H), n=n)[..., :L]  # (B, C, L) view
-        y = torch.addcmul(y, buf[..., :L], bias[:, None]) if bias is not None else y.contiguous()
-        del buf
-        out = y if post is None else post * y
-        if needs_grad:
-            ctx.save_for_backward(x, v, U, H, bias, post, y if post is not None else None)
+        out, saved = _gated_forward(x, v, h, h_fft, bias, post, n, any(ctx.needs_input_grad))
+        if saved is not None:
+            ctx.save_for_backward(*saved)
             ctx.n, ctx.L_h = n, None if h is None else h.shape[-1]
         return out
 
@@ -194,10 +200,73 @@ class _GatedFFTConv(torch.autograd.Function):
             grad_x = grad_w * v if need[0] else None
             grad_v = grad_w.mul_(x) if need[1] else None
         if need[2]:
-            grad_h = torch.fft.irfft((G * U.conj()).sum(0), n=n)[..., : ctx.L_h]  # (C, L_h)
+            GU = G[0] * U[0].conj() if G.shape[0] == 1 else (G * U.conj()).sum(0)  # (C, n//2+1)
+            grad_h = torch.fft.irfft(GU, n=n)[..., : ctx.L_h]  # (C, L_h)
         if bias is not None and need[4]:
             grad_bias = torch.einsum("bcl,bcl,bcl->c", g, x, v)  # sum over b, l of g * w
         return grad_x, grad_v, grad_h, None, grad_bias, grad_post, None
+
+
+class _PackedGatedFFTConv(torch.autograd.Function):
+    """:class:`_GatedFFTConv` on one packed tensor z = [post | x | v] (B, 3C, L): returns post * (h * (x v)
+    + bias x v) and, in the backward, the gradient of z as one tensor (no split/zero-fill/copy by autograd).
+    The order-2 Hyena operator's whole gate-conv-gate stage."""
+
+    @staticmethod
+    def forward(ctx, z, h, h_fft, bias, n: int):
+        C = z.shape[1] // 3
+        post, x, v = z[:, :C], z[:, C : 2 * C], z[:, 2 * C :]
+        out, saved = _gated_forward(x, v, h, h_fft, bias, post, n, any(ctx.needs_input_grad))
+        if saved is not None:
+            ctx.save_for_backward(*saved)
+            ctx.n, ctx.L_h = n, None if h is None else h.shape[-1]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        x, v, U, H, bias, post, y = ctx.saved_tensors
+        n, L, C = ctx.n, x.shape[-1], x.shape[1]
+        grad_z = g_out.new_empty(x.shape[0], 3 * C, L)
+        need_h, need_b = ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[3]
+        torch.mul(g_out, y, out=grad_z[:, :C])  # d post
+        gbuf = _padded(g_out, post, n)
+        g = gbuf[..., :L]
+        G = torch.fft.rfft(gbuf)
+        grad_w = torch.fft.irfft(G * H.conj(), n=n)[..., :L]
+        grad_w = torch.addcmul(grad_w, g, bias[:, None]) if bias is not None else grad_w
+        torch.mul(grad_w, v, out=grad_z[:, C : 2 * C])  # d x
+        torch.mul(grad_w, x, out=grad_z[:, 2 * C :])  # d v
+        grad_h = grad_bias = None
+        if need_h:
+            GU = G[0] * U[0].conj() if G.shape[0] == 1 else (G * U.conj()).sum(0)
+            grad_h = torch.fft.irfft(GU, n=n)[..., : ctx.L_h]
+        if need_b:
+            grad_bias = torch.einsum("bcl,bcl,bcl->c", g, x, v)
+        return grad_z, grad_h, None, grad_bias, None
+
+
+def packed_gated_fft_long_conv(
+    z: torch.Tensor, h: torch.Tensor | None, bias: torch.Tensor | None = None, h_fft: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``gated_fft_long_conv(x, v, h, bias, h_fft, post)`` for z = [post | x | v] packed along channels,
+    (B, 3C, L) float32 -> (B, C, L): the order-2 Hyena stage with one gradient tensor for z."""
+    L, C = z.shape[-1], z.shape[1] // 3
+    if z.dim() != 3 or z.shape[1] != 3 * C:
+        raise ValueError(f"packed_gated_fft_long_conv expects z (B, 3C, L); got {tuple(z.shape)}")
+    L_h = L if h is None else min(h.shape[-1], L)
+    n = fft_size(L, L_h)
+    if h_fft is not None:
+        if h_fft.shape != (C, n // 2 + 1):
+            raise ValueError(f"h_fft has shape {tuple(h_fft.shape)}, expected {(C, n // 2 + 1)}")
+        h = None
+    elif h is None or h.dim() != 2 or h.shape[0] != C:
+        raise ValueError(f"packed_gated_fft_long_conv needs h (C, L_h) with C = {C}")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        h32 = None if h is None else h[:, :L_h].float()
+        b32 = None if bias is None else bias.float()
+        y = _PackedGatedFFTConv.apply(z.float(), h32, None if h_fft is None else h_fft.detach(), b32, n)
+    return y.to(z.dtype)
 
 
 def gated_fft_long_conv(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dnalm.checkpoint import CheckpointError, latest_model_dir, read_config_json
 from dnalm.config import (
     ConfigError,
     RunConfig,
@@ -21,6 +22,29 @@ from dnalm.config import (
 from dnalm.models import get_preset, model_config_from_dict
 
 
+def model_dict_of(source: str) -> dict:
+    """The model section of a saved model: a run or checkpoint directory's config.json, or the config of a
+    model in a registered foreign format (read without the weights where the format can)."""
+    p = Path(source)
+    if not p.exists():
+        raise ConfigError(f"train.init_from {source}: no such directory")
+    model_dir = latest_model_dir(p) or (p if (p / "config.json").is_file() else None)
+    try:
+        if model_dir is not None:
+            meta = read_config_json(model_dir / "config.json")
+            if isinstance(meta.get("model"), dict):
+                return meta["model"]
+        from dnalm.formats import detect_format, load
+
+        fmt = detect_format(p)
+        if fmt is None:
+            raise ConfigError(f"train.init_from {source}: not a dnalm run, checkpoint or known model format")
+        config = fmt.read_config(p) if fmt.read_config is not None else None
+        return to_dict(config if config is not None else load(p).config)
+    except CheckpointError as e:
+        raise ConfigError(f"train.init_from {source}: {e}") from None
+
+
 def run_config_from_dict(d: dict) -> RunConfig:
     """A run config from plain data (the inverse of ``to_dict(run_config)``)."""
     if not isinstance(d, dict):
@@ -31,9 +55,12 @@ def run_config_from_dict(d: dict) -> RunConfig:
         upgrade_legacy_keys(d)  # train.bf16 -> train.precision
     model = d.pop("model", None)
     preset = d.get("preset")
+    init_from = (d.get("train") or {}).get("init_from") if isinstance(d.get("train"), dict) else None
+    if model is None and preset is None and init_from is not None:
+        model = model_dict_of(init_from)  # continue training a model as it was saved (or imported)
     if model is None:
         if preset is None:
-            raise ConfigError("the run config needs a 'model' section or a 'preset' name")
+            raise ConfigError("the run config needs a 'model' section, a 'preset' name or a train.init_from model")
         model = to_dict(get_preset(preset))
     elif preset is not None:
         model = {**to_dict(get_preset(preset)), **model}  # the section overrides the preset's fields

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,23 +19,30 @@ from tqdm import tqdm
 
 from dnalm.data.samplers import TilingSampler
 from dnalm.models.lm import lm_loss
-from dnalm.tokenizer import BOS, PAD, scored
+from dnalm.tokenizer import BOS, PAD, A, scored
 
 LN2 = math.log(2.0)
 
 
 def lm_inputs(
-    ids: np.ndarray, lower: np.ndarray, valid: np.ndarray, repeat_weight: float = 1.0
+    ids: np.ndarray, lower: np.ndarray, valid: np.ndarray, repeat_weight: float = 1.0, tokenizer: Any = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of base windows (B, L) -> (input_ids, targets, weights), all (B, L).
 
     input = [BOS] + bases[:-1]; target = bases, PAD where invalid or N (N is read, never predicted);
-    weight = repeat_weight at lower-case positions, 1 elsewhere, 0 at padding and N.
+    weight = repeat_weight at lower-case positions, 1 elsewhere, 0 at padding and N. A ``tokenizer`` of another
+    scheme (Evo's bytes) gets its own ids, [BOS] and padding in the inputs and targets; ignored targets stay
+    PAD, which is never a base in any scheme.
     """
     bases = np.where(valid, ids, PAD).astype(np.int64)  # (B, L)
     counted = valid & scored(ids)
+    bos = BOS
+    if tokenizer is not None and getattr(tokenizer, "scheme", "dnalm") != "dnalm":
+        case = None if tokenizer.lowercase == "upper" else lower
+        mapped = tokenizer.model_ids(np.where(valid, ids, A), case).astype(np.int64)
+        bases, bos = np.where(valid, mapped, tokenizer.pad_id), tokenizer.bos_id
     inputs = torch.empty(bases.shape, dtype=torch.long)
-    inputs[:, 0] = BOS
+    inputs[:, 0] = bos
     inputs[:, 1:] = torch.from_numpy(bases[:, :-1])
     targets = torch.from_numpy(np.where(counted, bases, PAD))
     weights = np.where(lower, np.float32(repeat_weight), np.float32(1.0)) * counted
@@ -99,7 +107,8 @@ def evaluate_lm(
     bar = tqdm(total=total, desc="eval", unit="base", disable=not progress, leave=False)
     try:
         for batch in tiler.batches(batch_size, max_tokens=max_tokens):
-            inputs, targets, weights = lm_inputs(batch.ids, batch.lower, batch.valid)
+            inputs, targets, weights = lm_inputs(batch.ids, batch.lower, batch.valid,
+                                                 tokenizer=getattr(model, "tokenizer", None))  # fmt: skip
             logits = model(inputs.to(device)).logits  # (B, L, V)
             n = int((targets != PAD).sum())  # scored targets: not padding, not N
             if n:

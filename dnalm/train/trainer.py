@@ -31,10 +31,12 @@ from tqdm import tqdm
 from dnalm.checkpoint import (
     FINAL_MODEL_DIR,
     CheckpointError,
+    save_adapter,
     atomic_write_bytes,
     atomic_write_text,
     checkpoint_dirs,
     latest_model_dir,
+    read_config_json,
     save_pretrained,
 )
 from dnalm.config import ConfigError, RunConfig, to_dict, upgrade_legacy_keys
@@ -42,6 +44,8 @@ from dnalm.data import samplers as S
 from dnalm.data.schedule import LengthSchedule, Stage
 from dnalm.data.store import TokenStore, default_genome, prepare
 from dnalm.models.lm import DNALM, lm_loss
+from dnalm.tokenizer import Tokenizer
+from dnalm.models.lora import LoRAError, add_lora, fingerprint, lora_state_dict, merge_lora
 from dnalm.models.spec import SPECS, spec_of
 from dnalm.outputs import check_output
 from dnalm.runtime import (
@@ -66,6 +70,7 @@ from dnalm.train.evaluate import EvalResult, evaluate_lm, lm_inputs
 from dnalm.train.optim import lr_at, make_optimizer
 
 CONFIG_SNAPSHOT = "config.yaml"
+ADAPTER_DIR = "adapter"  # RUN/adapter/: the LoRA adapters of a run with train.lora (RUN/model is merged)
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -142,8 +147,13 @@ def extension_stage(config: RunConfig) -> RunConfig:
     return replace(config, model=spec.extend_context(config.model, config.data.seq_len, base_len))
 
 
-def check_config(config: RunConfig) -> None:
+def check_config(config: RunConfig, init_from: str | Path | None = None) -> None:
     """Impossible combinations, reported before any work starts."""
+    if config.train.lora is not None:
+        if init_from is None and config.train.init_from is None:
+            raise ConfigError("train.lora adapts a trained model: set train.init_from (or --init-from) to it")
+        if config.train.parallel == "fsdp":
+            raise ConfigError("train.lora trains a few adapters; use train.parallel none or ddp, not fsdp")
     lengths = [s.seq_len for s in config.data.warmup_stages] or [config.data.seq_len]
     for length in lengths:
         if length > config.model.max_len:
@@ -267,9 +277,11 @@ def train(
     torchrun launch calls this.
     """
     config = extension_stage(config)
-    check_config(config)
+    check_config(config, init_from)
     tc = config.train
     init_from = init_from if init_from is not None else tc.init_from
+    if tc.lora is not None and init_from is not None and tc.init_from != str(init_from):
+        config = replace(config, train=replace(tc, init_from=str(init_from)))  # the adapter names its base
     check_output(config.out_dir, "dir", "run directory (out_dir)")
     run_dir = Path(config.out_dir)
     snap = run_dir / CONFIG_SNAPSHOT
@@ -349,8 +361,17 @@ def _start(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
 
     torch.manual_seed(tc.seed)
     model = DNALM(config.model)
+    stored = None
     if init_from is not None:
-        _load_init_weights(model, init_from)
+        stored, tokenizer = _load_init_weights(model, init_from)
+        model.tokenizer = tokenizer or model.tokenizer  # an imported model keeps its own ids (Evo: bytes)
+    if tc.lora is not None:
+        if stored is not None and stored != torch.float32:
+            model.to(stored)  # the frozen base stays in its stored dtype; the adapters are float32
+        try:
+            add_lora(model, tc.lora)  # freezes everything else
+        except LoRAError as e:
+            raise ConfigError(f"train.lora: {e}") from None
     if tc.activation_checkpointing:
         dist.apply_activation_checkpointing(model)
     model = dist.wrap_model(model, tc.parallel, env)  # the DNALM itself when parallel is none
@@ -413,7 +434,8 @@ def train_step(s: _Session, state: TrainState, stage: Any) -> dict[str, Any] | N
     reweight_repeats = s.config.data.repeat_weight != 1.0  # the only consumer of the case mask
     batch = s.sampler.next_batch(stage.batch_size, stage.seq_len, case_mask=reweight_repeats)
     lower = batch.lower if reweight_repeats else np.broadcast_to(False, batch.ids.shape)  # a view, no copy
-    inputs, targets, weights = lm_inputs(batch.ids, lower, batch.valid, s.config.data.repeat_weight)
+    inputs, targets, weights = lm_inputs(batch.ids, lower, batch.valid, s.config.data.repeat_weight,
+                                         tokenizer=dist.unwrap(model).tokenizer)  # fmt: skip
     inputs, targets, weights = inputs.to(env.device), targets.to(env.device), weights.to(env.device)
     autocast = s.precision.autocast(env.device.type)
     optimizer.zero_grad(set_to_none=True)
@@ -612,6 +634,13 @@ def _train(config: RunConfig, env: dist.DistEnv, resume: bool, progress: bool, i
 def _save_final_model(config: RunConfig, model: torch.nn.Module, path: Path, extra: dict, env: dist.DistEnv) -> None:
     """RUN/model as config.json + model.safetensors, written by rank 0 (FSDP shards are gathered first)."""
     inner = dist.unwrap(model)
+    if config.train.lora is not None:
+        if env.is_main:
+            save_adapter(path.parent / ADAPTER_DIR, lora_state_dict(inner), adapter_meta(config, inner, extra))
+            merge_lora(inner)  # RUN/model: the base with the adapters folded in, for every other command
+            save_pretrained(inner, path, {**extra, "lora_adapter": ADAPTER_DIR})
+        dist.barrier(env)
+        return
     if config.train.parallel == "fsdp":
         state = dist.full_model_state(model)  # collective; the tensors arrive on rank 0
         if env.is_main:
@@ -622,24 +651,44 @@ def _save_final_model(config: RunConfig, model: torch.nn.Module, path: Path, ext
     dist.barrier(env)
 
 
-def _load_init_weights(model: DNALM, source: str | Path) -> None:
-    """Copy weights from a checkpoint or run into ``model`` (shapes must match; buffers that depend on
-    the context length, such as filter position tables, are rebuilt by the model, not copied)."""
+def adapter_meta(config: RunConfig, model: DNALM, extra: dict) -> dict:
+    """adapter.json of a run trained with ``train.lora``: the base (``train.init_from``), its config and weight
+    fingerprint, the LoRA settings and the adapted layers."""
+    base = config.train.init_from
+    if base is not None and Path(base).exists():
+        base = str(Path(base).resolve())
+    from dnalm.models.lora import lora_modules
+
+    return {
+        "kind": "lm",
+        "base_model": base,
+        "base_config": to_dict(config.model),
+        "base_fingerprint": fingerprint(model),
+        "tokenizer": model.tokenizer.to_dict(),
+        "lora": config.train.lora.to_dict(),
+        "adapted": sorted(lora_modules(model)),
+        "trained": extra,
+    }
+
+
+def _load_init_weights(model: DNALM, source: str | Path) -> tuple[torch.dtype, Any]:
+    """Copy weights from a checkpoint or run (or any model ``dnalm.load`` reads, e.g. an imported one) into
+    ``model`` (shapes must match; buffers that depend on the context length, such as filter position
+    tables, are rebuilt by the model, not copied). Returns the dtype the weights were stored in, and the
+    source's tokenizer when it is not dnalm's default one (an imported Evo model reads bytes)."""
     src = Path(source)
     found = latest_model_dir(src) or (src if (src / "model.safetensors").is_file() else None)
+    tokenizer = None
     if found is None:
-        raise CheckpointError(f"init_from {source}: no checkpoint found there")
-    try:
-        scheme = json.loads((found / "config.json").read_text()).get("tokenizer", {}).get("scheme", "dnalm")
-    except (OSError, ValueError, AttributeError):
-        scheme = "dnalm"
-    if scheme != "dnalm":
-        raise CheckpointError(
-            f"init_from {found}: the model reads {scheme} token ids (an imported Evo checkpoint) while dnalm train "
-            "feeds dnalm's nucleotide ids, so training would not continue it; train it on a task with "
-            "`dnalm finetune --mode full`, or score, embed and generate with it directly"
-        )
-    state = load_file(str(found / "model.safetensors"))
+        state, tokenizer = _foreign_state(source)
+        found = src
+    else:
+        state = load_file(str(found / "model.safetensors"))
+        try:
+            tok = read_config_json(found / "config.json").get("tokenizer")
+            tokenizer = Tokenizer(**tok) if isinstance(tok, dict) else None
+        except (CheckpointError, TypeError, ValueError):
+            tokenizer = None
     own = model.state_dict()
     params = {name for name, _ in model.named_parameters()}
     missing = [k for k in own if k not in state and k in params]
@@ -652,3 +701,17 @@ def _load_init_weights(model: DNALM, source: str | Path) -> None:
     # buffers derived from the context length (position tables, RoPE caches) are rebuilt, not copied
     keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(keep, strict=False)
+    floats = [v.dtype for k, v in state.items() if k in params and v.is_floating_point()]
+    return (max(set(floats), key=floats.count) if floats else torch.float32), tokenizer
+
+
+def _foreign_state(source: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """The weights of a model in a registered foreign format (dnalm.formats), or CheckpointError."""
+    from dnalm.formats import detect_format, load
+
+    if not Path(source).exists() or detect_format(source) is None:
+        raise CheckpointError(f"init_from {source}: no checkpoint found there")
+    m = load(source)
+    if not isinstance(m, DNALM):
+        raise CheckpointError(f"init_from {source}: a {type(m).__name__}, not a language model")
+    return m.state_dict(), m.tokenizer
