@@ -1,7 +1,8 @@
 """CPU precision and threads: training step time of the demo model (and HyenaDNA tiny) in float32 vs bf16
 autocast under the native ISA and under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (PyTorch and
 oneDNN skip their AVX512 / AMX kernels, as on a CPU without native bf16), with what ``precision: auto``
-picks in each; then 1 vs 2 threads with and without a busy neighbour (a process spinning on one core),
+picks in each (the trainer's benchmark of the model's own step, and the inference commands' benchmark of its
+matmul shapes); then 1 vs 2 threads with and without a busy neighbour (a process spinning on one core),
 and the thread count dnalm's default chooses in each case.
 
 Each ISA setting runs in its own subprocess (the variables must be set before torch loads). Within a
@@ -59,7 +60,7 @@ def make_step(which: str, batch: int | None):
         lm_loss(out.logits, y, w).backward()
         opt.step()
 
-    return step, model, B * L, f"{which} ({model.num_parameters():,} parameters, batch {B} x {L})"
+    return step, model, (B, L), f"{which} ({model.num_parameters():,} parameters, batch {B} x {L})"
 
 
 def timed(fn) -> tuple[float, float]:
@@ -72,17 +73,24 @@ def worker_precision(models: list[str], reps: int, threads: int) -> dict:
     """fp32 vs bf16 step times at ``threads`` threads, and auto's pick (fresh cache), in this process's ISA."""
     import torch
 
-    from dnalm.runtime import Precision, matmul_shapes, resolve_precision
+    from pathlib import Path
+
+    from dnalm.runtime import Precision, matmul_shapes, model_step_bench, resolve_precision
 
     torch.set_num_threads(threads)
     out = {"isa": os.environ.get("ATEN_CPU_CAPABILITY", "native"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "threads": threads, "models": {}}
     for which in models:
-        step, model, tokens, what = make_step(which, None)
-        with tempfile.TemporaryDirectory() as cache:
+        step, model, (B, L), what = make_step(which, None)
+        shapes = matmul_shapes(model, B * L)
+        with tempfile.TemporaryDirectory() as cache:  # fresh caches: measured now
             t0 = time.perf_counter()
-            auto = resolve_precision("auto", "cpu", matmul_shapes(model, tokens), cache=__import__("pathlib").Path(cache))
+            auto = resolve_precision("auto", "cpu", shapes, cache=Path(cache),
+                                     bench=model_step_bench(model, model.config.vocab_size, L))
             bench_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            auto_mm = resolve_precision("auto", "cpu", shapes, cache=Path(cache))
+            bench_mm_s = time.perf_counter() - t0
         ps = {"fp32": Precision("fp32", ""), "bf16": Precision("bf16", "")}
         for p in ps.values():
             step(p)  # warm-up
@@ -90,14 +98,16 @@ def worker_precision(models: list[str], reps: int, threads: int) -> dict:
         for r in range(reps):
             for k in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
                 times[k].append(timed(lambda: step(ps[k])))
-        row = {"what": what, "auto": auto.name, "auto_reason": auto.reason, "auto_benchmark_s": bench_s}
+        row = {"what": what, "auto": auto.name, "auto_reason": auto.reason, "auto_benchmark_s": bench_s,
+               "auto_matmuls": auto_mm.name, "auto_matmuls_reason": auto_mm.reason, "auto_matmuls_benchmark_s": bench_mm_s}
         for k, ts in times.items():
             row[f"{k}_wall_s"] = statistics.median(t[0] for t in ts)
             row[f"{k}_cpu_s"] = statistics.median(t[1] for t in ts)
         row["bf16_over_fp32"] = row["bf16_wall_s"] / row["fp32_wall_s"]
         out["models"][which] = row
         log(f"  {out['isa']}: {what}: fp32 {row['fp32_wall_s']:.3f} s, bf16 {row['bf16_wall_s']:.3f} s "
-            f"({row['bf16_over_fp32']:.2f}x); auto -> {auto.name} (benchmark {bench_s:.2f} s)")
+            f"({row['bf16_over_fp32']:.2f}x); auto -> {auto.name} (model step, {bench_s:.2f} s: {auto.reason}); "
+            f"matmul benchmark -> {auto_mm.name} ({bench_mm_s:.2f} s: {auto_mm.reason})")
     return out
 
 

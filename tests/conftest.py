@@ -17,8 +17,9 @@ os.environ.setdefault("DNALM_CACHE_DIR", tempfile.mkdtemp(prefix="dnalm-test-cac
 
 
 @pytest.fixture(autouse=True)
-def _float32_wins(monkeypatch):
+def _float32_wins(monkeypatch, tmp_path_factory):
     import dnalm.runtime
 
     monkeypatch.setattr(dnalm.runtime, "time_bf16", lambda run, budget_s=0.0: (1.0, 2.0))
+    monkeypatch.setenv("DNALM_CACHE_DIR", str(tmp_path_factory.mktemp("dnalm-cache")))  # no decision leaks between tests
 

@@ -43,7 +43,7 @@ def run_config(out, store, parallel="none", **train_kw) -> RunConfig:
         model=HyenaConfig(n_layer=1, d_model=32, l_max=130, filter_order=16),
         data=DataConfig(store=str(store), seq_len=128, rc_augment=True),
         train=TrainConfig(steps=STEPS, batch_size=4, lr=3e-3, eval_every=4, eval_tokens=2048, log_every=1,
-                          ckpt_every=4, keep_last=2, threads=1, parallel=parallel, **train_kw),
+                          ckpt_every=4, keep_last=2, threads=1, parallel=parallel, precision="fp32", **train_kw),
         out_dir=str(out),
     )
 

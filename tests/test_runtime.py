@@ -12,6 +12,7 @@ import yaml
 import dnalm.runtime as R
 from dnalm.config import ConfigError, DataConfig, RunConfig, TrainConfig
 from dnalm.models.hyena import HyenaConfig
+from dnalm.models.transformer import TransformerConfig
 from dnalm.train.config import load_run_config, run_config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +78,15 @@ def test_a_damaged_cache_is_measured_again(tmp_path):
     assert R.resolve_precision("auto", "cpu", SHAPES, bench=Bench(1.0, 2.0), cache=tmp_path).name == "fp32"
 
 
+def test_a_failing_bf16_run_means_fp32_and_is_not_cached(tmp_path):
+    def broken(shapes):
+        raise RuntimeError("expected scalar type Float but found BFloat16")
+
+    p = R.resolve_precision("auto", "cpu", SHAPES, bench=broken, cache=tmp_path)
+    assert p.name == "fp32" and "failed" in p.reason and "BFloat16" in p.reason
+    assert not (tmp_path / "precision.json").exists()
+
+
 def test_a_read_only_cache_still_decides(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -121,13 +131,44 @@ def test_matmul_shapes_are_the_models_linear_layers():
     assert R.matmul_shapes(wide, 8)[0][0] == 8
 
 
+def test_time_bf16_stops_after_the_warm_ups_on_a_clear_slow_verdict(monkeypatch):
+    monkeypatch.undo()  # conftest's stand-in for time_bf16
+
+    class Clock:  # runtime.py's view of time: advanced only by the runs below
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls):
+            return cls.now
+
+        thread_time = perf_counter
+
+    monkeypatch.setattr(R, "time", Clock)
+    calls = []
+
+    def runner(fp32_cost, bf16_cost):
+        def run(bf16):
+            calls.append(bf16)
+            Clock.now += bf16_cost if bf16 else fp32_cost
+        return run
+
+    assert R.time_bf16(runner(0.1, 2.0), budget_s=0.5) == pytest.approx((0.1, 2.0))  # emulated bf16: warm-ups decide
+    assert calls == [False, True]
+    calls.clear()
+    assert R.time_bf16(runner(0.1, 0.1), budget_s=0.5) == pytest.approx((0.1, 0.1))  # alike: 3 interleaved repeats
+    assert calls == [False, True, False, True, True, False, False, True]
+    calls.clear()
+    R.time_bf16(runner(0.001, 0.0009), budget_s=0.5)  # cheap passes: repeats until the budget (at most 30)
+    assert len(calls) == 62
+
+
 def test_the_real_benchmarks_run_and_leave_no_trace(monkeypatch):
     monkeypatch.undo()  # conftest's stand-in for time_bf16
     fp32_s, bf16_s = R.benchmark_bf16([(64, 16, 16)], budget_s=0.01)
     assert fp32_s > 0 and bf16_s > 0
     from dnalm.models.lm import DNALM
 
-    model = DNALM(HyenaConfig(n_layer=1, d_model=16, l_max=66, filter_order=8))
+    model = DNALM(TransformerConfig(n_layer=1, d_model=16, n_head=2, max_len=66))
     torch.manual_seed(5)
     expect = torch.rand(3)
     torch.manual_seed(5)
@@ -256,7 +297,7 @@ def test_training_uses_the_resolved_precision(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "time_bf16", lambda run, budget_s=0.0: (1.0, 0.4))  # "native bf16"
     prepare([DATA / "phage_lambda.fa"], tmp_path / "store", val_fraction=0.1, test_fraction=0.05, progress=False)
     run = RunConfig(
-        model=HyenaConfig(n_layer=1, d_model=32, l_max=130, filter_order=16),
+        model=TransformerConfig(n_layer=1, d_model=32, n_head=2, max_len=130),
         data=DataConfig(store=str(tmp_path / "store"), seq_len=128),
         train=TrainConfig(steps=2, batch_size=2, eval_every=2, eval_tokens=512, log_every=1, ckpt_every=2),
         out_dir=str(tmp_path / "run"),
