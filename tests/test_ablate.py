@@ -20,7 +20,7 @@ from dnalm.scaling import ablate as A
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "ablations"
-LABELS = Path("/work/shared/data/labels/ecoli_mg1655_essentiality_first_half.tsv")
+LABELS = ROOT / "dnalm" / "resources" / "ecoli_mg1655_essentiality_first_half.tsv"
 
 
 def _small(name: str, tmp_path: Path, steps: int = 2, **over) -> Path:

@@ -7,6 +7,7 @@ N windows must contribute nothing, so bits/base equals the N-free sequence's (wi
 import gzip
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from dnalm.tokenizer import BOS, N, PAD, encode_bytes
 from dnalm.train.evaluate import evaluate_lm, lm_inputs
 from realdata import perturbed
 
-HUMAN = "/work/shared/data/genomes/human_chr2_1-2333275_softmasked.fa.gz"
+HUMAN = Path(__file__).resolve().parents[1] / "dnalm" / "resources" / "human_chr2_1-2333275_softmasked.fa.gz"
 N_RUN = 10_000  # chr2:1-10,000 is N in hg38
 TAIL = 3_000  # soft-masked sequence after the run
 
