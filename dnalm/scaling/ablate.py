@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import io
 import json
 import math
@@ -54,7 +53,7 @@ from tqdm import tqdm
 
 from dnalm.checkpoint import atomic_write_text
 from dnalm.config import ConfigError, RunConfig, read_yaml_mapping, to_dict
-from dnalm.train.config import run_config_from_dict
+from dnalm.train.config import run_config_from_dict, run_config_hash
 from dnalm.train.trainer import METRICS_FILE, TrainingError, build_schedule, prepare_data, train
 
 __all__ = ["AblationRun", "load_ablation", "plan_runs", "run_ablation", "summarize", "read_results"]
@@ -82,9 +81,7 @@ class AblationRun:
 
     @property
     def config_hash(self) -> str:
-        d = to_dict(self.config)
-        blob = json.dumps({k: d[k] for k in ("model", "data", "train")}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return run_config_hash(self.config)
 
 
 def load_ablation(path: str | Path) -> dict[str, Any]:

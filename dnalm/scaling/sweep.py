@@ -27,9 +27,7 @@ an error, not a silent reuse); an interrupted point resumes from its last checkp
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +43,11 @@ from dnalm.config import (
     TrainConfig,
     from_dict,
     read_yaml_mapping,
-    to_dict,
     upgrade_legacy_keys,
 )
 from dnalm.models import get_spec, model_config_from_dict
 from dnalm.scaling.flops import count_params, flops_per_token
+from dnalm.train.config import run_config_hash
 from dnalm.train.trainer import TrainingError, prepare_data, train
 
 __all__ = ["SweepPoint", "load_grid", "plan_points", "run_sweep", "RESULT_COLUMNS", "read_rows"]
@@ -86,9 +84,7 @@ class SweepPoint:
     @property
     def config_hash(self) -> str:
         """Hash of the model, data and train sections (not the output directory)."""
-        d = to_dict(self.config)
-        blob = json.dumps({k: d[k] for k in ("model", "data", "train")}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return run_config_hash(self.config)
 
 
 def load_grid(path: str | Path) -> dict[str, Any]:

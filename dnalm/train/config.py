@@ -7,6 +7,8 @@ preset's fields.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from dnalm.checkpoint import CheckpointError, latest_model_dir, read_config_json
@@ -74,3 +76,11 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     data = read_yaml_mapping(path, "config file")
     apply_overrides(data, overrides or [])
     return run_config_from_dict(data)
+
+
+def run_config_hash(config: RunConfig) -> str:
+    """Hash of a run config's model, data and train sections (not its output directory): two runs with the
+    same hash train the same thing (sweeps and ablations skip finished runs by it)."""
+    d = to_dict(config)
+    blob = json.dumps({k: d[k] for k in ("model", "data", "train")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
