@@ -6,11 +6,9 @@ without those weights (README)."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -11,7 +11,6 @@ import yaml
 
 import dnalm.runtime as R
 from dnalm.config import ConfigError, DataConfig, RunConfig, TrainConfig
-from dnalm.models.hyena import HyenaConfig
 from dnalm.models.transformer import TransformerConfig
 from dnalm.train.config import load_run_config, run_config_from_dict
 

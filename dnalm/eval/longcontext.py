@@ -64,7 +64,7 @@ from dnalm.models.mamba2 import Mamba2Block, ssd_scan
 from dnalm.models.striped_hyena import HyenaMixer, StripedHyenaBlock, modal_filter, split_streams
 from dnalm.models.transformer import TransformerBlock
 from dnalm.ops.fftconv import fft_long_conv, fft_size
-from dnalm.tokenizer import UNK, decode
+from dnalm.tokenizer import decode
 
 __all__ = [
     "LONG_FROM", "DEFAULT_CHUNK", "LongContextMemoryError", "MemoryEstimate", "available_memory",

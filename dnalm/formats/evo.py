@@ -39,7 +39,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
