@@ -19,7 +19,7 @@ from dnalm.data.sequences import read_sequences
 from dnalm.eval import longcontext as LC
 from dnalm.models import get_preset
 from dnalm.models.hnet import HNetConfig
-from dnalm.models.lm import DNALM
+from dnalm.models.lm import DNALM, meta_model
 from dnalm.models.striped_hyena import StripedHyenaConfig
 from dnalm.tokenizer import BOS
 
@@ -93,7 +93,7 @@ def test_one_pass_memory_estimates_grow_with_length():
     for model in (striped(1), striped(2), hnet((2.0, 2.0))):
         small, big = LC.estimate_memory(model, 10_000), LC.estimate_memory(model, 100_000)
         assert 0 < small.total < big.total
-    meta = LC.meta_model(get_preset("evo2-7b"))
+    meta = meta_model(get_preset("evo2-7b"))
     est = LC.estimate_memory(meta, 1_000_000, "logprobs")
     assert est.parts["weights"] > 20 * 2**30 and est.total > 40 * 2**30
 

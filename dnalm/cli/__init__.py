@@ -96,12 +96,11 @@ def _runtime(args: argparse.Namespace):
 def _model_shapes(args: argparse.Namespace) -> list[tuple[int, int, int]] | None:
     """The matmul shapes of the command's model, built on the meta device from its config (None if unknown)."""
     from dnalm.cli.run import model_config_of
-    from dnalm.models.lm import DNALM
+    from dnalm.models.lm import meta_model
 
     try:
         config, _ = model_config_of(args.model)
-        with torch.device("meta"):
-            model = DNALM(config)
+        model = meta_model(config)
     except Exception:  # the command itself reports a bad model; the benchmark then uses generic shapes
         return None
     tokens = (getattr(args, "batch_size", None) or 8) * min(config.max_len, 1024)

@@ -40,12 +40,12 @@ from dnalm.eval.finetune import (
     save_classifier,
     save_lora_classifier,
 )
-from dnalm.eval.longcontext import LONG_FROM, estimate_memory, meta_model, one_pass_supported, score_records
+from dnalm.eval.longcontext import LONG_FROM, estimate_memory, one_pass_supported, score_records
 from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot, write_tsv
 from dnalm.eval.scoring import window_bases
 from dnalm.eval.variants import binary_labels, read_variants, score_variants
 from dnalm.formats import load, model_config
-from dnalm.models.lm import DNALM
+from dnalm.models.lm import DNALM, meta_model
 from dnalm.outputs import check_output, output_group
 from dnalm.scaling.memory import check_model_memory
 from dnalm.tokenizer import UNK

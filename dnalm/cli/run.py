@@ -22,7 +22,7 @@ from dnalm.eval.likelihood import markov_report
 from dnalm.formats import load
 from dnalm.formats import model_config as model_config_of
 from dnalm.models import list_presets as all_presets  # info_report's parameter is named list_presets
-from dnalm.models.lm import DNALM
+from dnalm.models.lm import meta_model
 from dnalm.scaling.flops import flops_per_token
 from dnalm.scaling.lora import LoRAMemory, lora_memory
 from dnalm.scaling.memory import check_model_memory
@@ -330,8 +330,7 @@ def info_report(name: str | None, seq_len: int | None = None, batch_size: int = 
     if list_presets or name is None:
         return "presets:\n" + "\n".join(f"  {p}" for p in all_presets())
     config, what = model_config_of(name)
-    with torch.device("meta"):
-        model = DNALM(config)
+    model = meta_model(config)
     n_params = model.num_parameters()
     n_embed = model.embed.weight.numel()
     seq_len = seq_len or config.max_len

@@ -59,7 +59,6 @@ from dnalm.models.attention import CausalSelfAttention
 from dnalm.models.heads import count_hidden_states
 from dnalm.models.hnet import HNetBackbone, HNetStage, Stack, ema_smooth
 from dnalm.models.hyena import HyenaBlock
-from dnalm.models.lm import DNALM
 from dnalm.models.mamba2 import Mamba2Block, ssd_scan
 from dnalm.models.striped_hyena import HyenaMixer, StripedHyenaBlock, modal_filter, split_streams
 from dnalm.models.transformer import TransformerBlock
@@ -243,12 +242,6 @@ def check_memory(
             "(e.g. dnalm eval --seq-len)"
         )
     return est
-
-
-def meta_model(config: Any) -> DNALM:
-    """``DNALM(config)`` on the meta device (no memory), for :func:`estimate_memory` before loading."""
-    with torch.device("meta"):
-        return DNALM(config)
 
 
 # ------------------------------------------------------------------------------------------ the pass

@@ -140,3 +140,10 @@ class DNALM(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
+
+
+def meta_model(config: Any) -> DNALM:
+    """``DNALM(config)`` on the meta device: every shape and name, no memory (memory estimates, info, the
+    precision benchmark's shapes)."""
+    with torch.device("meta"):
+        return DNALM(config)

@@ -23,10 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 
 from dnalm.config import LoRAConfig
-from dnalm.models.lm import DNALM
+from dnalm.models.lm import meta_model
 from dnalm.models.lora import add_lora, count_trainable
 from dnalm.scaling.plan import activation_elements, shape_from_config
 
@@ -54,12 +53,6 @@ class LoRAMemory:
         parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items())
         return (f"{self.total / GiB:.2f} GiB ({parts} GiB; {self.adapted_layers} adapted layers, "
                 f"{self.adapter_params:,} adapter parameters, {self.batch} x {self.seq_len} tokens)")
-
-
-def meta_model(config: Any) -> DNALM:
-    """The model of ``config`` on the meta device: shapes and names, no memory."""
-    with torch.device("meta"):
-        return DNALM(config)
 
 
 def lora_memory(
