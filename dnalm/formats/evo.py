@@ -109,6 +109,16 @@ def _check_shape(state: dict, key: str, shape: tuple[int, ...], where: str, fiel
     return t
 
 
+def _map_norms_and_mlp(out: dict, n: str, g: Any, D: int, F: int) -> None:
+    """The block keys Evo 1 and Evo 2 name alike: pre/post norm scales and the gated MLP (l1, l2: D -> F;
+    l3: F -> D), read through ``g(key, shape, config_field)`` into ``out`` under the native prefix ``n``."""
+    out[n + "norm1.weight"] = g("pre_norm.scale", (D,), "hidden_size")
+    out[n + "norm2.weight"] = g("post_norm.scale", (D,), "hidden_size")
+    out[n + "mlp.l1.weight"] = g("mlp.l1.weight", (F, D), "inner_mlp_size")
+    out[n + "mlp.l2.weight"] = g("mlp.l2.weight", (F, D), "inner_mlp_size")
+    out[n + "mlp.l3.weight"] = g("mlp.l3.weight", (D, F), "inner_mlp_size")
+
+
 def _build(config: StripedHyenaConfig, tokenizer: Tokenizer, native: dict[str, torch.Tensor], where: str,
            dtype: torch.dtype, device: Any) -> DNALM:
     """A DNALM holding exactly ``native`` (all keys, checked), without a second copy of the weights."""
@@ -377,11 +387,7 @@ def _evo2_to_native(state: dict[str, torch.Tensor], config: StripedHyenaConfig, 
             raise _fail(where, f"key {p + extra[0]!r} does not belong to a {name} block (the config lists block {i} "
                                f"as {name}); config and tensors disagree")
         g = lambda key, shape, field: _check_shape(state, p + key, shape, where, field)  # noqa: E731
-        out[n + "norm1.weight"] = g("pre_norm.scale", (D,), "hidden_size")
-        out[n + "norm2.weight"] = g("post_norm.scale", (D,), "hidden_size")
-        out[n + "mlp.l1.weight"] = g("mlp.l1.weight", (F, D), "inner_mlp_size")
-        out[n + "mlp.l2.weight"] = g("mlp.l2.weight", (F, D), "inner_mlp_size")
-        out[n + "mlp.l3.weight"] = g("mlp.l3.weight", (D, F), "inner_mlp_size")
+        _map_norms_and_mlp(out, n, g, D, F)
         m = n + "mixer."
         if kind == "attn":
             w = g("inner_mha_cls.Wqkv.weight", (3 * D, D), "hidden_size")
@@ -571,11 +577,7 @@ def _evo1_to_native(state: dict[str, torch.Tensor], config: StripedHyenaConfig, 
             raise _fail(where, f"key {'backbone.' + p + extra[0]!r} does not belong to a {name} block (the config "
                                f"lists block {i} as {name}); config and tensors disagree")
         g = lambda key, shape, field: _check_shape(state, p + key, shape, where, field)  # noqa: E731
-        out[n + "norm1.weight"] = g("pre_norm.scale", (D,), "hidden_size")
-        out[n + "norm2.weight"] = g("post_norm.scale", (D,), "hidden_size")
-        out[n + "mlp.l1.weight"] = g("mlp.l1.weight", (F, D), "inner_mlp_size")
-        out[n + "mlp.l2.weight"] = g("mlp.l2.weight", (F, D), "inner_mlp_size")
-        out[n + "mlp.l3.weight"] = g("mlp.l3.weight", (D, F), "inner_mlp_size")
+        _map_norms_and_mlp(out, n, g, D, F)
         m = n + "mixer."
         if kind == "attn":
             out[m + "Wqkv.weight"] = g("inner_mha_cls.Wqkv.weight", (3 * D, D), "hidden_size")
