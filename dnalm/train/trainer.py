@@ -181,8 +181,7 @@ def _write_snapshot(run_dir: Path, config: RunConfig, resume: bool, write: bool 
             raise ConfigError(f"{snap}: cannot read the run's config snapshot ({' '.join(str(e).split())})") from None
         if not isinstance(old, dict):
             raise ConfigError(f"{snap}: the run's config snapshot is not a mapping; pass --restart or another out_dir")
-        if isinstance(old.get("train"), dict) and "bf16" in old["train"] and "precision" not in old["train"]:
-            upgrade_legacy_keys(old, announce=False)  # a run written before train.precision
+        upgrade_legacy_keys(old, announce=False)  # a run written before train.precision said train.bf16
         new = yaml.safe_load(text)
         for section in ("model", "data"):
             if old.get(section) != new.get(section):
