@@ -22,6 +22,7 @@ from dnalm.eval.likelihood import markov_report
 from dnalm.formats import load
 from dnalm.formats import model_config as model_config_of
 from dnalm.models import list_presets as all_presets  # info_report's parameter is named list_presets
+from dnalm.memory import memory_limit
 from dnalm.models.lm import meta_model
 from dnalm.scaling.flops import flops_per_token
 from dnalm.scaling.lora import LoRAMemory, lora_memory
@@ -309,14 +310,11 @@ def check_lora_memory(
     wbytes = stored_weight_bytes(model_path)
     est = lora_memory(config, lora, seq_len, batch, wbytes, lm_logits=lm_logits,
                       trainable_extra=n_classes * (config.d_model + 1))  # fmt: skip
-    if max_memory_gib is not None:
-        limit, where = max_memory_gib * 2**30, "--max-memory"
-    elif str(device).startswith("cuda") and torch.cuda.is_available():
+    max_memory = None if max_memory_gib is None else int(max_memory_gib * 2**30)
+    if max_memory is None and str(device).startswith("cuda") and torch.cuda.is_available():
         limit, where = torch.cuda.mem_get_info(torch.device(device))[0], f"free on {device}"
-    else:
-        from dnalm.eval.longcontext import available_memory
-
-        limit, where = available_memory(), "available memory"
+    else:  # the limit every other memory check uses (--max-memory, DNALM_MAX_MEMORY, the system's)
+        limit, where = memory_limit(max_memory)
     if limit is not None and est.total > limit:
         raise UserError(
             f"LoRA training of {model_path} needs about {est.describe()}, more than the {limit / 2**30:.1f} GiB "
