@@ -69,3 +69,9 @@ def ssd_chunked_before(
     y = (y_diag + y_off).reshape(b, nc * T, h, p)[:, :l]  # (b, l, h, p)
     state = state.reshape(b, h, p, n)
     return y, state
+
+
+def causal_conv_before(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The Mamba-2 layer's causal depthwise conv as it was (``nn.Conv1d`` on the transposed input)."""
+    L, k = u.shape[1], weight.shape[-1]
+    return F.conv1d(u.transpose(1, 2), weight, bias, padding=k - 1, groups=weight.shape[0])[..., :L].transpose(1, 2)

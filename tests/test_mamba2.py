@@ -96,6 +96,21 @@ def test_scan_backward_matches_autograd_of_sequential(monkeypatch):
         torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
 
 
+def test_causal_conv_matches_conv1d():
+    torch.manual_seed(2)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
+    u = torch.randn(2, 11, 6, requires_grad=True)
+    u2 = u.detach().clone().requires_grad_(True)
+    y = mamba2._causal_conv(u, conv.weight, conv.bias)
+    y_ref = conv(u2.transpose(1, 2))[..., :11].transpose(1, 2)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    gw = torch.autograd.grad(y, (u, conv.weight, conv.bias), g)
+    gw_ref = torch.autograd.grad(y_ref, (u2, conv.weight, conv.bias), g)
+    for a, b in zip(gw, gw_ref):
+        torch.testing.assert_close(a, b)
+
+
 def test_scan_empty_sequence():
     x, log_a, B, C = _inputs(2, 0, 4, 3, 2, 5)
     s0 = torch.randn(2, 4, 3, 5)

@@ -290,6 +290,20 @@ def ssd_scan(
 # ------------------------------------------------------------------------------------------ the layer
 
 
+def _causal_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``conv1d``'s causal depthwise convolution of u (B, L, C) in its own (B, L, C) layout: k shifted
+    multiply-adds, weight (C, 1, k) with the last tap at lag 0. The same function as
+    ``conv1d(u.transpose(1, 2))[..., :L].transpose(1, 2)`` without the transposes and the slow depthwise
+    convolution kernels (issue 16: 2x faster forward + backward at 1k)."""
+    L, k = u.shape[1], weight.shape[-1]
+    w = weight[:, 0]  # (C, k); under bf16 autocast the float32 weights promote the sum to float32
+    up = F.pad(u, (0, 0, k - 1, 0))  # (B, L + k - 1, C)
+    y = torch.addcmul(bias, up[:, :L], w[:, 0])
+    for j in range(1, k):
+        y = torch.addcmul(y, up[:, j : j + L], w[:, j])
+    return y
+
+
 @dataclass
 class Mamba2State:
     """Generation state of one Mamba-2 layer."""
@@ -374,7 +388,7 @@ class Mamba2(nn.Module):
         L = u.shape[1]
         z, xbc, dt_raw = self._split(self.in_proj(u))  # (B, L, E), (B, L, conv_dim), (B, L, H)
         xbc_pre = xbc
-        xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :L].transpose(1, 2))  # (B, L, conv_dim), causal
+        xbc = F.silu(_causal_conv(xbc, self.conv1d.weight, self.conv1d.bias))  # (B, L, conv_dim), causal
         x, Bm, Cm, dt, A = self._ssm_inputs(xbc, dt_raw)
         y, state = ssd_scan(x, dt, A, Bm, Cm, self.chunk_size, initial_state, fast=self.fast)  # (B, L, H, P)
         return self._output(y, x, z), state, xbc_pre
