@@ -365,25 +365,31 @@ def _train_end_to_end(
     )
     best = (-math.inf, None, 0)
     trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
+    adapters = [v for k, v in clf.named_parameters() if v.requires_grad and k.endswith((".lora_A", ".lora_B"))]
     step = 0
     for epoch in range(1, epochs + 1):
         clf.train()
         if kind == "soft_prompt":
             lm.eval()  # frozen model: no dropout
-        losses = []
+        losses, norms, a_norms = [], [], []
         for idx in bar(_batches(len(X["train"]), batch_size, rng), desc=f"epoch {epoch}/{epochs}", enabled=progress):
             logits = clf.head(_pooled(clf, [X["train"][i] for i in idx]))  # windows pooled per sequence
             y = torch.from_numpy(train.labels[idx]).to(lm.device)
             loss = F.cross_entropy(logits, y, weight=cw.to(lm.device))
             opt.zero_grad()
             loss.backward()
-            clip_grad_norm(clf, 1.0)
+            if adapters:  # gradient reaching the adapters (a LoRA that does not learn shows ~0 here)
+                a_norms.append(float(torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(p.grad) for p in adapters if p.grad is not None] or [loss.new_zeros(())]))))
+            norms.append(clip_grad_norm(clf, 1.0))
             opt.step()
             sched.step()
             step += 1
             losses.append(float(loss.detach()))
         m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
         history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
+                        "grad_norm": float(np.mean(norms)),
+                        **({"adapter_grad_norm": float(np.mean(a_norms))} if adapters else {}),
                         **{f"dev_{k}": v for k, v in m.items()}})  # fmt: skip
         if _selection_score(m) > best[0]:
             state = {k: v.detach().clone() for k, v in clf.state_dict().items() if k in trainable or kind == "full"}

@@ -91,9 +91,14 @@ class LoRALinear(nn.Linear):
             # own float32 forward differs from float64). Costs one (out, r) x (r, in) product per call.
             return F.linear(x, self.effective_weight(), self.bias)
         y = F.linear(x, self.weight, self.bias)  # (..., out) in the base's dtype (or autocast's)
+        return y + self.adapter_out(x).to(y.dtype)
+
+    def adapter_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-rank branch alone, ``scale * B A dropout(x)`` (..., out) in float32 (zero when merged), for
+        a caller that computes the base product itself (the emulated FP8 input projections of Evo 2)."""
         a = self.lora_dropout(x).to(self.lora_A.dtype)  # (..., in) float32
         u = F.linear(F.linear(a, self.lora_A), self.lora_B)  # (..., out)
-        return y + (u * self.scale).to(y.dtype)
+        return u * self.scale if not self.merged else torch.zeros_like(u)
 
     @torch.no_grad()
     def merge(self) -> None:
