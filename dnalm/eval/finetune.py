@@ -74,7 +74,7 @@ from dnalm.train.optim import make_optimizer
 
 CLASSIFIER_FORMAT = "dnalm-classifier"
 # dnalm finetune --mode lora's recipe (BENCHMARKS.md "LoRA against the linear probe": benchmarks/bench_lora.py)
-LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "lr": 1e-3, "epochs": 3}
+LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "lr": 3e-3, "epochs": 5}
 EPOCHS_DEFAULT = 3  # full fine-tuning and soft prompts
 
 
