@@ -47,9 +47,9 @@ from dnalm.eval.metrics import MetricError, auroc, auroc_ci, save_roc_plot, writ
 from dnalm.eval.scoring import window_bases
 from dnalm.eval.variants import binary_labels, read_variants, score_variants
 from dnalm.formats import load, model_config
-from dnalm.models.lm import DNALM, meta_model
+from dnalm.models.lm import DNALM
 from dnalm.outputs import check_output, output_group
-from dnalm.scaling.memory import check_model_memory
+from dnalm.scaling.memory import check_model_memory, meta_model_as_loaded
 from dnalm.tokenizer import UNK
 
 
@@ -733,7 +733,7 @@ def _check_long_memory(model_path: str, what: str, lengths: list[int], long_from
     except Exception:  # noqa: BLE001 - loading the model reports the problem
         return
     long = min(long, int(config.max_len))
-    meta = meta_model(config)
+    meta = meta_model_as_loaded(config, model_path)
     need = estimate_memory(meta, long, output) if one_pass_supported(meta) else None
     check_model_memory(model_path, f"{what} ({long:,} tokens in one pass)", long, 1, hidden_states=hidden,
                        max_memory=max_memory, need=need)
