@@ -9,6 +9,12 @@ block's matmul FLOPs counted on the "before" form (``FlopCounterMode``: the same
 table) at the measured single-core GEMM peak; both sides are divided by the same floor.
 
     python benchmarks/bench_ssd.py --threads 1 --lengths 1024,4096,16384,65536
+
+``--hnet PRESET``: instead, one dnaHNet training step (forward, LM loss + the router's aux loss, backward)
+of a fresh model of that preset on random A/C/G/T windows (``--batch`` x ``--seq-len``), before and after
+(the swap covers the Mamba-2 layers and the dechunk EMA, which runs on the same scan), interleaved.
+
+    python benchmarks/bench_ssd.py --threads 1 --hnet dnahnet-tiny-32 --batch 8 --seq-len 512
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ import dnalm.models.mamba2 as mamba2  # noqa: E402
 
 @contextlib.contextmanager
 def before_scan():
-    saved = mamba2.ssd_chunked, mamba2._causal_conv
-    mamba2.ssd_chunked, mamba2._causal_conv = ssd_chunked_before, causal_conv_before
+    import dnalm.models.hnet as hnet
+
+    saved = mamba2.ssd_chunked, mamba2._causal_conv, hnet.ssd_chunked
+    mamba2.ssd_chunked, mamba2._causal_conv, hnet.ssd_chunked = ssd_chunked_before, causal_conv_before, ssd_chunked_before
     try:
         yield
     finally:
-        mamba2.ssd_chunked, mamba2._causal_conv = saved
+        mamba2.ssd_chunked, mamba2._causal_conv, hnet.ssd_chunked = saved
 
 
 def run(block, x, g, before: bool) -> tuple[float, float]:
@@ -51,6 +59,37 @@ def run(block, x, g, before: bool) -> tuple[float, float]:
         return f, time.thread_time() - c
 
 
+def bench_hnet(preset: str, batch: int, seq_len: int, repeats: int) -> None:
+    from dnalm.models import get_preset
+    from dnalm.models.lm import DNALM, lm_loss
+
+    torch.manual_seed(0)
+    model = DNALM(get_preset(preset)).train()
+    ids = torch.randint(7, 11, (batch, seq_len + 1))
+
+    def step(before: bool) -> float:
+        with before_scan() if before else contextlib.nullcontext():
+            model.zero_grad(set_to_none=True)
+            c = time.thread_time()
+            out = model(ids[:, :-1])
+            (lm_loss(out.logits, ids[:, 1:]) + out.aux_loss).backward()
+            return time.thread_time() - c
+
+    grads = []
+    for before in (True, False):
+        step(before)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    err = (grads[0] - grads[1]).abs().max().item()
+    times = {True: [], False: []}
+    for r in range(repeats):
+        for before in ((True, False) if r % 2 == 0 else (False, True)):
+            times[before].append(step(before))
+    tb, ta = statistics.median(times[True]), statistics.median(times[False])
+    print(f"{preset} training step, batch {batch} x {seq_len}, {torch.get_num_threads()} thread(s), thread CPU time, "
+          f"medians of {repeats}: before {tb:.3f} s, after {ta:.3f} s, before / after {tb / ta:.2f}; "
+          f"max |grad before - after| {err:.2e}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="1024,4096,16384,65536")
@@ -59,8 +98,14 @@ def main() -> int:
     ap.add_argument("--slow", type=float, default=10.0,
                     help="after a warm-up slower than this many seconds, one timed round only (default 10)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hnet", default=None, metavar="PRESET", help="time a dnaHNet training step instead")
+    ap.add_argument("--batch", type=int, default=8, help="--hnet: batch size (default 8)")
+    ap.add_argument("--seq-len", type=int, default=512, help="--hnet: window length (default 512)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.hnet:
+        bench_hnet(args.hnet, args.batch, args.seq_len, max(args.repeats, 5))
+        return 0
     peak = bench_blocks.peak_gemm_flops()
     print(f"Mamba2Block width {args.width}, batch 1, float32, fwd+bwd, {torch.get_num_threads()} thread(s), torch "
           f"{torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, peak GEMM "

@@ -96,13 +96,15 @@ def test_scan_backward_matches_autograd_of_sequential(monkeypatch):
         torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
 
 
-def test_causal_conv_matches_conv1d():
+@pytest.mark.parametrize("length", [2, 11])
+def test_causal_conv_matches_conv1d(length):
+    # the shifted multiply-adds and their hand-written backward against nn.Conv1d (also shorter than the kernel)
     torch.manual_seed(2)
     conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
-    u = torch.randn(2, 11, 6, requires_grad=True)
+    u = torch.randn(2, length, 6, requires_grad=True)
     u2 = u.detach().clone().requires_grad_(True)
     y = mamba2._causal_conv(u, conv.weight, conv.bias)
-    y_ref = conv(u2.transpose(1, 2))[..., :11].transpose(1, 2)
+    y_ref = conv(u2.transpose(1, 2))[..., :length].transpose(1, 2)
     torch.testing.assert_close(y, y_ref)
     g = torch.randn_like(y)
     gw = torch.autograd.grad(y, (u, conv.weight, conv.bias), g)
