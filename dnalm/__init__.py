@@ -15,18 +15,36 @@ layers below offer.
 
 from __future__ import annotations
 
-from dnalm.eval.dms import score_dms
-from dnalm.eval.embed import embed_sequences
-from dnalm.eval.essentiality import score_essentiality
-from dnalm.eval.finetune import finetune_files as finetune
-from dnalm.eval.scoring import score
-from dnalm.eval.variants import score_variants
-from dnalm.formats import load
-from dnalm.generation import generate
-from dnalm.models import get_preset, list_presets
-from dnalm.models.lm import DNALM
-from dnalm.tokenizer import Tokenizer
+from typing import Any
+
 from dnalm.version import __version__
+
+# name -> module: imported on first use, so that ``import dnalm`` (and the command line's memory preflight,
+# dnalm.cli.preflight) does not pay for ``import torch`` before it is needed
+_EXPORTS = {
+    "DNALM": "dnalm.models.lm", "Tokenizer": "dnalm.tokenizer", "load": "dnalm.formats",
+    "get_preset": "dnalm.models", "list_presets": "dnalm.models", "score": "dnalm.eval.scoring",
+    "generate": "dnalm.generation", "score_variants": "dnalm.eval.variants", "embed_sequences": "dnalm.eval.embed",
+    "score_essentiality": "dnalm.eval.essentiality", "score_dms": "dnalm.eval.dms",
+    "finetune": ("dnalm.eval.finetune", "finetune_files"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dnalm' has no attribute {name!r}")
+    import importlib
+
+    target = _EXPORTS[name]
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "DNALM", "Tokenizer", "load", "get_preset", "list_presets", "score", "generate", "score_variants",

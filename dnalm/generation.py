@@ -24,15 +24,19 @@ Sampling conventions:
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dnalm.memory import RUNTIME_BYTES, gib, memory_limit
+from dnalm.models.lm import HALF
 from dnalm.models.spec import RecurrentBackbone
+from dnalm.runtime import computing, say_once
 from dnalm.tokenizer import BASES, Tokenizer
 
 __all__ = ["GenerationError", "generate", "prefill_logits", "step_logits", "sample_next", "supports_recurrent"]
@@ -48,19 +52,61 @@ def supports_recurrent(model: Any) -> bool:
 
 
 def _logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    if hasattr(model, "logits_of"):
+        return model.logits_of(hidden)
     return F.linear(model.norm_f(hidden), model.head_weight).float()  # (..., V)
+
+
+def _pass(model: Any):
+    return model.computing() if hasattr(model, "computing") else contextlib.nullcontext()
+
+
+def _embed(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    return model.embed_ids(ids) if hasattr(model, "embed_ids") else model.embed(ids)
 
 
 def prefill_logits(model: Any, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """Run the prompt ids (B, L) through the model once; returns (logits at every position (B, L, V), state)."""
-    hidden, state = model.backbone.prefill(model.embed(ids))  # (B, L, D)
-    return _logits(model, hidden), state
+    with _pass(model):
+        hidden, state = model.backbone.prefill(_embed(model, ids))  # (B, L, D)
+        return _logits(model, hidden), state
 
 
 def step_logits(model: Any, token: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
     """Feed one token per row (B,) after the state; returns (next-token logits (B, V), state)."""
-    hidden, state = model.backbone.step(model.embed(token), state)  # (B, D)
-    return _logits(model, hidden), state
+    with _pass(model):
+        hidden, state = model.backbone.step(_embed(model, token), state)  # (B, D)
+        return _logits(model, hidden), state
+
+
+@contextlib.contextmanager
+def generation_precision(model: Any) -> Iterator[str | None]:
+    """Weights stored in bf16/fp16 that a forward would upcast block by block (``model.upcasts()``): doing that
+    for every generated token would convert all weights once per token. Instead, when a float32 copy of the
+    whole model fits in the memory limit (:func:`dnalm.memory.memory_limit`), the weights are float32 for the
+    whole generation (converted back exactly afterwards); otherwise the blocks compute in the weights' dtype.
+    Yields a line saying which, or None when nothing had to be decided."""
+    if not (hasattr(model, "upcasts") and model.upcasts()):
+        yield None
+        return
+    params = list(model.parameters())
+    need = RUNTIME_BYTES + sum(p.numel() * 4 for p in params)
+    limit, source = memory_limit()
+    if limit is None or need <= limit:
+        dtypes = [p.dtype for p in params]
+        for p in params:
+            if p.dtype in HALF:
+                p.data = p.data.float()
+        try:
+            yield f"float32 copy of the weights for generation ({gib(need)} of {gib(limit or 0)} {source})"
+        finally:
+            for p, dt in zip(params, dtypes):
+                if p.dtype != dt:
+                    p.data = p.data.to(dt)
+        return
+    with computing("weights"):
+        yield (f"a float32 copy of the weights ({gib(need)}) does not fit in {gib(limit)} ({source}): generating "
+               f"in the weights' dtype ({next(p.dtype for p in params if p.dtype in HALF)})")
 
 
 def sample_next(
@@ -171,13 +217,16 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        for members in groups.values():
-            rows = [encoded[i] for i in members for _ in range(num_samples)]
-            ids = torch.tensor(rows, dtype=torch.long, device=device)  # (B, L)
-            new = _sample_batch(model, ids, n_tokens, temperature, top_k, top_p, generator, allowed, recurrent, bar)
-            for j, i in enumerate(members):
-                block = new[j * num_samples : (j + 1) * num_samples]
-                results[i] = [tok.decode(r) for r in block.cpu()]
+        with generation_precision(model) as note:
+            if note:
+                say_once(f"dnalm generate: {note}")
+            for members in groups.values():
+                rows = [encoded[i] for i in members for _ in range(num_samples)]
+                ids = torch.tensor(rows, dtype=torch.long, device=device)  # (B, L)
+                new = _sample_batch(model, ids, n_tokens, temperature, top_k, top_p, generator, allowed, recurrent, bar)
+                for j, i in enumerate(members):
+                    block = new[j * num_samples : (j + 1) * num_samples]
+                    results[i] = [tok.decode(r) for r in block.cpu()]
     finally:
         model.train(was_training)
         if bar is not None:

@@ -6,8 +6,8 @@ with one line naming the need and the limit, instead of swapping or being killed
 
 The limit is what the kernel reports as available (``MemAvailable`` in /proc/meminfo), capped by the
 process's cgroup limit (v2 ``memory.max`` minus ``memory.current``, or v1 ``memory.limit_in_bytes`` minus
-``memory.usage_in_bytes``), plus what this process already holds of the estimate (the Python + PyTorch
-runtime, :data:`RUNTIME_BYTES`). ``DNALM_MAX_MEMORY`` (GiB) or a command's ``--max-memory`` replaces it.
+``memory.usage_in_bytes``), plus what this process already holds of the estimate (its resident set: the
+Python + PyTorch runtime, at least :data:`RUNTIME_BYTES`, and the weights of a model already loaded). ``DNALM_MAX_MEMORY`` (GiB) or a command's ``--max-memory`` replaces it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RUNTIME_BYTES", "NotEnoughMemoryError", "MemoryNeed", "available_memory", "memory_limit", "require", "gib"]
+__all__ = ["RUNTIME_BYTES", "NotEnoughMemoryError", "MemoryNeed", "available_memory", "memory_limit", "require", "gib",
+           "resident_bytes", "weight_file_bytes", "require_weights", "WEIGHT_SUFFIXES"]
 
 RUNTIME_BYTES = 600 * 2**20  # the Python + PyTorch process itself (counted in every estimate)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # files a checkpoint's weights are read from
+WEIGHTS_HINT = "the model's weights alone do not fit: use a machine with more memory or a smaller model"
 
 
 class NotEnoughMemoryError(Exception):
@@ -93,7 +96,17 @@ def memory_limit(max_memory: int | None = None) -> tuple[int | None, str]:
     avail, source = _available()
     if avail is None:
         return None, source
-    return avail + RUNTIME_BYTES, f"available: {source}"
+    return avail + max(RUNTIME_BYTES, resident_bytes()), f"available: {source}"
+
+
+def resident_bytes() -> int:
+    """What this process holds now (its resident set, /proc/self/statm; 0 if unknown). An estimate counts the
+    runtime and, once a model is loaded, its weights: both are resident already, so the limit adds them."""
+    statm = _read("/proc/self/statm")
+    try:
+        return int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE") if statm else 0
+    except (ValueError, IndexError, OSError):
+        return 0
 
 
 def require(need: MemoryNeed, what: str, max_memory: int | None = None, hint: str = "") -> MemoryNeed:
@@ -108,3 +121,28 @@ def require(need: MemoryNeed, what: str, max_memory: int | None = None, hint: st
         f"{what} needs about {need} ({detail}), but only {gib(limit)} is available ({source})"
         + (f"; {hint}" if hint else "")
     )
+
+
+def weight_file_bytes(path: str | Path) -> int:
+    """Bytes of the weight files of a checkpoint directory (``WEIGHT_SUFFIXES`` and ``*.pt.partN`` pieces; a run
+    directory's ``model/``); 0 for anything else. Every loader holds at least these bytes in memory: the
+    weights as stored (kept so, memory-mapped, by the formats that keep stored dtypes) or the file read while
+    a float32 copy is built."""
+    p = Path(path)
+    try:
+        if not p.is_dir():
+            return 0
+        files = [f for f in p.iterdir() if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or ".pt.part" in f.name)]
+        if not files:
+            return weight_file_bytes(p / "model") if (p / "model").is_dir() else 0
+        return sum(f.stat().st_size for f in files)
+    except OSError:
+        return 0
+
+
+def require_weights(weights: dict[str, int], what: str, described: str, max_memory: int | None = None) -> MemoryNeed:
+    """The first check of every command with a model: the runtime plus ``weights`` (terms in bytes) against the
+    limit; ``described`` says what the weights are (e.g. "6.48B parameters, float32"). Shared by the full
+    check (dnalm.scaling.memory) and the torch-free preflight (dnalm.cli.preflight): one message."""
+    alone = MemoryNeed(RUNTIME_BYTES + sum(weights.values()), {"runtime": RUNTIME_BYTES, **weights})
+    return require(alone, f"{what} ({described})", max_memory, WEIGHTS_HINT)

@@ -23,6 +23,8 @@ threads when steps become much slower than they were (the machine got busy after
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import hashlib
 import json
 import math
@@ -37,6 +39,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPUTES = ("auto", "float32", "weights")  # how blocks holding half-precision weights compute (see half_compute)
+PRECISION_COMPUTE = {"fp32": "float32", "bf16": "weights", "fp16": "weights", "auto": "auto"}  # --precision -> compute
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 BF16_MARGIN = 0.85  # auto picks bf16 on a CPU only when its time is at most this share of float32's
 BENCH_BUDGET_S = 0.6  # wall-clock budget of the micro-benchmark (it stops early once it is)
@@ -249,6 +253,58 @@ def resolve_precision(
         return Precision("bf16", f"auto: bf16 autocast takes {ratio:.2f}x the float32 time on this CPU; {measured}")
     return Precision("fp32", f"auto: bf16 autocast takes {ratio:.2f}x the float32 time on this CPU "
                              f"(not measurably faster); {measured}")
+
+
+# ----------------------------------------------------------------------- half-precision weights (bf16 as released)
+
+
+def fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX, with PyTorch dispatching its AVX512
+    kernels and oneDNN not capped below them); elsewhere bf16 is emulated and float32 is faster."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and not isa.startswith(("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")):
+        return False
+    return _cpu_has_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+_COMPUTE: contextvars.ContextVar[str | None] = contextvars.ContextVar("dnalm_compute", default=None)
+
+
+@contextlib.contextmanager
+def computing(compute: str | None):
+    """Inside the context, every model holding half-precision weights computes as ``compute`` says (one of
+    :data:`COMPUTES`; None leaves each model's own setting): the command line's ``--precision`` sets it."""
+    if compute is not None and compute not in COMPUTES:
+        raise ValueError(f"compute must be one of {', '.join(COMPUTES)} (got {compute!r})")
+    token = _COMPUTE.set(compute)
+    try:
+        yield
+    finally:
+        _COMPUTE.reset(token)
+
+
+def half_compute(requested: str = "auto", device_type: str = "cpu", ambient: bool = True) -> str:
+    """How a block whose weights are stored in bf16/fp16 computes: "float32" (its weights converted to
+    float32 for its pass, one block at a time) or "weights" (in their dtype). ``requested`` (a model's own
+    setting) is overridden by :func:`computing` when ``ambient``; "auto" is "weights" where this CPU is fast
+    in bf16 (:func:`fast_bf16`) or on an accelerator, "float32" elsewhere."""
+    mode = (_COMPUTE.get() if ambient else None) or requested
+    if mode not in COMPUTES:
+        raise ValueError(f"compute must be one of {', '.join(COMPUTES)} (got {mode!r})")
+    if mode == "auto":
+        return "weights" if device_type != "cpu" or fast_bf16() else "float32"
+    return mode
 
 
 # -------------------------------------------------------------------------------------------- threads

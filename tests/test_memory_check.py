@@ -118,7 +118,8 @@ def test_require_and_limits(monkeypatch):
     monkeypatch.delenv("DNALM_MAX_MEMORY")
     limit, source = memory_limit()
     avail = available_memory()
-    assert avail is None or (limit == avail + RUNTIME_BYTES and ("MemAvailable" in source or "cgroup" in source))
+    held = limit - avail if avail is not None else 0  # its resident set, at least the runtime (MemAvailable moves)
+    assert avail is None or (RUNTIME_BYTES - 2**28 <= held < avail and ("MemAvailable" in source or "cgroup" in source))
 
 
 def test_unreadable_model_is_left_to_the_loader():

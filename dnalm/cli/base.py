@@ -76,7 +76,9 @@ LONG_INPUTS = (
 RUNTIME_ARGS = (
     arg("--precision", choices=PRECISIONS, default="auto",
         help="autocast dtype; auto: bf16 on a GPU that has it, on a CPU only where a short benchmark of the "
-        "model's matmuls finds bf16 faster (cached per machine), else fp32"),
+        "model's matmuls finds bf16 faster (cached per machine), else fp32. Weights stored in bf16 (Evo 1 / Evo 2 "
+        "as released) stay bf16 in memory: fp32 computes each block in float32 (one block's float32 copy at a "
+        "time), bf16 in bf16, auto in bf16 only on CPUs with native bf16 (AVX512-BF16/AMX)"),
     arg("--threads", type=positive_int, default=None,
         help="CPU threads (default: OMP_NUM_THREADS if set, else the usable cores not busy with other work)"),
 )

@@ -43,7 +43,12 @@ def generate_cmd(args: argparse.Namespace) -> int:
     """Sample continuations of each prompt and write them as FASTA records named
     <prompt>_<sample>, with the sampling settings in the description. The prompt is read once (prefill)
     and each new base costs one recurrent step whose memory does not grow with the length (Hyena
-    layers keep FIR and modal states; attention layers a KV cache)."""
+    layers keep FIR and modal states; attention layers a KV cache).
+
+    Weights stored in bf16 (Evo 1 / Evo 2 as released) on a CPU without native bf16: converting each block to
+    float32 for every new token would cost more than the token itself, so the whole model is converted to
+    float32 once when that copy fits in the memory available (and back afterwards), and otherwise generates
+    in bf16; the choice is printed. On CPUs with native bf16 (AVX512-BF16/AMX) it generates in bf16."""
 
     prompts = [(f"prompt{i}", p) for i, p in enumerate(args.prompt)]
     if args.prompt_file:

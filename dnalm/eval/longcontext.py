@@ -40,10 +40,7 @@ t+1 of the input, so with [BOS] prepended every base is scored; special tokens o
 from __future__ import annotations
 
 import math
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -57,12 +54,14 @@ from dnalm.eval.scoring import score, token_logprobs
 from dnalm.memory import RUNTIME_BYTES, MemoryNeed, NotEnoughMemoryError, available_memory, gib, memory_limit
 from dnalm.models.attention import CausalSelfAttention
 from dnalm.models.heads import count_hidden_states
+from dnalm.models.lm import HALF, blocks_of, float32_params
 from dnalm.models.hnet import HNetBackbone, HNetStage, Stack, ema_smooth
 from dnalm.models.hyena import HyenaBlock
 from dnalm.models.mamba2 import Mamba2Block, ssd_scan
 from dnalm.models.striped_hyena import HyenaMixer, StripedHyenaBlock, modal_filter, split_streams
 from dnalm.models.transformer import TransformerBlock
 from dnalm.ops.fftconv import fft_long_conv, fft_size
+from dnalm.runtime import fast_bf16, half_compute  # noqa: F401  (fast_bf16: this module's name for it before)
 from dnalm.tokenizer import decode
 
 __all__ = [
@@ -216,12 +215,22 @@ def estimate_memory(model: Any, length: int, output: Output = "logits", chunk: i
     parts = {
         "runtime": RUNTIME_BYTES,
         "weights": params,
+        "one block's float32 copy": block_float32_bytes(model),
         "token ids": L * 8,
         "residual (L, D) float32": residual,
         "largest layer phase": largest,
         "output": out_bytes,
     }
     return MemoryNeed(int(sum(parts.values())), parts)
+
+
+def block_float32_bytes(model: Any) -> int:
+    """The float32 copy of the largest block's half-precision weights (bf16 as released), which a pass that
+    computes in float32 holds besides the stored weights (0 for float32 weights)."""
+    def half_bytes(module: nn.Module) -> int:
+        return sum(p.numel() * 4 for p in module.parameters() if p.dtype in HALF)
+
+    return max([half_bytes(b) for b in blocks_of(model.backbone)] + [half_bytes(model.norm_f)])
 
 
 def check_memory(
@@ -274,7 +283,7 @@ def forward_long(
     channel_group: int | None = None,
     check: bool = True,
     max_memory: int | None = None,
-    compute: Literal["auto", "float32", "weights"] = "auto",
+    compute: Literal["auto", "float32", "weights"] | None = None,
 ) -> torch.Tensor:
     """Run one long token sequence ``ids`` (L,) through ``model`` in a single pass (no windows).
 
@@ -287,9 +296,11 @@ def forward_long(
 
     ``compute``: the dtype of a block's matmuls when the weights are in half precision (bf16 as released):
     ``"weights"`` computes in their dtype, ``"float32"`` converts one block at a time to float32 for its pass
-    (exactly back afterwards; one block's float32 copy is the only extra memory), ``"auto"`` picks bf16 where
-    this CPU has native bf16 arithmetic (:func:`fast_bf16`) and float32 elsewhere. Long convolutions, norms and
-    the residual stream are float32 in every case.
+    (the stored weights stay untouched; one block's float32 copy is the only extra memory), ``"auto"`` picks
+    bf16 where this CPU has native bf16 arithmetic (:func:`dnalm.runtime.fast_bf16`) and float32 elsewhere;
+    None (default) follows the model's own ``compute`` setting and the command line's ``--precision``
+    (:func:`dnalm.runtime.half_compute`), as the ordinary forward does. Long convolutions, norms and the
+    residual stream are float32 in every case.
     """
     ids = torch.as_tensor(np.asarray(ids) if isinstance(ids, np.ndarray) else ids).long().reshape(-1)
     L = ids.shape[0]
@@ -315,14 +326,15 @@ def forward_long(
         if check:
             check_memory(model, L, output, max_memory, chunk)
         want = layer % n_states if output == "hidden" else None
-        half = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
-        upcast = half and (compute == "float32" or (compute == "auto" and not fast_bf16()))
+        half = any(p.dtype in HALF for p in model.parameters())
+        mode = getattr(model, "compute", "auto") if compute is None else compute
+        upcast = half and half_compute(mode, ids.device.type, ambient=compute is None) == "float32"
         ctx = _Ctx(chunk, channel_group, upcast, want if want is not None and want < n_states - 1 else None)
         try:
             r = _backbone_forward(model, ids, ctx)
         except _Stop as stop:
             return stop.value
-        with _float32(model.norm_f, upcast):
+        with float32_params(model.norm_f, upcast):
             return _head(model, r, ids, output, chunk, upcast)
     finally:
         model.train(was_training)
@@ -338,42 +350,9 @@ def _plain_forward(model: Any, ids: torch.Tensor, output: Output, layer: int) ->
     return token_logprobs(logits[:-1], ids[1:])  # (L-1,)
 
 
-def fast_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX, with PyTorch dispatching its AVX512
-    kernels and oneDNN not capped below them); elsewhere bf16 is emulated and float32 is faster."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
-        return False
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if isa and not isa.startswith(("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-@contextmanager
-def _float32(module: nn.Module, on: bool = True):
-    """``module``'s parameters in float32 inside the block, back in their own dtype after it (exactly: every
-    bf16 / fp16 value is a float32 value). Only this module's float32 copy is extra memory."""
-    if not on:
-        yield module
-        return
-    dtypes = {n: p.dtype for n, p in module.named_parameters()}
-    for p in module.parameters():
-        p.data = p.data.float()
-    try:
-        yield module
-    finally:
-        for n, p in module.named_parameters():
-            if p.dtype != dtypes[n]:
-                p.data = p.data.to(dtypes[n])
-
-
 def _run_block(block: nn.Module, r: torch.Tensor, ctx: _Ctx) -> None:
     """One block's in-place pass; with ``ctx.upcast`` its half-precision weights are float32 for the pass."""
-    with _float32(block, ctx.upcast):
+    with float32_params(block, ctx.upcast):
         _block_pass(block)(block, r, ctx)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from dnalm.checkpoint import (
@@ -63,7 +64,7 @@ register_format(evo.EVO2_FORMAT)
 register_format(evo.EVO1_FORMAT)
 
 
-def load(path: str | Path, device: str = "cpu") -> nn.Module:
+def load(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """Load a model from a preset name (fresh weights), a checkpoint directory or a run directory.
 
     A run directory resolves to its final model, else its newest checkpoint. A LoRA adapter directory of a
@@ -71,7 +72,21 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
     foreign format (a HyenaDNA Hugging Face folder, ...) loads through that format: a DNALM for a language
     model, a task model (e.g. ``HyenaDNAClassifier``) for a classification checkpoint. Raises
     ``FileNotFoundError`` or ``CheckpointError`` naming the problem.
+
+    ``dtype`` None: float32 for presets and dnalm's own checkpoints; the stored dtypes for formats that keep
+    them (Evo 1 / Evo 2: bf16 as released, memory-mapped, each block computing in float32 one at a time or in
+    bf16 where this CPU is fast in it; see ``DNALM.compute``). A dtype converts the weights to it
+    (``torch.float32``: the whole model in float32).
     """
+    p = Path(path)
+    fmt = detect_format(p) if p.is_dir() and not is_native_checkpoint(p) else None
+    if fmt is not None and fmt.stored_dtype:
+        return fmt.load(p, device, dtype=dtype)
+    model = _load(path, device)
+    return model if dtype is None else model.to(dtype)
+
+
+def _load(path: str | Path, device: str) -> nn.Module:
     p = Path(path)
     if not p.exists():
         if str(path) in list_presets():

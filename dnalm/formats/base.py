@@ -26,6 +26,9 @@ class CheckpointFormat:
             format is read-only.
         read_config: ``read_config(path)`` -> the model config, read without loading the weights (what
             ``dnalm info`` shows); None: ``load`` is used.
+        stored_dtype: ``load`` keeps every tensor in the dtype its file stores (bf16 as released), and takes
+            ``dtype=`` (e.g. ``torch.float32``) to convert instead; the memory checks then count the weight
+            files' bytes. False: the model is float32 in memory.
     """
 
     name: str
@@ -35,3 +38,4 @@ class CheckpointFormat:
     convert: Callable[..., tuple[nn.Module, Any]] | None = None
     export: Callable[..., Path] | None = None
     read_config: Callable[[Path], Any] | None = None
+    stored_dtype: bool = False

@@ -120,8 +120,13 @@ def _map_norms_and_mlp(out: dict, n: str, g: Any, D: int, F: int) -> None:
 
 
 def _build(config: StripedHyenaConfig, tokenizer: Tokenizer, native: dict[str, torch.Tensor], where: str,
-           dtype: torch.dtype, device: Any) -> DNALM:
-    """A DNALM holding exactly ``native`` (all keys, checked), without a second copy of the weights."""
+           dtype: torch.dtype | None, device: Any, compute: str = "float32") -> DNALM:
+    """A DNALM holding exactly ``native`` (all keys, checked), without a second copy of the weights.
+
+    ``dtype`` None keeps every tensor in its stored dtype (bf16 as released, poles and residues float32, the
+    memory-mapped tensors themselves); a dtype casts all but the filter poles/residues to it (float32: the
+    model computes in float32 throughout, at twice a bf16 file's memory). ``compute`` is the model's
+    ``DNALM.compute`` (how blocks holding bf16 weights compute: float32 one block at a time, or bf16)."""
     with torch.device("meta"):
         model = DNALM(config, tokenizer=tokenizer)
     expected = model.state_dict()
@@ -136,8 +141,10 @@ def _build(config: StripedHyenaConfig, tokenizer: Tokenizer, native: dict[str, t
     cast = {}
     for k, t in native.items():
         keep32 = k.endswith(("poles", "residues", "log_poles"))  # filter coefficients stay float32
-        cast[k] = t.to(device=device, dtype=torch.float32 if keep32 else dtype)
+        want = t.dtype if dtype is None else (torch.float32 if keep32 else dtype)
+        cast[k] = t.to(device=device, dtype=want)  # the stored tensor itself (no copy) when nothing changes
     model.load_state_dict(cast, assign=True)
+    model.compute = compute
     return model.eval()
 
 
@@ -433,9 +440,15 @@ def _rope_precision(inv: torch.Tensor, hd: int, base: float) -> str | None:
     return None
 
 
-def load_evo2(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-              fp8: bool | None = None) -> DNALM:
+def load_evo2(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+              fp8: bool | None = None, compute: str = "float32") -> DNALM:
     """Load an Evo 2 (vortex) folder as a DNALM in eval mode; CheckpointError names the file and key/field.
+
+    ``dtype`` None keeps each tensor in its stored dtype (a released bf16 file stays bf16 in memory, memory-
+    mapped); ``torch.float32`` converts the weights to float32. ``compute`` ("float32", "auto", "weights"):
+    how blocks holding bf16 weights compute (``DNALM.compute``): by default in float32, one block's float32
+    copy at a time, so that the model reproduces the reference engines' float32 numbers; "auto" computes in
+    bf16 where this CPU is fast in it (what the command line's ``--precision auto`` does).
 
     ``fp8``: run the Hyena input projections through emulated FP8 E4M3
     (:func:`dnalm.models.striped_hyena.fp8_e4m3`); None follows the config's
@@ -450,7 +463,7 @@ def load_evo2(path: str | Path, device: str | torch.device = "cpu", dtype: torch
     if fp8 is None:
         fp8 = use_fp8 and os.environ.get("DNALM_EVO2_FP8", "1").strip().lower() not in ("0", "off", "false", "no")
     config.fp8_input_projections = bool(fp8)
-    return _build(config, byte_tokenizer(config.max_len), native, where, dtype, device)
+    return _build(config, byte_tokenizer(config.max_len), native, where, dtype, device, compute)
 
 
 # ------------------------------------------------------------------------------------------ Evo 1 files
@@ -604,13 +617,15 @@ def _evo1_to_native(state: dict[str, torch.Tensor], config: StripedHyenaConfig, 
     return out
 
 
-def load_evo1(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DNALM:
-    """Load an Evo 1 Hugging Face folder (revision 1.1_fix) as a DNALM in eval mode."""
+def load_evo1(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+              compute: str = "float32") -> DNALM:
+    """Load an Evo 1 Hugging Face folder (revision 1.1_fix) as a DNALM in eval mode. ``dtype`` and
+    ``compute`` as in :func:`load_evo2` (None: the stored dtypes, bf16 with float32 poles/residues as released)."""
     folder = Path(path)
     config = read_evo1_config(folder)
     state, where = read_safetensors_state(folder)
     native = _evo1_to_native(state, config, where)
-    return _build(config, byte_tokenizer(config.max_len), native, where, dtype, device)
+    return _build(config, byte_tokenizer(config.max_len), native, where, dtype, device, compute)
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -831,7 +846,8 @@ EVO2_FORMAT = CheckpointFormat(
     name="evo2",
     description="Evo 2 checkpoint in the vortex layout (config .yml + <name>.pt or .pt.partN pieces)",
     detect=is_evo2_folder,
-    load=lambda path, device="cpu": load_evo2(path, device),
+    load=lambda path, device="cpu", dtype=None: load_evo2(path, device, dtype),
+    stored_dtype=True,
     convert=convert,
     export=export_evo2,
     read_config=lambda path: read_evo2_config(path)[0],
@@ -841,7 +857,8 @@ EVO1_FORMAT = CheckpointFormat(
     name="evo1",
     description="Evo 1 Hugging Face folder (togethercomputer/evo-1-*-base, revision 1.1_fix)",
     detect=is_evo1_folder,
-    load=lambda path, device="cpu": load_evo1(path, device),
+    load=lambda path, device="cpu", dtype=None: load_evo1(path, device, dtype),
+    stored_dtype=True,
     convert=convert,
     export=export_evo1,
     read_config=read_evo1_config,

@@ -144,15 +144,16 @@ class SequenceClassifier(nn.Module):
                 f"{input_ids.shape[1]} tokens + {self.n_prompt} prompt tokens exceed the model's maximum length "
                 f"{lm.config.max_len}"
             )
-        x = lm.embed(input_ids)  # (B, L, D)
-        if self.prompt is not None:
-            x = self.prompt(x)  # (B, n + L, D)
-        want = self.layer not in (-1, self.n_states - 1)
-        out = lm.backbone(x, output_hidden_states=want)
-        if not want:
-            return lm.norm_f(out.hidden)  # (B, n + L, D)
-        states = [x] + list(out.hidden_states) + [lm.norm_f(out.hidden)]
-        return states[self.layer]
+        with lm.computing():  # weights stored in bf16: blocks in float32 one at a time, or in bf16 (DNALM.compute)
+            x = lm.embed_ids(input_ids)  # (B, L, D)
+            if self.prompt is not None:
+                x = self.prompt(x)  # (B, n + L, D)
+            want = self.layer not in (-1, self.n_states - 1)
+            out = lm.backbone(x, output_hidden_states=want)
+            if not want:
+                return lm.final_norm(out.hidden)  # (B, n + L, D)
+            states = [x] + list(out.hidden_states) + [lm.final_norm(out.hidden)]
+            return states[self.layer]
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D) over the bases (not [BOS], padding or prompt positions)."""

@@ -9,7 +9,9 @@ activations.
 
 Weights count at the dtype they will have in memory: a preset is built in float32; a native checkpoint is
 built in float32 and its file is read whole while loading (both at once); a foreign checkpoint as its
-format loads it (float32 unless the format says otherwise). :func:`check_model_memory` resolves a model
+format loads it: float32, or, for formats that keep the stored dtypes (Evo 1 / Evo 2, bf16 as released),
+the weight files' bytes plus one block's float32 copy (a block computing in float32 converts its own
+weights for its pass). :func:`check_model_memory` resolves a model
 argument (preset, run, checkpoint) to these numbers with the config alone, in well under a second even for
 a 40B preset, and refuses with one line (:class:`dnalm.memory.NotEnoughMemoryError`) before the model is
 built.
@@ -20,36 +22,61 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dnalm.formats import model_config
-from dnalm.memory import RUNTIME_BYTES, MemoryNeed, gib, require
+from dnalm.formats import detect_format, model_config
+from dnalm.memory import RUNTIME_BYTES, MemoryNeed, gib, require, require_weights, weight_file_bytes
 from dnalm.scaling.flops import count_params
 from dnalm.scaling.plan import activation_elements, memory_per_gpu, shape_from_config
 
-__all__ = ["weights_footprint", "inference_need", "training_need", "check_model_memory", "check_need", "check_weights_fit"]
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
+__all__ = ["weights_footprint", "meta_model_as_loaded", "keeps_stored_dtype", "inference_need", "training_need", "check_model_memory", "check_need", "check_weights_fit"]
 
 def _stored_bytes(path: Path) -> int:
     """Bytes of the weight files of a checkpoint directory (0 for a preset or when none are found)."""
-    if not path.is_dir():
-        return 0
-    files = [f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or ".pt.part" in f.name)]
-    if not files:
-        model = path / "model"
-        return _stored_bytes(model) if model.is_dir() else 0
-    return sum(f.stat().st_size for f in files)
+    return weight_file_bytes(path)
+
+
+def keeps_stored_dtype(path: str | Path | None) -> bool:
+    """Whether ``dnalm.load(path)`` keeps the weights in the dtypes their files store (Evo 1 / Evo 2 folders)."""
+    if path is None or not Path(path).is_dir():
+        return False
+    fmt = detect_format(path)
+    return bool(fmt is not None and fmt.stored_dtype)
 
 
 def weights_footprint(config: Any, path: str | Path | None = None, param_bytes: int = 4) -> dict[str, int]:
-    """{"weights": bytes of the parameters in memory, "checkpoint file (while loading)": bytes read at once}.
+    """The weights' terms of an estimate, in bytes.
 
-    ``param_bytes`` is the in-memory element size (4: float32, as ``DNALM(config)`` builds; 2: bf16)."""
+    A preset or dnalm checkpoint: {"weights": the parameters in memory, "checkpoint file (while loading)":
+    bytes read at once}; ``param_bytes`` is the in-memory element size (4: float32, as ``DNALM(config)``
+    builds; 2: bf16). A format that keeps stored dtypes (Evo): {"weights (as stored)": the weight files' bytes
+    (memory-mapped, not copied), "one block's float32 copy": what a block computing in float32 adds while it
+    runs (when the files hold half precision)}."""
+    if keeps_stored_dtype(path):
+        stored = _stored_bytes(Path(path))  # type: ignore[arg-type]
+        n = count_params(config)
+        parts = {"weights (as stored)": stored}
+        if n and stored < 3.5 * n:  # bf16 / fp16 for most tensors
+            parts["one block's float32 copy"] = int(shape_from_config(config).largest_layer_params * 4)
+        return parts
     parts = {"weights": count_params(config) * param_bytes}
     stored = _stored_bytes(Path(path)) if path is not None and Path(path).exists() else 0
     if stored:
         parts["checkpoint file (while loading)"] = stored
     return parts
+
+
+def meta_model_as_loaded(config: Any, path: str | Path | None = None) -> Any:
+    """``DNALM(config)`` on the meta device in the dtypes ``dnalm.load(path)`` gives it: float32, or bf16 for
+    a format that keeps half-precision stored weights (the long-context estimate then counts them as such,
+    plus one block's float32 copy)."""
+    import torch
+
+    from dnalm.models.lm import meta_model
+
+    model = meta_model(config)
+    n = count_params(config)
+    if keeps_stored_dtype(path) and n and _stored_bytes(Path(path)) < 3.5 * n:  # type: ignore[arg-type]
+        model = model.to(torch.bfloat16)
+    return model
 
 
 def inference_need(
@@ -150,9 +177,9 @@ def check_model_memory(
 
 
 def _check_weights(config: Any, weights: dict[str, int], name: str, what: str, max_memory: int | None) -> None:
-    alone = MemoryNeed(RUNTIME_BYTES + sum(weights.values()), {"runtime": RUNTIME_BYTES, **weights})
-    check_need(alone, f"{what} with {name} ({count_params(config) / 1e9:.2f}B parameters, float32)", max_memory,
-               "the model's weights alone do not fit: use a machine with more memory or a smaller model")
+    stored = "weights (as stored)" in weights
+    require_weights(weights, f"{what} with {name}",
+                    f"{count_params(config) / 1e9:.2f}B parameters, {'as stored' if stored else 'float32'}", max_memory)
 
 
 def check_weights_fit(model: str | Path, what: str, max_memory: int | None = None) -> None:
