@@ -20,6 +20,12 @@ window, and bytes per token.
     nice -n 10 python benchmarks/bench_long.py --preset evo2-1b-8k --length 131072 --blocks 3 --attn-length 16384
     python benchmarks/bench_long.py --refuse evo2-40b          # time of `dnalm score evo2-40b` refusing
     python benchmarks/bench_long.py --max-length               # longest embeddable length per 7B-class shape
+    nice -n 10 python benchmarks/bench_long.py --families --length 32768   # measured one-pass embeddings, 1B-class
+
+``--families`` embeds (output "hidden", as ``dnalm embed`` does from 32,768 tokens on) one sequence of real
+E. coli DNA with the 1B-class shape of every family (``SHAPES_1B``), each in its own process so that each
+peak RSS is its own, one after the other, and prints a Markdown table: peak RSS beside the estimate checked
+before building, KiB of activations per token, wall and CPU seconds of the pass.
 """
 
 from __future__ import annotations
@@ -82,6 +88,14 @@ def random_bf16(config) -> DNALM:
         state[name] = x
     model.load_state_dict(state, assign=True)
     del state
+    from dnalm.models.hyena import PositionalEmbedding
+
+    for name, mod in list(model.named_modules()):  # HyenaDNA's position table: computed, not random
+        if isinstance(mod, PositionalEmbedding):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, PositionalEmbedding(mod.z.shape[-1], mod.z.shape[1]))
+    left = [n for n, b in model.named_buffers() if b.device.type == "meta"]
+    assert not left, f"buffers left on the meta device: {left[:4]}"
     return model.eval()
 
 
@@ -93,6 +107,83 @@ def ecoli_tokens(model: DNALM, n: int) -> torch.Tensor:
     ids = np.concatenate([rec.ids] * -(-n // len(rec.ids)))[: n - 1]  # + [BOS]
     toks = model.tokenizer.encode(decode(ids, np.zeros(len(ids), dtype=bool)))[0]
     return torch.as_tensor(np.asarray(toks[:n]), dtype=torch.long)
+
+
+def shapes_1b() -> dict:
+    """A 1B-class shape of every family with a one-pass schedule (bf16 weights ~2-2.5 GiB): Evo 2's 1B
+    release, Evo 1's layout at width 2048, TinyLlama's Transformer shape, HyenaDNA and dnaHNet at width 2048."""
+    from dnalm.models.hnet import HNetConfig
+    from dnalm.models.hyena import HyenaConfig
+    from dnalm.models.transformer import TransformerConfig
+
+    big = 1 << 24
+    sh1 = ["attn" if i in (8, 16) else "hyena" for i in range(24)]
+    return {
+        "StripedHyena 2 (evo2-1b-8k)": dataclasses.replace(get_preset("evo2-1b-8k"), max_len=big),
+        "StripedHyena 1 (evo-1 layout, 24 x 2048)": dataclasses.replace(
+            get_preset("evo-1-131k"), n_layer=24, d_model=2048, n_head=16, mlp_hidden=5464, layers=sh1, max_len=big),
+        "Transformer++ (22 x 2048, SwiGLU 5632)": TransformerConfig(n_layer=22, d_model=2048, n_head=16,
+                                                                     mlp_hidden=5632, max_len=big),
+        "HyenaDNA (20 x 2048, order 2)": HyenaConfig(n_layer=20, d_model=2048, l_max=big, d_inner=8192),
+        "dnaHNet (widths 512/1024/2048, main t24)": HNetConfig(
+            d_model=512, inner_d_model=[1024, 2048], target_ratios=[3.0, 2.0], encoder_layout=["t1m4", "t1m4"],
+            decoder_layout=["m4t1", "m4t1"], main_layout="t24", attn_head_dim=128, max_len=big),
+    }
+
+
+def embed_pass(shape: str, length: int) -> dict:
+    """One-pass embedding (output "hidden") of ``length`` tokens of E. coli with the 1B-class ``shape``, in
+    this process: peak RSS after building and after the pass, the estimate, wall and thread CPU seconds."""
+    cfg = shapes_1b()[shape]
+    if hasattr(cfg, "l_max"):  # HyenaDNA holds a position table of l_max rows: the input's length, not 16M
+        cfg = dataclasses.replace(cfg, l_max=length + 2)
+    r0 = peak_rss()
+    t0 = time.perf_counter()
+    model = random_bf16(cfg)
+    build_s = time.perf_counter() - t0
+    rss_built = peak_rss()
+    ids = ecoli_tokens(model, length)
+    est = LC.estimate_memory(model, length, "hidden")
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    w0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
+    out = LC.forward_long(model, ids, "hidden")
+    wall, cpu, pcpu = time.perf_counter() - w0, time.thread_time() - c0, time.process_time() - p0
+    assert torch.isfinite(out).all() and out.shape == (length, cfg.d_model), out.shape
+    rss_pass = peak_rss()
+    return {
+        "shape": shape, "length": length, "params": sum(p.numel() for p in model.parameters()),
+        "weights_gib": round(weight_bytes / GiB, 2), "rss_before_build_gib": round(r0 / GiB, 2),
+        "peak_rss_after_build_gib": round(rss_built / GiB, 2), "peak_rss_gib": round(rss_pass / GiB, 2),
+        "estimate_gib": round(est.total / GiB, 2), "estimate_parts_gib": {k: round(v / GiB, 3) for k, v in est.parts.items()},
+        "activation_kib_per_token": round((rss_pass - rss_built) / length / 1024, 1),
+        "build_s": round(build_s, 1), "pass_wall_s": round(wall, 1), "pass_thread_cpu_s": round(cpu, 1),
+        "pass_process_cpu_s": round(pcpu, 1), "threads": torch.get_num_threads(), "chunk": LC.auto_chunk(model),
+    }
+
+
+def families(length: int, only: list[str] | None) -> list[dict]:
+    """``embed_pass`` for every 1B-class shape, each in a fresh process (its own peak RSS); prints a table."""
+    rows = []
+    for shape in shapes_1b():
+        if only and not any(o.lower() in shape.lower() for o in only):
+            continue
+        run = subprocess.run([sys.executable, __file__, "--embed-shape", shape, "--length", str(length)],
+                             capture_output=True, text=True, cwd=REPO)  # fmt: skip
+        if run.returncode != 0:
+            rows.append({"shape": shape, "length": length, "error": run.stderr.strip().splitlines()[-1:]})
+        else:
+            rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n| family, 1B-class shape | parameters | weights (bf16) | input | peak RSS | estimate | "
+          f"activations per token | pass: wall / CPU s |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['shape']} | | | {r['length']:,} | failed: {r['error']} | | | |")
+            continue
+        print(f"| {r['shape']} | {r['params'] / 1e9:.2f}B | {r['weights_gib']:.2f} GiB | {r['length']:,} | "
+              f"{r['peak_rss_gib']:.2f} GiB | {r['estimate_gib']:.2f} GiB | {r['activation_kib_per_token']:.1f} KiB | "
+              f"{r['pass_wall_s']:.0f} / {r['pass_process_cpu_s']:.0f} |")
+    return rows
 
 
 def kind_of(block: nn.Module) -> str:
@@ -239,8 +330,15 @@ def main() -> None:
     p.add_argument("--refuse", default=None, metavar="PRESET", help="time `dnalm score PRESET` refusing")
     p.add_argument("--max-length", action="store_true", help="longest embeddable length per 7B-class shape")
     p.add_argument("--limit-gib", type=float, default=24.0)
+    p.add_argument("--families", action="store_true", help="measured one-pass embeddings, every 1B-class shape")
+    p.add_argument("--only", nargs="*", default=None, help="with --families: shapes whose name contains one of these")
+    p.add_argument("--embed-shape", default=None, help=argparse.SUPPRESS)  # one shape, in this process
     a = p.parse_args()
-    if a.refuse:
+    if a.embed_shape:
+        print(json.dumps(embed_pass(a.embed_shape, a.length)))
+    elif a.families:
+        families(a.length, a.only)
+    elif a.refuse:
         print(json.dumps(refuse(a.refuse)))
     elif a.max_length:
         print(json.dumps(max_lengths(a.limit_gib), indent=1))

@@ -108,3 +108,52 @@ def test_cli_module_and_parquet(tmp_path, capsys, sh2):
     assert m["pool"] == "per-position" and m["layer"] == -1
     ref = embed_sequences(sh2, _seqs(), pool="per-position").array
     np.testing.assert_allclose(np.stack(t.column("embedding").to_pylist()), ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("pool", ["mean", "per-position"])
+def test_parquet_holds_what_npy_and_json_hold(tmp_path, sh2, pool):
+    """The same embeddings written both ways read back equal: values (bit for bit), ids, lengths, windows and
+    every metadata key (pyarrow is in the ``test`` extra; users get it with ``dnalm[parquet]``)."""
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from dnalm.checkpoint import save_pretrained
+
+    save_pretrained(sh2, tmp_path / "m")
+    fa = tmp_path / "s.fa"
+    fa.write_text("".join(f">s{i} note\n{decode(s)}\n" for i, s in enumerate(_seqs())))
+    npy, par = tmp_path / "e.npy", tmp_path / "e.parquet"
+    for out in (npy, par):
+        assert main(["embed", str(tmp_path / "m"), "--fasta", str(fa), "--pool", pool, "--batch-size", "3",
+                     "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    arr, meta = np.load(npy), json.loads(npy.with_suffix(".json").read_text())
+    t = pq.read_table(par)
+    pmeta = json.loads(t.schema.metadata[b"dnalm"])
+    emb = np.array(t.column("embedding").to_pylist(), dtype=np.float32)
+    assert emb.dtype == arr.dtype and emb.shape == arr.shape and np.array_equal(emb, arr)
+    assert pmeta.pop("array") == "e.parquet" and meta.pop("array") == "e.npy"
+    assert {k: v for k, v in meta.items() if k not in ("ids", "lengths", "windows")} == pmeta
+    if pool == "per-position":
+        assert t.column_names == ["id", "position", "embedding"]
+        n = np.diff(meta["offsets"])
+        assert t.column("id").to_pylist() == [i for i, k in zip(meta["ids"], n) for _ in range(k)]
+        assert t.column("position").to_pylist() == [p for k in n for p in range(k)]
+        assert n.tolist() == meta["lengths"] == [40, 97, 13, 64]
+    else:
+        assert t.column_names == ["id", "length", "windows", "embedding"]
+        assert t.column("id").to_pylist() == meta["ids"] == ["s0", "s1", "s2", "s3"]
+        assert t.column("length").to_pylist() == meta["lengths"] == [40, 97, 13, 64]
+        assert t.column("windows").to_pylist() == meta["windows"]
+
+
+def test_parquet_without_pyarrow_is_refused_before_any_work(tmp_path, capsys, sh2, monkeypatch):
+    from dnalm.checkpoint import save_pretrained
+
+    save_pretrained(sh2, tmp_path / "m")
+    fa = tmp_path / "s.fa"
+    fa.write_text(f">s0\n{decode(_seqs()[0])}\n")
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # import pyarrow -> ImportError
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow.parquet", None)
+    out = tmp_path / "e.parquet"
+    assert main(["embed", str(tmp_path / "m"), "--fasta", str(fa), "-o", str(out), "--quiet"]) == 2
+    assert "pip install pyarrow" in capsys.readouterr().err and not out.exists()

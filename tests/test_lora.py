@@ -260,6 +260,7 @@ def test_lora_memory_estimate_against_saved_tensors(preset):
     from dnalm.scaling.lora import lora_memory
 
     cfg, B, L = get_preset(preset), 2, 256
+    torch.manual_seed(0)  # dnaHNet's routing, so its saved tensors, depend on the weights (1.04-1.39x over seeds 0-5)
     m = DNALM(cfg)
     add_lora(m, LoRAConfig(rank=8))
     params = {p.untyped_storage().data_ptr() for p in m.parameters()}
@@ -286,3 +287,23 @@ def test_lora_memory_of_an_evo2_7b_shape_is_estimated_without_allocating():
     assert est.adapted_layers == 32 * 3 + 5 * 2 + 27 * 2  # every block's MLP, attention Wqkv/out, Hyena in/out
     assert 6.4e9 < est.base_params < 6.6e9 and est.adapter_params == 17_891_328
     assert 20 * 2**30 < est.total < 30 * 2**30
+
+
+def test_adapters_on_fp8_input_projections_act_and_learn():
+    """Released Evo 2 configs run Hyena in_proj through emulated FP8, which reads the weight itself; the
+    adapter's branch must still be added (it was silently skipped: a LoRA that did not move nor learn)."""
+    from dnalm.models.striped_hyena import set_fp8_input_projections
+
+    torch.manual_seed(0)
+    m = DNALM(get_preset("striped-hyena2-tiny")).eval()
+    set_fp8_input_projections(m, True)
+    x = ecoli_ids(64).unsqueeze(0)
+    with torch.no_grad():
+        base = m(x).logits
+    add_lora(m, LoRAConfig(rank=2, alpha=4.0, targets="in_proj"))
+    _nonzero_adapters(m)
+    with torch.no_grad():
+        assert (m(x).logits - base).abs().max() > 1e-3
+    m.train()
+    m(x).logits.square().mean().backward()
+    assert all(float(mod.lora_A.grad.norm()) > 0 for mod in lora_modules(m).values())

@@ -5,6 +5,7 @@ adapter model's logits (class logits and the language model's) within 1e-5; next
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +61,16 @@ def test_evo2_lora_classifier_end_to_end_and_merged_export(tmp_path, capsys):
     x, mask = batch_ids(clf.lm, _windows())
     with torch.no_grad():
         assert (mclf(x, mask) - clf(x, mask)).abs().max() <= 1e-5  # the classifier's logits
-        # the language model's 512 logits (|logit| up to ~3) through 7 blocks: W x + B(A x) and (W + BA) x
-        # round differently in float32 (measured 1.7e-5, 6e-6 relative)
+        # the language model's 512 logits, absolute: an evaluating adapter model uses the weight the merge
+        # stores (W + s B A in float64, rounded once), so the two agree to the bit
         lm_a, lm_m = clf.lm(x).logits, mclf.lm(x).logits
-        assert (lm_m - lm_a).abs().max() <= 1e-5 * max(1.0, float(lm_a.abs().max()))
+        assert (lm_m - lm_a).abs().max() <= 1e-5
+        # the training path W x + s B (A x) is the same function; in float32 it rounds differently, about as
+        # much as the base's own float32 forward differs from float64 (both measured ~1e-5 here)
+        ref64 = copy.deepcopy(mclf.lm).double()(x).logits
+        base_err = (copy.deepcopy(mclf.lm).float()(x).logits.double() - ref64).abs().max()
+        clf.lm.train()
+        assert (clf.lm(x).logits.double() - ref64).abs().max() <= 4 * base_err + 1e-6
 
 
 def test_evo2_causal_lm_lora_through_dnalm_train(tmp_path):

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from dnalm.models import mamba2
 from dnalm.models.mamba2 import Mamba2, Mamba2Block, ssd_chunked, ssd_scan, ssd_sequential
 
 
@@ -63,6 +64,61 @@ def test_chunked_scan_gradients_match_sequential():
         grads.append([t.grad for t in leaves])
     for g_ref, g in zip(*grads):
         torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("b,l,h,g,T,s0", [(2, 70, 4, 2, 8, True), (1, 33, 2, 1, 4, False), (3, 23, 3, 3, 5, True)])
+def test_scan_backward_gradcheck_float64(monkeypatch, b, l, h, g, T, s0):
+    # the hand-written backward of _SSDChunked against finite differences, in float64, with groups and
+    # tiles small enough that the group loop (forward and reverse), the tiles and the padded tail all run
+    monkeypatch.setattr(mamba2, "_GROUP", 2 * T)
+    monkeypatch.setattr(mamba2, "_TILE", 2 * T * T)
+    x, log_a, B, C = (t.double() for t in _inputs(b, l, h, 3, g, 2, seed=l))
+    args = [x, log_a, B, C] + ([torch.randn(b, h, 3, 2, dtype=torch.float64)] if s0 else [])
+    args = [a.requires_grad_() for a in args]
+    fn = lambda x, la, B, C, *s: mamba2._SSDChunked.apply(x, la, B, C, s[0] if s else None, T)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_scan_backward_matches_autograd_of_sequential(monkeypatch):
+    # gradients of every input, the initial state included, through y and the final state, against
+    # autograd through the step-by-step reference; strong decays (many flushed (T, T) decays), padding
+    monkeypatch.setattr(mamba2, "_GROUP", 32)
+    x, log_a, B, C = _inputs(2, 75, 4, 3, 2, 5, seed=9, decay=6.0)
+    s0 = torch.randn(2, 4, 3, 5)
+    gy, gs = torch.randn(2, 75, 4, 3), torch.randn(2, 4, 3, 5)
+    grads = []
+    for fn in (ssd_sequential, lambda *a: ssd_chunked(*a[:4], 16, a[4])):
+        leaves = [t.clone().requires_grad_(True) for t in (x, log_a, B, C, s0)]
+        y, s = fn(*leaves)
+        ((y * gy).sum() + (s * gs).sum()).backward()
+        grads.append([t.grad for t in leaves])
+    for g_ref, g in zip(*grads):
+        torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("length", [2, 11])
+def test_causal_conv_matches_conv1d(length):
+    # the shifted multiply-adds and their hand-written backward against nn.Conv1d (also shorter than the kernel)
+    torch.manual_seed(2)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
+    u = torch.randn(2, length, 6, requires_grad=True)
+    u2 = u.detach().clone().requires_grad_(True)
+    y = mamba2._causal_conv(u, conv.weight, conv.bias)
+    y_ref = conv(u2.transpose(1, 2))[..., :length].transpose(1, 2)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    gw = torch.autograd.grad(y, (u, conv.weight, conv.bias), g)
+    gw_ref = torch.autograd.grad(y_ref, (u2, conv.weight, conv.bias), g)
+    for a, b in zip(gw, gw_ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_scan_empty_sequence():
+    x, log_a, B, C = _inputs(2, 0, 4, 3, 2, 5)
+    s0 = torch.randn(2, 4, 3, 5)
+    y, s = ssd_chunked(x, log_a, B, C, 8, s0)
+    assert y.shape == (2, 0, 4, 3)
+    torch.testing.assert_close(s, s0)
 
 
 def _layer(**kw):

@@ -32,6 +32,8 @@ from dnalm.eval.embed import (
 )
 from dnalm.eval.essentiality import DEFAULT_CASSETTE, essentiality_report, read_labels, score_essentiality
 from dnalm.eval.finetune import (
+    EPOCHS_DEFAULT,
+    LORA_DEFAULTS,
     _model_inputs,
     finetune,
     load_classifier,
@@ -253,8 +255,9 @@ def embed_cmd(args: argparse.Namespace) -> int:
     arg("--label-column", default=None, help="label column (default: label/labels/class/y)"),
     arg("--mode", choices=["probe", "full", "lora"], default="probe",
         help="frozen backbone + linear head, train all, or low-rank adapters + head on the frozen backbone"),
-    arg("--lora-rank", type=positive_int, default=8, help="LoRA rank r (--mode lora)"),
-    arg("--lora-alpha", type=positive_float, default=16.0, help="LoRA scale numerator: updates are scaled by alpha / r"),
+    arg("--lora-rank", type=positive_int, default=LORA_DEFAULTS["rank"], help="LoRA rank r (--mode lora)"),
+    arg("--lora-alpha", type=positive_float, default=LORA_DEFAULTS["alpha"],
+        help="LoRA scale numerator: updates are scaled by alpha / r"),
     arg("--lora-targets", default=",".join(DEFAULT_LORA_TARGETS), metavar="PAT,...",
         help="comma-separated glob patterns of the linear layers to adapt (matched against module names or "
         "their ends, e.g. Wqkv, mlp.*, layers.3.mixer.in_proj)"),
@@ -264,9 +267,11 @@ def embed_cmd(args: argparse.Namespace) -> int:
     arg("--soft-prompt", type=int, default=0, metavar="N", help="learn N prompt embeddings for the frozen model"),
     arg("--pool", choices=["mean", "last"], default="mean", help="pooling of the hidden states over the bases"),
     arg("--layer", type=int, default=-1, help="hidden state to pool (-1 = after the final norm)"),
-    arg("--epochs", type=positive_int, default=3, help="epochs (full fine-tuning and soft prompts)"),
+    arg("--epochs", type=positive_int, default=None,
+        help=f"epochs of full fine-tuning, soft prompts and LoRA (default: {LORA_DEFAULTS['epochs']} LoRA, "
+        f"{EPOCHS_DEFAULT} otherwise)"),
     arg("--lr", type=positive_float, default=None,
-        help="learning rate (default: 1e-2 probe/prompt, 1e-3 LoRA, 3e-4 full)"),
+        help=f"learning rate (default: 1e-2 probe/prompt, {LORA_DEFAULTS['lr']:g} LoRA, 3e-4 full)"),
     arg("--batch-size", type=positive_int, default=32, help="sequences per step"),
     arg("--probe-steps", type=positive_int, default=500, help="full-batch steps of the linear probe"),
     arg("--max-train", type=positive_int, default=None, help="use a random subset of this many training sequences"),
@@ -583,7 +588,7 @@ def embed_command(
 def finetune_command(
     model_path: str, *, train: str, dev: str | None = None, test: str | None = None, out: str = "finetuned",
     seq_column: str | None = None, label_column: str | None = None, mode: str = "probe", soft_prompt: int = 0,
-    pool: str = "mean", layer: int = -1, epochs: int = 3, lr: float | None = None, batch_size: int = 32,
+    pool: str = "mean", layer: int = -1, epochs: int | None = None, lr: float | None = None, batch_size: int = 32,
     probe_steps: int = 500, seed: int = 0, split_seed: int = 0, max_train: int | None = None,
     crop: str | None = None, windows: bool = False, device: str = "cpu", progress: bool = True,
     lora_rank: int = 8, lora_alpha: float = 16.0, lora_targets: str | Sequence[str] = DEFAULT_LORA_TARGETS,

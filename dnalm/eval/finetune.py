@@ -73,6 +73,9 @@ from dnalm.train.distributed import clip_grad_norm
 from dnalm.train.optim import make_optimizer
 
 CLASSIFIER_FORMAT = "dnalm-classifier"
+# dnalm finetune --mode lora's recipe (BENCHMARKS.md "LoRA against the linear probe": benchmarks/bench_lora.py)
+LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "lr": 3e-3, "epochs": 5}
+EPOCHS_DEFAULT = 3  # full fine-tuning and soft prompts
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -365,25 +368,31 @@ def _train_end_to_end(
     )
     best = (-math.inf, None, 0)
     trainable = {k for k, v in clf.named_parameters() if v.requires_grad}
+    adapters = [v for k, v in clf.named_parameters() if v.requires_grad and k.endswith((".lora_A", ".lora_B"))]
     step = 0
     for epoch in range(1, epochs + 1):
         clf.train()
         if kind == "soft_prompt":
             lm.eval()  # frozen model: no dropout
-        losses = []
+        losses, norms, a_norms = [], [], []
         for idx in bar(_batches(len(X["train"]), batch_size, rng), desc=f"epoch {epoch}/{epochs}", enabled=progress):
             logits = clf.head(_pooled(clf, [X["train"][i] for i in idx]))  # windows pooled per sequence
             y = torch.from_numpy(train.labels[idx]).to(lm.device)
             loss = F.cross_entropy(logits, y, weight=cw.to(lm.device))
             opt.zero_grad()
             loss.backward()
-            clip_grad_norm(clf, 1.0)
+            if adapters:  # gradient reaching the adapters (a LoRA that does not learn shows ~0 here)
+                a_norms.append(float(torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(p.grad) for p in adapters if p.grad is not None] or [loss.new_zeros(())]))))
+            norms.append(clip_grad_norm(clf, 1.0))
             opt.step()
             sched.step()
             step += 1
             losses.append(float(loss.detach()))
         m = classification_metrics(dev.labels, predict_proba(clf, X["dev"], batch_size))
         history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
+                        "grad_norm": float(np.mean(norms)),
+                        **({"adapter_grad_norm": float(np.mean(a_norms))} if adapters else {}),
                         **{f"dev_{k}": v for k, v in m.items()}})  # fmt: skip
         if _selection_score(m) > best[0]:
             state = {k: v.detach().clone() for k, v in clf.state_dict().items() if k in trainable or kind == "full"}
@@ -403,7 +412,7 @@ def finetune(
     soft_prompt: int = 0,
     pool: str = "mean",
     layer: int = -1,
-    epochs: int = 3,
+    epochs: int | None = None,
     lr: float | None = None,
     batch_size: int = 32,
     weight_decay: float = 0.01,
@@ -422,8 +431,9 @@ def finetune(
     A sequence longer than the model's context is an error unless ``crop`` (center, left or right: keep one
     window) or ``windows`` (pool over tiled windows) says what to do (:func:`dnalm.eval.embed.fit_to_context`).
 
-    ``lr`` defaults: probe 1e-2, soft prompt 1e-2, LoRA 1e-3, full fine-tuning 3e-4. ``lora`` sets the adapters
-    of ``mode="lora"`` (default rank 8, alpha 16, the default targets). ``copy_model=False`` adapts ``model``
+    ``lr`` defaults: probe 1e-2, soft prompt 1e-2, LoRA ``LORA_DEFAULTS["lr"]``, full fine-tuning 3e-4;
+    ``epochs``: ``LORA_DEFAULTS["epochs"]`` for LoRA, 3 otherwise. ``lora`` sets the adapters of
+    ``mode="lora"`` (default: ``LORA_DEFAULTS``' rank and alpha, the default targets). ``copy_model=False`` adapts ``model``
     itself instead of a copy (no second copy of a large model in memory). ``baseline=False`` skips the k-mer
     baseline (``report["kmer_baseline"]`` is then None), for callers that fit it once for several runs.
     """
@@ -445,6 +455,8 @@ def finetune(
     X = {name: f[0] for name, f in fits.items()}
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise DataError(f"--lr must be a finite number > 0 (got {lr})")
+    if epochs is None:
+        epochs = LORA_DEFAULTS["epochs"] if mode == "lora" else EPOCHS_DEFAULT
     if epochs < 1 or probe_steps < 1 or batch_size < 1:
         raise DataError(f"--epochs, --probe-steps and --batch-size must be >= 1 (got {epochs}, {probe_steps}, {batch_size})")
     lm = copy.deepcopy(model) if copy_model else model
@@ -457,7 +469,7 @@ def finetune(
     cw = class_weights(train.labels, n_classes)
     adapted: list[str] = []
     if mode == "lora":
-        lora = lora or LoRAConfig()
+        lora = lora or LoRAConfig(rank=LORA_DEFAULTS["rank"], alpha=LORA_DEFAULTS["alpha"])
         # LP-FT (Kumar et al. 2022): the head starts from the linear probe's solution, so the adapters start
         # from a model that already classifies and refine the features instead of fighting a random head
         history_probe: list[dict[str, Any]] = []
@@ -473,7 +485,7 @@ def finetune(
         best_at = _train_probe(clf, X, train, dev, cw, lr or 1e-2, weight_decay, probe_steps, batch_size, progress,
                                history)  # fmt: skip
     else:
-        base_lr = lr or {"soft_prompt": 1e-2, "lora": 1e-3}.get(kind, 3e-4)
+        base_lr = lr or {"soft_prompt": 1e-2, "lora": LORA_DEFAULTS["lr"]}.get(kind, 3e-4)
         best_at = _train_end_to_end(clf, X, train, dev, cw, kind, base_lr, weight_decay, epochs, batch_size, rng,
                                     progress, history)  # fmt: skip
 

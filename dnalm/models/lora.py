@@ -69,30 +69,50 @@ class LoRALinear(nn.Linear):
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.train(base.training)  # an adapter added to an evaluating model evaluates too (no dropout)
 
     def delta(self) -> torch.Tensor:
         """The update ``scale * B A`` (out, in) in float32."""
         return (self.lora_B @ self.lora_A) * self.scale
 
+    def effective_weight(self) -> torch.Tensor:
+        """``W + scale * B A`` in the weight's dtype, computed in float64 and rounded once: the weight
+        :meth:`merge` stores, and the one an evaluating model with a full-precision base uses."""
+        d = (self.lora_B.double() @ self.lora_A.double()) * self.scale
+        return (self.weight.double() + d).to(self.weight.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # (..., out) in the base's dtype (or autocast's)
         if self.merged:
-            return y
+            return F.linear(x, self.weight, self.bias)
+        if not self.training and self.weight.dtype in (torch.float32, torch.float64):
+            # Evaluating: the same float arithmetic as the merged model, so a merged export reproduces this
+            # model's outputs exactly. W x + s B (A x) and (W + s B A) x are equal but round differently in
+            # float32 (measured 1.3e-5 on the Evo 2 fixture's logits through 7 blocks, as much as the base's
+            # own float32 forward differs from float64). Costs one (out, r) x (r, in) product per call.
+            return F.linear(x, self.effective_weight(), self.bias)
+        y = F.linear(x, self.weight, self.bias)  # (..., out) in the base's dtype (or autocast's)
+        return y + self.adapter_out(x).to(y.dtype)
+
+    def adapter_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-rank branch alone, ``scale * B A dropout(x)`` (..., out) in float32 (zero when merged), for
+        a caller that computes the base product itself (the emulated FP8 input projections of Evo 2)."""
         a = self.lora_dropout(x).to(self.lora_A.dtype)  # (..., in) float32
         u = F.linear(F.linear(a, self.lora_A), self.lora_B)  # (..., out)
-        return y + (u * self.scale).to(y.dtype)
+        return u * self.scale if not self.merged else torch.zeros_like(u)
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the update into ``weight`` (in float32, then back to the weight's dtype)."""
+        """Fold the update into ``weight``: :meth:`effective_weight` (float64 arithmetic, rounded once to the
+        weight's dtype)."""
         if not self.merged:
-            self.weight.copy_((self.weight.float() + self.delta()).to(self.weight.dtype))
+            self.weight.copy_(self.effective_weight())
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            self.weight.copy_((self.weight.float() - self.delta()).to(self.weight.dtype))
+            d = (self.lora_B.double() @ self.lora_A.double()) * self.scale
+            self.weight.copy_((self.weight.double() - d).to(self.weight.dtype))
             self.merged = False
 
     def extra_repr(self) -> str:

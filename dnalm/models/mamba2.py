@@ -55,6 +55,173 @@ def ssd_sequential(
     return y, state
 
 
+# Decays exp(A_i - A_j) below exp(_LOG_TINY) ~ 1.6e-28 are flushed to exactly 0: exp near float32's
+# underflow (results in the denormal range) is 10-30x slower than elsewhere, and such terms are ~1e-20 of
+# the diagonal's and far below float32 rounding of the outputs.
+_LOG_TINY = -64.0
+_TINY = 1.5 * math.exp(_LOG_TINY)
+_GROUP = 2048  # positions per group: every temporary is group-sized (large fresh buffers cost page faults)
+_TILE = 1 << 19  # float32 elements of one (chunks, heads, T, T) decay tile (2 MiB: cache-sized)
+
+
+def _bounds(T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clamp bounds of the (T, T) log-decays: [_LOG_TINY, 0] on and below the diagonal, _LOG_TINY above
+    (so that exp of the upper triangle is flushed to 0 with the rest, with no mask pass of its own)."""
+    hi = torch.zeros(T, T, device=device)
+    hi.masked_fill_(torch.ones(T, T, dtype=torch.bool, device=device).triu_(1), _LOG_TINY)
+    return torch.tensor(_LOG_TINY, device=device), hi
+
+
+def _decay(Ah: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Ah (k, h, T) prefix sums of log decays -> (k, h, T, T): exp(Ah[i] - Ah[j]) for i >= j, else 0."""
+    E = Ah[..., :, None] - Ah[..., None, :]
+    torch.clamp(E, *bounds, out=E).exp_()
+    return F.threshold_(E, _TINY, 0.0)
+
+
+def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
+def _group(t: torch.Tensor, s: int, e: int, T: int, l: int) -> torch.Tensor:
+    """Positions [s, e) of t (b, l, ...) as (b * chunks, T, ...), zero-padded past l."""
+    part = t[:, s : min(e, l)]
+    if e > l:
+        part = torch.cat([part, part.new_zeros(part.shape[0], e - l, *part.shape[2:])], 1)
+    return part.reshape(-1, T, *t.shape[2:])
+
+
+class _SSDChunked(torch.autograd.Function):
+    """The chunked scan with a hand-written backward (autograd's graph of the einsum form held the
+    (chunks, heads, T, T) decays and weights for the backward and copied at every einsum). Positions are
+    processed in groups of _GROUP (whole chunks): per group, the chunks' state contributions (one GEMM),
+    the recurrence over their entering states (kept for the backward: (b, chunks, h, p, n)), their
+    read-out (one GEMM), and the within-chunk (T, T) products in cache-sized tiles. The backward walks
+    the groups in reverse, recomputing the decays and C.B tiles instead of storing them. Any float dtype
+    (float64 for gradcheck); ``ssd_chunked`` calls it in float32."""
+
+    @staticmethod
+    def forward(ctx, x, log_a, B, C, s0, T):
+        b, l, h, p = x.shape
+        g, n = B.shape[2], B.shape[3]
+        r = h // g
+        nc = -(-l // T)
+        K = max(1, _GROUP // T)
+        bounds = _bounds(T, x.device)
+        y = x.new_empty(b, l, h, p)
+        Hin = x.new_empty(b, nc, h, p, n)  # the state entering each chunk
+        final = x.new_empty(b, h, p, n)
+        if s0 is None:
+            Hin[:, 0].zero_()
+        else:
+            Hin[:, 0] = s0
+        for c0 in range(0, nc, K):
+            c1 = min(nc, c0 + K)
+            k, s, e = c1 - c0, c0 * T, c1 * T
+            xg, Bg, Cg = _group(x, s, e, T, l), _group(B, s, e, T, l), _group(C, s, e, T, l)
+            A = _group(log_a, s, e, T, l).cumsum(1)  # (bk, T, h)
+            # what each chunk adds to the state by its end, then the states entering each chunk
+            xs = (xg * torch.exp(A[:, -1:] - A)[..., None]).view(b * k, T, g, r * p)
+            S = _cat([torch.bmm(xs[:, :, i].transpose(1, 2), Bg[:, :, i]) for i in range(g)], 1).view(b, k, h, p, n)
+            D = torch.exp(A[:, -1]).view(b, k, h, 1, 1)
+            for c in range(k):
+                torch.addcmul(S[:, c], Hin[:, c0 + c], D[:, c], out=Hin[:, c0 + c + 1] if c0 + c + 1 < nc else final)
+            # the entering state read out at each position: exp(A_i) C_i . H_in
+            Hg = Hin[:, c0:c1].reshape(b * k, g, r * p, n)
+            yg = _cat([torch.bmm(Cg[:, :, i], Hg[:, i].transpose(1, 2)) for i in range(g)], 2).view(b * k, T, h, p)
+            yg.mul_(torch.exp(A)[..., None])
+            # inside the chunks: a (T, T) matmul per head
+            Ah = A.transpose(1, 2).contiguous()  # (bk, h, T)
+            step = max(1, _TILE // (h * T * T))
+            for t0 in range(0, b * k, step):
+                t = slice(t0, t0 + step)
+                W = _decay(Ah[t], bounds)  # (kt, h, T, T)
+                for i in range(g):
+                    CB = torch.bmm(Cg[t, :, i], Bg[t, :, i].transpose(1, 2))
+                    W[:, i * r : (i + 1) * r].mul_(CB[:, None])
+                for j in range(h):
+                    yg[t, :, j] += torch.bmm(W[:, j], xg[t, :, j])
+            y[:, s:e] = yg.view(b, k * T, h, p)[:, : min(e, l) - s]
+        ctx.save_for_backward(x, log_a, B, C, Hin)
+        ctx.T, ctx.has_s0 = T, s0 is not None
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, log_a, B, C, Hin = ctx.saved_tensors
+        T = ctx.T
+        b, l, h, p = x.shape
+        g, n = B.shape[2], B.shape[3]
+        r = h // g
+        nc = Hin.shape[1]
+        K = max(1, _GROUP // T)
+        bounds = _bounds(T, x.device)
+        dx, da = torch.empty_like(x), torch.empty_like(log_a)
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        dstate = torch.zeros_like(Hin[:, 0]) if dfinal is None else dfinal  # d/d(state after this group)
+        for c0 in reversed(range(0, nc, K)):
+            c1 = min(nc, c0 + K)
+            k, s, e = c1 - c0, c0 * T, c1 * T
+            xg, Bg, Cg = _group(x, s, e, T, l), _group(B, s, e, T, l), _group(C, s, e, T, l)
+            dyg = _group(dy, s, e, T, l)
+            A = _group(log_a, s, e, T, l).cumsum(1)  # (bk, T, h)
+            # the read-out of the entering states
+            dQ = dyg * torch.exp(A)[..., None]  # (bk, T, h, p)
+            dQg = dQ.view(b * k, T, g, r * p)
+            Hs = Hin[:, c0:c1]
+            Hg = Hs.reshape(b * k, g, r * p, n)
+            Q = _cat([torch.bmm(Cg[:, :, i], Hg[:, i].transpose(1, 2)) for i in range(g)], 2).view(b * k, T, h, p)
+            dA = (dQ * Q).sum(-1)  # (bk, T, h)
+            dCg = torch.stack([torch.bmm(dQg[:, :, i], Hg[:, i]) for i in range(g)], 2)  # (bk, T, g, n)
+            dH = _cat([torch.bmm(dQg[:, :, i].transpose(1, 2), Cg[:, :, i]) for i in range(g)], 1).view(b, k, h, p, n)
+            # the recurrence, backwards: dS[c] = gradient of the state after chunk c
+            D = torch.exp(A[:, -1]).view(b, k, h, 1, 1)
+            dS = torch.empty_like(dH)
+            dS[:, k - 1] = dstate
+            for c in range(k - 1, 0, -1):
+                torch.addcmul(dH[:, c], dS[:, c], D[:, c], out=dS[:, c - 1])
+            dstate = torch.addcmul(dH[:, 0], dS[:, 0], D[:, 0])
+            dD = torch.bmm(Hs.reshape(b * k * h, 1, p * n), dS.view(b * k * h, p * n, 1)).view(b * k, h)
+            dA[:, -1] += dD * D.view(b * k, h)
+            # what each chunk adds: S = sum_j exp(A_T - A_j) x_j (x) B_j
+            dte = torch.exp(A[:, -1:] - A)  # (bk, T, h)
+            xs = (xg * dte[..., None]).view(b * k, T, g, r * p)
+            dSg = dS.view(b * k, g, r * p, n)
+            dxg = _cat([torch.bmm(Bg[:, :, i], dSg[:, i].transpose(1, 2)) for i in range(g)], 2).view(b * k, T, h, p)
+            dBg = torch.stack([torch.bmm(xs[:, :, i], dSg[:, i]) for i in range(g)], 2)  # (bk, T, g, n)
+            ddte = (dxg * xg).sum(-1).mul_(dte)  # (bk, T, h)
+            dA -= ddte
+            dA[:, -1] += ddte.sum(1)
+            dxg.mul_(dte[..., None])
+            # inside the chunks
+            Ah = A.transpose(1, 2).contiguous()
+            step = max(1, _TILE // (h * T * T))
+            for t0 in range(0, b * k, step):
+                t = slice(t0, t0 + step)
+                E = _decay(Ah[t], bounds)  # (kt, h, T, T)
+                for i in range(g):
+                    Bi, Ci = Bg[t, :, i], Cg[t, :, i]
+                    CB = torch.bmm(Ci, Bi.transpose(1, 2))
+                    dG = None
+                    for j in range(i * r, (i + 1) * r):
+                        W = E[:, j] * CB
+                        dyj, xj = dyg[t, :, j], xg[t, :, j]
+                        dxg[t, :, j] += torch.bmm(W.transpose(1, 2), dyj)
+                        dW = torch.bmm(dyj, xj.transpose(1, 2)).mul_(E[:, j])  # dL/dW o E
+                        dG = dW.clone() if dG is None else dG.add_(dW)
+                        dW.mul_(CB)  # dL/dW o W: gradient of the log-decays A_i - A_j
+                        dA[t, :, j] += dW.sum(-1) - dW.sum(-2)
+                    dCg[t, :, i] += torch.bmm(dG, Bi)
+                    dBg[t, :, i] += torch.bmm(dG.transpose(1, 2), Ci)
+            v = min(e, l) - s
+            da[:, s:e] = dA.flip(1).cumsum(1).flip(1).view(b, k * T, h)[:, :v]
+            dx[:, s:e] = dxg.view(b, k * T, h, p)[:, :v]
+            dB[:, s:e] = dBg.view(b, k * T, g, n)[:, :v]
+            dC[:, s:e] = dCg.view(b, k * T, g, n)[:, :v]
+        return dx, da, dB, dC, (dstate if ctx.has_s0 else None), None
+
+
+
 def ssd_chunked(
     x: torch.Tensor,
     log_a: torch.Tensor,
@@ -65,57 +232,19 @@ def ssd_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunked SSD scan; same contract as :func:`ssd_sequential`.
 
-    x (b, l, h, p), log_a (b, l, h) <= 0, B and C (b, l, g, n). Any l works: the tail is padded with
-    x = 0 and log_a = 0, which leaves outputs and the final state unchanged. Computed in float32.
+    x (b, l, h, p), log_a (b, l, h) <= 0, B and C (b, l, g, n). Any l works: the last chunk is padded
+    with x = 0 and log_a = 0, which leaves outputs and the final state unchanged. Computed in float32
+    (autocast off inside), by :class:`_SSDChunked`; the einsum form it replaced is kept as
+    ``benchmarks/ssd_before.py``.
     """
     b, l, h, p = x.shape
-    g, n = B.shape[2], B.shape[3]
-    T = chunk_size
-    pad = (-l) % T
     x, log_a, B, C = x.float(), log_a.float(), B.float(), C.float()
-    if pad:
-        x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        log_a = F.pad(log_a, (0, 0, 0, pad))
-        B = F.pad(B, (0, 0, 0, 0, 0, pad))
-        C = F.pad(C, (0, 0, 0, 0, 0, pad))
-    nc = (l + pad) // T
-    r = h // g  # heads per group share B and C
-    xc = x.reshape(b, nc, T, g, r, p)  # (b, c, T, g, r, p)
-    Bc = B.reshape(b, nc, T, g, n)  # (b, c, T, g, n)
-    Cc = C.reshape(b, nc, T, g, n)  # (b, c, T, g, n)
-    ac = log_a.reshape(b, nc, T, g, r).permute(0, 1, 3, 4, 2)  # (b, c, g, r, T)
-    a_cum = torch.cumsum(ac, dim=-1)  # (b, c, g, r, T)
-
-    # 1. inside each chunk: y_i = sum_{j <= i} (C_i . B_j) exp(a_{j+1} + ... + a_i) x_j, as masked matmuls
-    causal = torch.tril(torch.ones(T, T, dtype=x.dtype, device=x.device))  # (T, T)
-    cb = torch.einsum("bclgn,bcsgn->bcgls", Cc, Bc) * causal  # (b, c, g, T, T)
-    # exp(a_cum[i] - a_cum[j]) for i >= j; above the diagonal the difference is >= 0 (a <= 0), clamped
-    # to 0 so exp stays finite, and cb is already zero there
-    decay_in = torch.exp((a_cum[..., :, None] - a_cum[..., None, :]).clamp_max_(0.0))  # (b, c, g, r, T, T)
-    weights = decay_in * cb[:, :, :, None]  # (b, c, g, r, T, T)
-    y_diag = torch.einsum("bcgrls,bcsgrp->bclgrp", weights, xc)  # (b, c, T, g, r, p)
-
-    # 2. the state each chunk adds by its end: sum_j exp(a_{j+1} + ... + a_T) x_j ⊗ B_j
-    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, c, g, r, T)
-    xw = xc * decay_to_end.permute(0, 1, 4, 2, 3)[..., None]  # (b, c, T, g, r, p)
-    chunk_states = torch.einsum("bclgrp,bclgn->bcgrpn", xw, Bc)  # (b, c, g, r, p, n)
-
-    # 3. across chunks: a recurrence over the nc chunk states (the state entering each chunk)
-    chunk_decay = torch.exp(a_cum[..., -1])  # (b, c, g, r)
-    state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.float()
-    state = state.reshape(b, g, r, p, n)
-    entering = []
-    for c in range(nc):
-        entering.append(state)
-        state = state * chunk_decay[:, c, :, :, None, None] + chunk_states[:, c]  # (b, g, r, p, n)
-    prev = torch.stack(entering, dim=1)  # (b, c, g, r, p, n)
-
-    # 4. what the entering state contributes at each position: exp(a_1 + ... + a_i) C_i . h_in
-    y_off = torch.einsum("bclgn,bcgrpn->bclgrp", Cc, prev)  # (b, c, T, g, r, p)
-    y_off = y_off * torch.exp(a_cum).permute(0, 1, 4, 2, 3)[..., None]
-    y = (y_diag + y_off).reshape(b, nc * T, h, p)[:, :l]  # (b, l, h, p)
-    state = state.reshape(b, h, p, n)
-    return y, state
+    s0 = None if initial_state is None else initial_state.float()
+    if l == 0:
+        state = x.new_zeros(b, h, p, B.shape[3]) if s0 is None else s0.clone()
+        return x.new_zeros(b, 0, h, p), state
+    with torch.autocast(x.device.type, enabled=False):
+        return _SSDChunked.apply(x, log_a, B, C, s0, chunk_size)
 
 
 def _fast_scan_available(x: torch.Tensor) -> bool:
@@ -159,6 +288,46 @@ def ssd_scan(
 
 
 # ------------------------------------------------------------------------------------------ the layer
+
+
+class _CausalConv(torch.autograd.Function):
+    """y[t] = bias + sum_j w[:, j] u[t - (k-1) + j] on u (B, L, C), in place on y with shifted slices; the
+    backward is the transposed sum (autograd through slices allocates a zero-filled full-size gradient
+    per slice)."""
+
+    @staticmethod
+    def forward(ctx, u, w, bias):
+        L, k = u.shape[1], w.shape[1]
+        dtype = torch.promote_types(u.dtype, w.dtype)
+        y = torch.addcmul(bias.to(dtype), u, w[:, k - 1].to(dtype))
+        for s in range(1, min(k, L + 1)):  # lag s uses tap k-1-s
+            y[:, s:].addcmul_(u[:, : L - s], w[:, k - 1 - s].to(dtype))
+        ctx.save_for_backward(u, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        u, w = ctx.saved_tensors
+        L, k = u.shape[1], w.shape[1]
+        du = g * w[:, k - 1].to(g.dtype)
+        dw = torch.empty(w.shape, dtype=torch.float32, device=w.device)
+        buf = torch.mul(g, u)
+        dw[:, k - 1] = buf.sum((0, 1))
+        for s in range(1, k):
+            if s >= L:
+                dw[:, k - 1 - s] = 0
+                continue
+            du[:, : L - s].addcmul_(g[:, s:], w[:, k - 1 - s].to(g.dtype))
+            dw[:, k - 1 - s] = torch.mul(g[:, s:], u[:, : L - s], out=buf[:, : L - s]).sum((0, 1))
+        return du.to(u.dtype), dw.to(w.dtype), g.sum((0, 1)).to(w.dtype)
+
+
+def _causal_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``conv1d``'s causal depthwise convolution of u (B, L, C) in its own (B, L, C) layout, weight
+    (C, 1, k) with the last tap at lag 0: the same function as
+    ``conv1d(u.transpose(1, 2))[..., :L].transpose(1, 2)`` without the transposes and the slow depthwise
+    convolution kernels (issue 16). Under bf16 autocast the float32 weights promote the sum to float32."""
+    return _CausalConv.apply(u, weight[:, 0], bias)
 
 
 @dataclass
@@ -245,7 +414,7 @@ class Mamba2(nn.Module):
         L = u.shape[1]
         z, xbc, dt_raw = self._split(self.in_proj(u))  # (B, L, E), (B, L, conv_dim), (B, L, H)
         xbc_pre = xbc
-        xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :L].transpose(1, 2))  # (B, L, conv_dim), causal
+        xbc = F.silu(_causal_conv(xbc, self.conv1d.weight, self.conv1d.bias))  # (B, L, conv_dim), causal
         x, Bm, Cm, dt, A = self._ssm_inputs(xbc, dt_raw)
         y, state = ssd_scan(x, dt, A, Bm, Cm, self.chunk_size, initial_state, fast=self.fast)  # (B, L, H, P)
         return self._output(y, x, z), state, xbc_pre

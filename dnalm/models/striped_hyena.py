@@ -426,7 +426,9 @@ class HyenaMixer(nn.Module):
         if not self.fp8:
             return self.in_proj(x)
         w, b = self.in_proj.weight, self.in_proj.bias
-        return F.linear(fp8_e4m3(x, dims), fp8_e4m3(w), b)
+        y = F.linear(fp8_e4m3(x, dims), fp8_e4m3(w), b)
+        adapter = getattr(self.in_proj, "adapter_out", None)  # LoRA: the low-rank branch stays unquantised
+        return y if adapter is None else y + adapter(x).to(y.dtype)
 
     def long_conv(self, u: torch.Tensor) -> torch.Tensor:
         """conv(u) for u (B, D, L) per the block kind, D term included; (B, D, L)."""
