@@ -94,6 +94,10 @@ def random_bf16(config) -> DNALM:
         if isinstance(mod, PositionalEmbedding):
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, PositionalEmbedding(mod.z.shape[-1], mod.z.shape[1]))
+    for mod in model.modules():  # lazily grown tables (RoPE's cos/sin) start empty: nothing to fill
+        for key, b in list(mod._buffers.items()):
+            if b is not None and b.device.type == "meta" and b.numel() == 0:
+                mod._buffers[key] = torch.empty(b.shape, dtype=b.dtype)
     left = [n for n, b in model.named_buffers() if b.device.type == "meta"]
     assert not left, f"buffers left on the meta device: {left[:4]}"
     return model.eval()

@@ -148,3 +148,19 @@ def test_gradients_flow_and_bad_heads_rejected():
         CausalSelfAttention(30, 4, 16)
     with pytest.raises(ValueError, match="even head"):
         CausalSelfAttention(12, 4, 16)
+
+
+def test_rope_positions_past_the_cache_are_computed_not_kept():
+    """Angles past RotaryEmbedding.CACHE_ROWS are computed per call and equal a full table's rows; the kept
+    table never grows past the cap (each attention layer has one, so a long one-pass input would otherwise
+    keep up to 2 L rows in every layer)."""
+
+    for precision in ("float64", "float32", "bfloat16"):
+        rope = RotaryEmbedding(16, 1 << 20, precision=precision)
+        cap = rope.CACHE_ROWS
+        full = rope_angles(torch.arange(cap + 3000), 16, precision=precision)
+        for start, length in ((0, 100), (cap - 50, 40), (cap - 10, 700), (cap + 1000, 2000)):
+            cos, sin = rope(start, length)
+            assert torch.equal(cos, full[start : start + length].cos().float())
+            assert torch.equal(sin, full[start : start + length].sin().float())
+            assert rope.cos.shape[0] <= cap

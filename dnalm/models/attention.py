@@ -73,8 +73,12 @@ class RotaryEmbedding(nn.Module):
     """cos/sin tables, built lazily for the positions actually used and grown by doubling.
 
     Why lazily: a table for a 1M-token ``max_len`` would take ~0.5 GB per layer at head_dim 128, and
-    presets of 7B models are built on the meta device just to count parameters.
+    presets of 7B models are built on the meta device just to count parameters. Positions past
+    ``CACHE_ROWS`` get their angles computed for the call and not kept: every attention layer has its own
+    table, and a one-pass scoring of a long input would otherwise keep up to 2 L rows in each of them.
     """
+
+    CACHE_ROWS = 16384
 
     def __init__(
         self, head_dim: int, max_len: int, base: float = 10000.0, interp: float = 1.0, precision: str = "float64"
@@ -93,8 +97,13 @@ class RotaryEmbedding(nn.Module):
     def forward(self, start: int, length: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (length, head_dim/2) in float32 for positions start .. start+length-1."""
         device = self.cos.device if device is None else device
-        if start + length > self.cos.shape[0] or self.cos.device != device:
-            n = max(start + length, 2 * self.cos.shape[0])
+        end = start + length
+        if end > self.CACHE_ROWS:  # angles of these positions only (elementwise: the same values a table holds)
+            ang = rope_angles(torch.arange(start, end, device=device), self.head_dim, self.base, self.interp,
+                              self.precision)
+            return ang.cos().float(), ang.sin().float()
+        if end > self.cos.shape[0] or self.cos.device != device:
+            n = min(max(end, 2 * self.cos.shape[0]), self.CACHE_ROWS)
             ang = rope_angles(torch.arange(n, device=device), self.head_dim, self.base, self.interp, self.precision)
             self.cos, self.sin = ang.cos().float(), ang.sin().float()
         return self.cos[start : start + length], self.sin[start : start + length]
