@@ -209,9 +209,6 @@ class DNALM(nn.Module):
         """True when the family can score rows from a shared prefix (``ModelSpec.prefix_sharing``)."""
         return spec_of(self.config).prefix_sharing
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.logits_of(hidden)
-
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """The final norm on backbone outputs (..., D), in float32 over half-precision weights when :meth:`upcasts`."""
         with float32_params(self.norm_f, self.upcasts()):
@@ -234,12 +231,12 @@ class DNALM(nn.Module):
             raise ValueError(f"input of {total_len} tokens exceeds the model's maximum length {self.config.max_len}")
         with self.computing():
             hidden, state = self.backbone.forward_prefix(self.embed_ids(input_ids), total_len)
-            return self._logits(hidden), state
+            return self.logits_of(hidden), state
 
     def forward_from(self, state: Any, input_ids: torch.Tensor) -> torch.Tensor:
         """Tokens p .. total_len-1 of B rows (B, total_len - p) after a shared prefix -> logits (B, ., V)."""
         with self.computing():
-            return self._logits(self.backbone.forward_from(self.embed_ids(input_ids), state))
+            return self.logits_of(self.backbone.forward_from(self.embed_ids(input_ids), state))
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
