@@ -66,3 +66,21 @@ def test_refusal_happens_before_torch_is_imported():
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "weights 153.2 GiB" in lines[0] and "(DNALM_MAX_MEMORY)" in lines[0], lines
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
+def test_huge_pages_asked_for_before_torch_is_imported(preset, expected):
+    """PyTorch reads THP_MEM_ALLOC_ENABLE once, at its first allocation: the command line must set it (unless
+    the user did) before anything imports torch."""
+    code = ("import os, sys, types\n"
+            "d = sys.modules['dnalm.cli.dispatch'] = types.ModuleType('dnalm.cli.dispatch')  # a stand-in\n"
+            "def probe(argv=None):\n"
+            "    print(os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)\n"
+            "    return 0\n"
+            "d.main = probe\n"
+            "from dnalm.cli import main\n"
+            "sys.exit(main(['--version']))")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"} | ({} if preset is None else {"THP_MEM_ALLOC_ENABLE": preset})
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [expected, "False"]
