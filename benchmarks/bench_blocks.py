@@ -20,7 +20,9 @@ Two more measurements, each selected with ``--only`` (issue 16, "Blocks" in BENC
 4. ``--only reference``: dnalm's ``HyenaBlock`` against a reference block written from the published
    HyenaDNA code's math (``benchmarks/hyenadna_reference.py``) holding a copy of the same weights (checked
    equal first), forward + backward, interleaved repeats, thread CPU time; ratio reference / dnalm, and
-   each block's fraction of its compute floor.
+   each block's fraction of its compute floor; each block's time inside its GEMM kernels (torch.profiler)
+   and reference time / dnalm's GEMM time, the ratio dnalm could not exceed even if every non-matmul
+   operation were free.
 5. ``--only families``: StripedHyena 2's SE, MR and LI blocks, a Mamba-2 block (the SSD scan) and a
    Transformer++ (attention) block of the same width, forward + backward; each block's time against the
    attention block's and against its own floor.
@@ -146,6 +148,23 @@ def matmul_flops(block: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> in
     return int(total + n_attn * 6 * x.shape[1] ** 2 * x.shape[2])
 
 
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def gemm_seconds(block: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, runs: int = 3) -> float:
+    """Seconds per forward + backward spent inside the block's GEMM kernels (mm, addmm, bmm, baddbmm),
+    from torch.profiler's self CPU time, median over ``runs``. The ratio reference time / this is the
+    most dnalm could gain if everything besides its matmuls took no time at all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    per_run = []
+    for _ in range(runs):
+        with profile(activities=[ProfilerActivity.CPU]) as p:
+            fwd_bwd_thread(block, x, g)
+        per_run.append(sum(e.self_cpu_time_total for e in p.key_averages() if e.key in GEMM_OPS) / 1e6)
+    return statistics.median(per_run)
+
+
 def interleaved(blocks: dict[str, torch.nn.Module], x: torch.Tensor, g: torch.Tensor, repeats: int,
                 slow: float) -> dict[str, list[float]]:
     """Thread CPU seconds per block: a warm-up each, then ``repeats`` rounds in rotating order."""
@@ -186,7 +205,9 @@ def bench_reference(width: int, lengths: list[int], repeats: int, slow: float, p
             row[f"{name}_s"], row[f"{name}_runs"] = t, len(ts)
             row[f"{name}_matmul_gflop"] = flops[name] / 1e9
             row[f"{name}_floor_fraction"] = flops[name] / peak / t
+            row[f"{name}_gemm_s"] = gemm_seconds(dn if name == "dnalm" else ref, x, g)
         row["ratio"] = row["reference_s"] / row["dnalm_s"]
+        row["ratio_bound"] = row["reference_s"] / row["dnalm_gemm_s"]  # dnalm with everything but GEMMs free
         rows.append(row)
         log(f"reference L={L}: {row}")
     return rows
@@ -359,12 +380,14 @@ def main() -> int:
             rows = bench_reference(args.width, lengths, args.repeats, args.slow, peak)
             print(head)
             print("| L | dnalm (s) | reference (s) | reference / dnalm | dnalm floor fraction | "
-                  "reference floor fraction | matmul GFLOP |")
-            print("|---:|---:|---:|---:|---:|---:|---:|")
+                  "reference floor fraction | matmul GFLOP | dnalm GEMMs (s) | reference GEMMs (s) | "
+                  "reference / dnalm GEMMs |")
+            print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in rows:
                 print(f"| {r['L']:,} | {r['dnalm_s']:.3f} | {r['reference_s']:.3f} | {r['ratio']:.2f} | "
                       f"{r['dnalm_floor_fraction']:.2f} | {r['reference_floor_fraction']:.2f} | "
-                      f"{r['dnalm_matmul_gflop']:.2f} |")
+                      f"{r['dnalm_matmul_gflop']:.2f} | {r['dnalm_gemm_s']:.3f} | {r['reference_gemm_s']:.3f} | "
+                      f"{r['ratio_bound']:.2f} |")
         else:
             rows = bench_families(args.width, lengths, args.repeats, args.slow, peak, args.attn_budget)
             print(head)
