@@ -131,7 +131,10 @@ def main() -> int:
                   f"{a['max_abs_delta_diff']:.2e} (largest |delta_sum| {a['max_abs_delta']:.3g})")
     if args.json:
         out = {"model": name, "threads": args.threads, "batch_size": args.batch_size, "rounds": args.rounds,
-               "torch": torch.__version__, "results": rows}
+               "torch": torch.__version__, "results": rows,
+               # to compare runs of different checkouts: the same weights give the same checksum
+               "weights_checksum": float(sum(p.double().abs().sum() for p in model.state_dict().values())),
+               "delta_sum": {f"{w} {m}": deltas[(w, m)] for w, m in cases}}
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
