@@ -61,7 +61,7 @@ from dnalm.models.mamba2 import Mamba2Block, ssd_scan
 from dnalm.models.striped_hyena import HyenaMixer, StripedHyenaBlock, modal_filter, split_streams
 from dnalm.models.transformer import TransformerBlock
 from dnalm.ops.fftconv import fft_long_conv, fft_size
-from dnalm.runtime import fast_bf16, half_compute  # noqa: F401  (fast_bf16: this module's name for it before)
+from dnalm.runtime import half_compute
 from dnalm.tokenizer import decode
 
 __all__ = [

@@ -191,14 +191,11 @@ class DNALM(nn.Module):
             raise ValueError(
                 f"input of {input_ids.shape[1]} tokens exceeds the model's maximum length {self.config.max_len}"
             )
-        up = self.upcasts()
-        with self.computing() as wide:
-            x = self.embed(input_ids)  # (B, L, D)
-            x = x.float() if wide else x  # half-precision weights: the residual stream is float32
+        with self.computing():
+            x = self.embed_ids(input_ids)  # (B, L, D)
             out: BackboneOutput = self.backbone(x, output_hidden_states=output_hidden_states)
-            with float32_params(self.norm_f, up):
-                h = self.norm_f(out.hidden.to(self.norm_f.weight.dtype))  # (B, L, D); residual may be float32
-            logits = F.linear(h, self.head_weight.float() if up else self.head_weight).float()  # (B, L, V)
+            h = self.final_norm(out.hidden)  # (B, L, D)
+            logits = self.head_logits(h)  # (B, L, V)
         hidden_states = None
         if output_hidden_states:
             hidden_states = [x] + list(out.hidden_states or []) + [h]
@@ -214,10 +211,13 @@ class DNALM(nn.Module):
         with float32_params(self.norm_f, self.upcasts()):
             return self.norm_f(hidden.to(self.norm_f.weight.dtype))
 
+    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The head on final-normed states (..., D) -> float32 logits (..., V)."""
+        return F.linear(h, self.head_weight.float() if self.upcasts() else self.head_weight).float()
+
     def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
         """The final norm and the head on backbone outputs (..., D) -> float32 logits (..., V)."""
-        h = self.final_norm(hidden)
-        return F.linear(h, self.head_weight.float() if self.upcasts() else self.head_weight).float()  # (..., V)
+        return self.head_logits(self.final_norm(hidden))
 
     def embed_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings (..., D), in float32 over half-precision weights (the residual stream's dtype then)."""

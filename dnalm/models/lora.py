@@ -75,11 +75,13 @@ class LoRALinear(nn.Linear):
         """The update ``scale * B A`` (out, in) in float32."""
         return (self.lora_B @ self.lora_A) * self.scale
 
+    def _delta64(self) -> torch.Tensor:
+        return (self.lora_B.double() @ self.lora_A.double()) * self.scale
+
     def effective_weight(self) -> torch.Tensor:
         """``W + scale * B A`` in the weight's dtype, computed in float64 and rounded once: the weight
         :meth:`merge` stores, and the one an evaluating model with a full-precision base uses."""
-        d = (self.lora_B.double() @ self.lora_A.double()) * self.scale
-        return (self.weight.double() + d).to(self.weight.dtype)
+        return (self.weight.double() + self._delta64()).to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
@@ -111,8 +113,7 @@ class LoRALinear(nn.Linear):
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            d = (self.lora_B.double() @ self.lora_A.double()) * self.scale
-            self.weight.copy_((self.weight.double() - d).to(self.weight.dtype))
+            self.weight.copy_((self.weight.double() - self._delta64()).to(self.weight.dtype))
             self.merged = False
 
     def extra_repr(self) -> str:

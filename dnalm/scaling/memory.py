@@ -29,10 +29,6 @@ from dnalm.scaling.plan import activation_elements, memory_per_gpu, shape_from_c
 
 __all__ = ["weights_footprint", "meta_model_as_loaded", "keeps_stored_dtype", "inference_need", "training_need", "check_model_memory", "check_need", "check_weights_fit"]
 
-def _stored_bytes(path: Path) -> int:
-    """Bytes of the weight files of a checkpoint directory (0 for a preset or when none are found)."""
-    return weight_file_bytes(path)
-
 
 def keeps_stored_dtype(path: str | Path | None) -> bool:
     """Whether ``dnalm.load(path)`` keeps the weights in the dtypes their files store (Evo 1 / Evo 2 folders)."""
@@ -40,6 +36,12 @@ def keeps_stored_dtype(path: str | Path | None) -> bool:
         return False
     fmt = detect_format(path)
     return bool(fmt is not None and fmt.stored_dtype)
+
+
+def _stored_half(config: Any, path: str | Path | None) -> bool:
+    """Whether ``dnalm.load(path)`` keeps weights stored in half precision (bf16 / fp16 for most tensors)."""
+    n = count_params(config)
+    return keeps_stored_dtype(path) and bool(n) and weight_file_bytes(path) < 3.5 * n  # type: ignore[arg-type]
 
 
 def weights_footprint(config: Any, path: str | Path | None = None, param_bytes: int = 4) -> dict[str, int]:
@@ -51,14 +53,12 @@ def weights_footprint(config: Any, path: str | Path | None = None, param_bytes: 
     (memory-mapped, not copied), "one block's float32 copy": what a block computing in float32 adds while it
     runs (when the files hold half precision)}."""
     if keeps_stored_dtype(path):
-        stored = _stored_bytes(Path(path))  # type: ignore[arg-type]
-        n = count_params(config)
-        parts = {"weights (as stored)": stored}
-        if n and stored < 3.5 * n:  # bf16 / fp16 for most tensors
+        parts = {"weights (as stored)": weight_file_bytes(path)}  # type: ignore[arg-type]
+        if _stored_half(config, path):
             parts["one block's float32 copy"] = int(shape_from_config(config).largest_layer_params * 4)
         return parts
     parts = {"weights": count_params(config) * param_bytes}
-    stored = _stored_bytes(Path(path)) if path is not None and Path(path).exists() else 0
+    stored = weight_file_bytes(path) if path is not None else 0
     if stored:
         parts["checkpoint file (while loading)"] = stored
     return parts
@@ -73,10 +73,7 @@ def meta_model_as_loaded(config: Any, path: str | Path | None = None) -> Any:
     from dnalm.models.lm import meta_model
 
     model = meta_model(config)
-    n = count_params(config)
-    if keeps_stored_dtype(path) and n and _stored_bytes(Path(path)) < 3.5 * n:  # type: ignore[arg-type]
-        model = model.to(torch.bfloat16)
-    return model
+    return model.to(torch.bfloat16) if _stored_half(config, path) else model
 
 
 def inference_need(
